@@ -1,0 +1,220 @@
+//! The Kamatera cloud config: the upstream INI file (`[global]` + `[nodegroup "name"]`), resolved
+//! and validated once at load into typed node-group settings.
+//!
+//! Keys, defaults and override rules are those of the in-tree Go provider, with its known bugs
+//! fixed: node-group booleans accept every gcfg spelling, a node group can turn `dailybackup` and
+//! `managed` off again, and everything that would only fail later (bad script, missing image,
+//! names that no create request could carry) is reported here, all problems at once, each with
+//! its file, line, section and key.
+
+mod gcfg;
+mod resolve;
+mod secret;
+mod summary;
+
+use std::fmt;
+use std::path::Path;
+
+pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
+pub use secret::Secret;
+pub use summary::render as render_summary;
+
+/// Environment variable that overrides `kamatera-api-client-id`.
+pub const ENV_CLIENT_ID: &str = "KAMATERA_API_CLIENT_ID";
+/// Environment variable that overrides `kamatera-api-secret`.
+pub const ENV_SECRET: &str = "KAMATERA_API_SECRET";
+
+/// A fully resolved and validated cloud config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudConfig {
+    pub api_client_id: String,
+    pub api_secret: Secret,
+    /// Base URL without a trailing slash.
+    pub api_url: String,
+    pub cluster_name: String,
+    /// Only servers whose name starts with this are considered at all.
+    pub filter_name_prefix: String,
+    /// Prefix of every providerID, `kamatera://` unless configured.
+    pub provider_id_prefix: String,
+    /// Node groups, sorted by name.
+    pub node_groups: Vec<NodeGroupConfig>,
+}
+
+/// One `[nodegroup "name"]` with the global defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeGroupConfig {
+    pub name: String,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub poweroff_on_scale_down: bool,
+    pub poweron_on_scale_up: bool,
+    /// 0 means no cap on parked servers.
+    pub poweroff_on_scale_down_max_servers: u32,
+    /// `template-label` entries, in file order.
+    pub template_labels: Vec<(String, String)>,
+    pub server: ServerConfig,
+}
+
+/// What a create request for this node group carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub name_prefix: String,
+    /// `None` lets the API generate a password (`__generate__`).
+    pub password: Option<Secret>,
+    pub ssh_key: String,
+    pub datacenter: String,
+    pub image: String,
+    /// `<cores><type>`, for example `2B`.
+    pub cpu: String,
+    pub ram_mb: u32,
+    /// Disk specs such as `size=20` or `id=1,size=100`.
+    pub disks: Vec<String>,
+    /// Network specs such as `name=wan,ip=auto`.
+    pub networks: Vec<String>,
+    pub daily_backup: bool,
+    pub managed: bool,
+    pub billing_cycle: BillingCycle,
+    pub monthly_package: String,
+    /// The decoded init script.
+    pub script: Option<Secret>,
+    /// `k8sca-<cluster>` and `k8scang-<group>`.
+    pub tags: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Number of cores from the cpu string (`2B` → 2).
+    pub fn cpu_cores(&self) -> u32 {
+        resolve::cpu_cores(&self.cpu).unwrap_or(0)
+    }
+
+    /// Size in GB of the first disk, if it names one.
+    pub fn first_disk_gb(&self) -> Option<u32> {
+        self.disks.first().and_then(|d| resolve::disk_size_gb(d))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BillingCycle {
+    #[default]
+    Hourly,
+    Monthly,
+}
+
+impl BillingCycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingCycle::Hourly => "hourly",
+            BillingCycle::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for BillingCycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a problem is, as precisely as known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    /// `global` or `nodegroup "name"`, when the problem belongs to a section.
+    pub section: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(section) = &self.section {
+            write!(f, "[{section}] ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read cloud config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", invalid_message(.path, .problems))]
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn invalid_message(path: &str, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "cloud config {path} has {} problem{}:",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        match p.line {
+            Some(line) => out.push_str(&format!("{path}:{line}: ")),
+            None => out.push_str(&format!("{path}: ")),
+        }
+        let mut rest = p.clone();
+        rest.line = None;
+        out.push_str(&rest.to_string());
+    }
+    out
+}
+
+impl ConfigError {
+    /// The individual problems (empty for a read error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+impl CloudConfig {
+    /// Reads, resolves and validates a cloud config file, with the credentials taken from the
+    /// process environment when set there.
+    pub fn load(path: &Path) -> Result<CloudConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text, &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Resolves and validates config text. `source` names the text in messages; `env` looks up
+    /// the credential override variables.
+    pub fn parse(
+        source: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<CloudConfig, ConfigError> {
+        resolve::resolve(text, env).map_err(|problems| ConfigError::Invalid {
+            path: source.to_string(),
+            problems,
+        })
+    }
+
+    pub fn node_group(&self, name: &str) -> Option<&NodeGroupConfig> {
+        self.node_groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// The commented example config shipped in `config/example.ini`; also the built-in config of
+/// `serve --simulate`.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config/example.ini");

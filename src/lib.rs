@@ -1,0 +1,8 @@
+//! Kamatera cloud provider for the Kubernetes cluster-autoscaler, served over the autoscaler's
+//! `externalgrpc` protocol.
+//!
+//! Data flows one way: `grpc` (the autoscaler's view) calls `provider` (node groups and their
+//! instances), which calls `kamatera` (the cloudcli REST API). `config` feeds all of them.
+
+pub mod config;
+pub mod proto;
