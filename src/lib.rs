@@ -5,4 +5,5 @@
 //! instances), which calls `kamatera` (the cloudcli REST API). `config` feeds all of them.
 
 pub mod config;
+pub mod kamatera;
 pub mod proto;

@@ -1,0 +1,184 @@
+//! Errors of the Kamatera client: one class per way a call can fail, each with a message that is
+//! safe to show the autoscaler and a detailed one for our own log. Both are redacted.
+
+use std::fmt;
+
+/// Substrings (lowercase) by which the API says an account limit or the cloud's capacity stopped a
+/// request. Kept in one place so the classification can be extended without touching callers.
+pub const QUOTA_PATTERNS: &[&str] = &[
+    "quota",
+    "limit exceeded",
+    "limit reached",
+    "exceeded the limit",
+    "exceeds the limit",
+    "exceeds your",
+    "over the limit",
+    "insufficient",
+    "not enough",
+    "out of resources",
+    "out of stock",
+    "no capacity",
+    "capacity",
+    "maximum number of servers",
+];
+
+/// What went wrong, as the caller needs to react to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Credentials missing or wrong.
+    Unauthorized,
+    /// The server (or command) does not exist: "No servers found".
+    NotFound,
+    /// An account quota or the cloud's capacity refused the request.
+    QuotaOrCapacity,
+    /// The API rejected the request as malformed (400 and other 4xx).
+    InvalidRequest,
+    /// The API or the network failed, also after retries (5xx, timeouts, connection errors).
+    Transient,
+    /// A 200 answer whose shape we do not understand.
+    BadResponse,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Unauthorized => "unauthorized",
+            ErrorClass::NotFound => "not found",
+            ErrorClass::QuotaOrCapacity => "quota or capacity",
+            ErrorClass::InvalidRequest => "invalid request",
+            ErrorClass::Transient => "transient",
+            ErrorClass::BadResponse => "bad response",
+        }
+    }
+}
+
+/// A failed Kamatera API call. `Display` is the safe message; [`KamateraError::detail`] adds the
+/// endpoint, HTTP status, attempts and (redacted, truncated) body for our log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{safe}")]
+pub struct KamateraError {
+    pub class: ErrorClass,
+    safe: String,
+    detail: String,
+}
+
+impl KamateraError {
+    pub(crate) fn new(class: ErrorClass, safe: String, detail: String) -> Self {
+        KamateraError {
+            class,
+            safe,
+            detail,
+        }
+    }
+
+    /// The message for the autoscaler: no credentials, no raw bodies.
+    pub fn safe_message(&self) -> &str {
+        &self.safe
+    }
+
+    /// The full, redacted explanation for our log.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    pub fn is_quota(&self) -> bool {
+        self.class == ErrorClass::QuotaOrCapacity
+    }
+}
+
+/// True when an API message says a quota or capacity limit refused the request.
+pub fn is_quota_message(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    QUOTA_PATTERNS.iter().any(|p| lower.contains(p))
+}
+
+/// True when an API message says the credentials were refused.
+pub fn is_auth_message(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("not logged in")
+        || lower.contains("unauthorized")
+        || lower.contains("authentication failed")
+        || lower.contains("invalid api key")
+}
+
+/// Replaces every known secret value in text with `<redacted>`, drops lines mentioning a
+/// password, and truncates to `max` characters.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} secrets)", self.secrets.len())
+    }
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        Redactor {
+            // Very short values would redact ordinary words; they are not worth hiding this way.
+            secrets: secrets.into_iter().filter(|s| s.len() >= 4).collect(),
+        }
+    }
+
+    pub fn with(&self, more: impl IntoIterator<Item = String>) -> Self {
+        let mut r = self.clone();
+        r.secrets.extend(more.into_iter().filter(|s| s.len() >= 4));
+        r
+    }
+
+    pub fn clean(&self, text: &str, max: usize) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        if out.to_ascii_lowercase().contains("password") {
+            out = out
+                .lines()
+                .map(|l| {
+                    if l.to_ascii_lowercase().contains("password") {
+                        "<line mentioning a password redacted>"
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        truncate(&out, max)
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(max).collect();
+    format!("{cut}… ({} characters in all)", s.chars().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_messages() {
+        assert!(is_quota_message("Server quota exceeded (12)"));
+        assert!(is_quota_message("Insufficient resources in datacenter"));
+        assert!(!is_quota_message("missing required flag (name)"));
+    }
+
+    #[test]
+    fn redaction() {
+        let r = Redactor::new(["topsecret".to_string(), "ab".to_string()]);
+        assert_eq!(r.clean("x topsecret y ab", 100), "x <redacted> y ab");
+        assert_eq!(
+            r.clean("ok\nPassword: hunter2\nend", 100),
+            "ok\n<line mentioning a password redacted>\nend"
+        );
+        assert!(r.clean(&"x".repeat(50), 10).starts_with("xxxxxxxxxx… (50"));
+    }
+}

@@ -1,0 +1,788 @@
+//! Client of Kamatera's cloudcli REST API (`https://cloudcli.cloudwm.com`): list servers, read
+//! tags, create, power on/off, terminate, poll the command queue, and read server options.
+//!
+//! # Retry policy
+//!
+//! Every request carries `AuthClientId`/`AuthSecret`, JSON headers, our `User-Agent`, and a
+//! per-request timeout (30 s by default). What happens on failure depends on what repeating the
+//! request could do:
+//!
+//! - **Reads and status polls** (`list_servers`, `server_tags`, `command_status`, options) are
+//!   retried on connection errors, timeouts, HTTP 429, 5xx and non-JSON (gateway) bodies, with
+//!   exponential backoff and jitter, bounded in attempts and in total time ([`RetryPolicy`]).
+//! - **`create_server` is never retried.** A request that timed out may still have bought a server;
+//!   a second one could buy another. The caller learns the outcome from the listing instead.
+//! - **`power_on`, `power_off`, `terminate`** are retried only when the error proves the API did
+//!   not accept the request: the connection was never established, or HTTP 429.
+//! - Other 4xx answers are never retried, and neither are answers that say what is wrong
+//!   (not logged in, no such server, quota).
+//!
+//! Errors are classified ([`ErrorClass`]) and carry a message safe for the autoscaler and a
+//! detailed one for our log; both have credentials, passwords and init scripts redacted.
+//! Servers are always addressed by id, never by name: the API treats `name` as a regular
+//! expression.
+
+mod error;
+mod retry;
+mod types;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::config::{CloudConfig, ServerConfig};
+
+pub use error::{ErrorClass, KamateraError, QUOTA_PATTERNS, Redactor, is_quota_message};
+pub use retry::{Idempotency, RetryPolicy};
+pub use types::{CommandState, CommandStatus, Datacenter, Image, Power, Server};
+
+use types::{command_ids, id_of, str_field};
+
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Command ids per queue request; longer lists are split.
+const QUEUE_BATCH: usize = 100;
+/// Characters of a response body kept in an error's detail.
+const DETAIL_BODY_CHARS: usize = 1000;
+/// Characters of an API message kept in a safe message.
+const SAFE_MESSAGE_CHARS: usize = 300;
+
+/// Where and how to reach the API.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Base URL; a trailing `/` is ignored.
+    pub base_url: String,
+    pub client_id: String,
+    pub secret: crate::config::Secret,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClientSettings {
+    pub fn from_config(config: &CloudConfig) -> Self {
+        ClientSettings {
+            base_url: config.api_url.clone(),
+            client_id: config.api_client_id.clone(),
+            secret: config.api_secret.clone(),
+            timeout: DEFAULT_TIMEOUT,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A pooled, cheaply cloneable API client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    client_id: String,
+    secret: crate::config::Secret,
+    retry: RetryPolicy,
+    redactor: Redactor,
+}
+
+/// What one create request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateServer<'a> {
+    /// The full server name, see [`new_server_name`].
+    pub name: &'a str,
+    pub server: &'a ServerConfig,
+}
+
+/// A new server name: `<prefix>-<11 lowercase hex>` (just the hex when the prefix is empty).
+pub fn new_server_name(prefix: &str) -> String {
+    let hex = format!("{:016x}", rand::random::<u64>());
+    let suffix = &hex[..11];
+    if prefix.is_empty() {
+        suffix.to_string()
+    } else {
+        format!("{prefix}-{suffix}")
+    }
+}
+
+/// One request as the retry loop sees it.
+struct Call<'a> {
+    /// Short operation name for logs, e.g. `list servers`.
+    op: &'static str,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    idempotency: Idempotency,
+    redactor: &'a Redactor,
+}
+
+/// Why an attempt failed, and whether another attempt may help.
+struct Failure {
+    error: KamateraError,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Client {
+    pub fn new(settings: ClientSettings) -> Result<Client, KamateraError> {
+        // reqwest is built without a bundled crypto provider; ring is ours (tonic uses it too).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!(
+                "kamatera-ca-provider/",
+                env!("CARGO_PKG_VERSION"),
+                " (+https://github.com/kubernetes/autoscaler externalgrpc)"
+            ))
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| {
+                KamateraError::new(
+                    ErrorClass::InvalidRequest,
+                    "cannot build the Kamatera HTTP client".into(),
+                    format!("cannot build the Kamatera HTTP client: {e}"),
+                )
+            })?;
+        let redactor = Redactor::new([settings.secret.expose().to_string()]);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base_url: settings.base_url.trim_end_matches('/').to_string(),
+                client_id: settings.client_id,
+                secret: settings.secret,
+                retry: settings.retry,
+                redactor,
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// `GET /service/servers`, keeping servers whose name starts with `name_prefix`.
+    pub async fn list_servers(&self, name_prefix: &str) -> Result<Vec<Server>, KamateraError> {
+        let v = self
+            .call(self.read("list servers", Method::GET, "/service/servers", None))
+            .await?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.shape("list servers", "expected a JSON array of servers", &v))?;
+        let mut servers = Vec::with_capacity(items.len());
+        for item in items {
+            let (Some(name), Some(id)) = (str_field(item, "name"), item.get("id").and_then(id_of))
+            else {
+                return Err(self.shape(
+                    "list servers",
+                    "a server entry has no string name or id",
+                    item,
+                ));
+            };
+            if !name.starts_with(name_prefix) {
+                continue;
+            }
+            servers.push(Server {
+                id,
+                name: name.to_string(),
+                datacenter: str_field(item, "datacenter")
+                    .unwrap_or_default()
+                    .to_string(),
+                power: Power::parse(str_field(item, "power").unwrap_or_default()),
+            });
+        }
+        Ok(servers)
+    }
+
+    /// `POST /server/tags` for one server, by id. Accepts `tagName` and the older `tag name`.
+    pub async fn server_tags(&self, server_id: &str) -> Result<Vec<String>, KamateraError> {
+        let v = self
+            .call(self.read(
+                "server tags",
+                Method::POST,
+                "/server/tags",
+                Some(json!({ "id": server_id })),
+            ))
+            .await?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.shape("server tags", "expected a JSON array of tags", &v))?;
+        items
+            .iter()
+            .map(|t| {
+                str_field(t, "tagName")
+                    .or_else(|| str_field(t, "tag name"))
+                    .map(str::to_string)
+                    .ok_or_else(|| self.shape("server tags", "a tag entry has no tagName", t))
+            })
+            .collect()
+    }
+
+    /// `POST /service/server`: starts creating one server and returns its command id. Sent
+    /// exactly once, whatever happens.
+    pub async fn create_server(&self, req: CreateServer<'_>) -> Result<String, KamateraError> {
+        let s = req.server;
+        let password = s
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_else(|| "__generate__".to_string());
+        let script = s
+            .script
+            .as_ref()
+            .map(|x| x.expose().to_string())
+            .unwrap_or_default();
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let body = json!({
+            "name": req.name,
+            "password": password,
+            "passwordValidate": password,
+            "ssh-key": s.ssh_key,
+            "datacenter": s.datacenter,
+            "image": s.image,
+            "cpu": s.cpu,
+            "ram": s.ram_mb.to_string(),
+            "disk": s.disks.join(" "),
+            "dailybackup": yes_no(s.daily_backup),
+            "managed": yes_no(s.managed),
+            "network": s.networks.join(" "),
+            "quantity": 1,
+            "billingcycle": s.billing_cycle.as_str(),
+            "monthlypackage": s.monthly_package,
+            "poweronaftercreate": "yes",
+            "script-file": script,
+            "userdata-file": "",
+            "tag": s.tags.join(" "),
+        });
+        let redactor = self.inner.redactor.with([password, script]);
+        let v = self
+            .call(Call {
+                op: "create server",
+                method: Method::POST,
+                path: "/service/server".into(),
+                body: Some(body),
+                idempotency: Idempotency::Create,
+                redactor: &redactor,
+            })
+            .await?;
+        // A generated password may be in the answer; it is read past and dropped here.
+        self.single_command("create server", &v, &redactor)
+    }
+
+    /// `POST /service/server/poweron` by server id.
+    pub async fn power_on(&self, server_id: &str) -> Result<String, KamateraError> {
+        self.server_command(
+            "power on",
+            "/service/server/poweron",
+            json!({ "id": server_id }),
+        )
+        .await
+    }
+
+    /// `POST /service/server/poweroff` by server id.
+    pub async fn power_off(&self, server_id: &str) -> Result<String, KamateraError> {
+        self.server_command(
+            "power off",
+            "/service/server/poweroff",
+            json!({ "id": server_id }),
+        )
+        .await
+    }
+
+    /// `POST /service/server/terminate` by server id, forced (works on a running server).
+    pub async fn terminate(&self, server_id: &str) -> Result<String, KamateraError> {
+        self.server_command(
+            "terminate",
+            "/service/server/terminate",
+            json!({ "id": server_id, "force": true }),
+        )
+        .await
+    }
+
+    /// `GET /service/queue?id=<a> <b> ...`: the status of several commands in one request (split
+    /// into batches of 100). Commands the API does not report are missing from the result.
+    pub async fn command_status(
+        &self,
+        command_ids: &[String],
+    ) -> Result<Vec<CommandStatus>, KamateraError> {
+        let mut out = Vec::with_capacity(command_ids.len());
+        for batch in command_ids.chunks(QUEUE_BATCH) {
+            let query: Vec<String> = batch.iter().map(|id| url_escape(id)).collect();
+            let path = format!("/service/queue?id={}", query.join("%20"));
+            let v = self
+                .call(self.read("command status", Method::GET, &path, None))
+                .await?;
+            let items = v.as_array().ok_or_else(|| {
+                self.shape("command status", "expected a JSON array of commands", &v)
+            })?;
+            let positional = items.len() == batch.len();
+            for (i, item) in items.iter().enumerate() {
+                if !item.is_object() {
+                    return Err(self.shape(
+                        "command status",
+                        "a queue entry is not an object",
+                        item,
+                    ));
+                }
+                let id = item
+                    .get("id")
+                    .and_then(id_of)
+                    .or_else(|| positional.then(|| batch[i].clone()));
+                let Some(id) = id else {
+                    return Err(self.shape(
+                        "command status",
+                        "a queue entry has no id and the answer does not match the request",
+                        &v,
+                    ));
+                };
+                out.push(CommandStatus {
+                    id,
+                    state: CommandState::parse(str_field(item, "status").unwrap_or_default()),
+                    log: self
+                        .inner
+                        .redactor
+                        .clean(str_field(item, "log").unwrap_or_default(), 4000),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /service/server?datacenter=1`: the datacenters this account can use.
+    pub async fn datacenters(&self) -> Result<Vec<Datacenter>, KamateraError> {
+        let v = self
+            .call(self.read(
+                "datacenters",
+                Method::GET,
+                "/service/server?datacenter=1",
+                None,
+            ))
+            .await?;
+        Ok(named_entries(&v, "name")
+            .ok_or_else(|| self.shape("datacenters", "expected a list of datacenters", &v))?
+            .into_iter()
+            .map(|(id, name)| Datacenter { id, name })
+            .collect())
+    }
+
+    /// `GET /service/server?images=1&datacenter=X`: the disk images of a datacenter.
+    pub async fn images(&self, datacenter: &str) -> Result<Vec<Image>, KamateraError> {
+        let path = format!(
+            "/service/server?images=1&datacenter={}",
+            url_escape(datacenter)
+        );
+        let v = self
+            .call(self.read("images", Method::GET, &path, None))
+            .await?;
+        Ok(named_entries(&v, "description")
+            .ok_or_else(|| self.shape("images", "expected a list of images", &v))?
+            .into_iter()
+            .map(|(id, description)| Image { id, description })
+            .collect())
+    }
+
+    async fn server_command(
+        &self,
+        op: &'static str,
+        path: &str,
+        body: Value,
+    ) -> Result<String, KamateraError> {
+        let v = self
+            .call(Call {
+                op,
+                method: Method::POST,
+                path: path.to_string(),
+                body: Some(body),
+                idempotency: Idempotency::Mutating,
+                redactor: &self.inner.redactor,
+            })
+            .await?;
+        self.single_command(op, &v, &self.inner.redactor)
+    }
+
+    fn single_command(
+        &self,
+        op: &'static str,
+        v: &Value,
+        redactor: &Redactor,
+    ) -> Result<String, KamateraError> {
+        match command_ids(v) {
+            Some(ids) if ids.len() == 1 => Ok(ids.into_iter().next().unwrap_or_default()),
+            Some(ids) if ids.len() > 1 => Err(KamateraError::new(
+                ErrorClass::BadResponse,
+                format!(
+                    "Kamatera {op} returned {} command ids where one was expected",
+                    ids.len()
+                ),
+                format!("Kamatera {op} returned command ids {ids:?} where one was expected"),
+            )),
+            _ => Err(KamateraError::new(
+                ErrorClass::BadResponse,
+                format!("unexpected answer from the Kamatera {op} API (no command id)"),
+                format!(
+                    "unexpected answer from the Kamatera {op} API (no command id): {}",
+                    redactor.clean(&v.to_string(), DETAIL_BODY_CHARS)
+                ),
+            )),
+        }
+    }
+
+    fn read<'a>(
+        &'a self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Call<'a> {
+        Call {
+            op,
+            method,
+            path: path.to_string(),
+            body,
+            idempotency: Idempotency::Read,
+            redactor: &self.inner.redactor,
+        }
+    }
+
+    fn shape(&self, op: &str, what: &str, v: &Value) -> KamateraError {
+        KamateraError::new(
+            ErrorClass::BadResponse,
+            format!("unexpected answer from the Kamatera {op} API: {what}"),
+            format!(
+                "unexpected answer from the Kamatera {op} API: {what}: {}",
+                self.inner.redactor.clean(&v.to_string(), DETAIL_BODY_CHARS)
+            ),
+        )
+    }
+
+    /// Sends a request under the retry policy and returns the JSON of a successful answer.
+    async fn call(&self, call: Call<'_>) -> Result<Value, KamateraError> {
+        let policy = self.inner.retry;
+        let max_attempts = match call.idempotency {
+            Idempotency::Create => 1,
+            _ => policy.max_attempts.max(1),
+        };
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let failure = match self.attempt(&call).await {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            let delay = failure
+                .retry_after
+                .map(|d| d.min(policy.max_delay))
+                .unwrap_or_else(|| policy.delay(attempt));
+            let out_of_budget =
+                attempt >= max_attempts || started.elapsed() + delay > policy.max_total;
+            if !failure.retryable || out_of_budget {
+                let e = failure.error;
+                let detail = if attempt > 1 {
+                    format!("{} (after {attempt} attempts)", e.detail())
+                } else {
+                    e.detail().to_string()
+                };
+                return Err(KamateraError::new(
+                    e.class,
+                    e.safe_message().to_string(),
+                    detail,
+                ));
+            }
+            warn!(
+                op = call.op,
+                attempt,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                error = failure.error.detail(),
+                "Kamatera API call failed, retrying"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// One HTTP exchange, classified.
+    async fn attempt(&self, call: &Call<'_>) -> Result<Value, Failure> {
+        let url = format!("{}{}", self.inner.base_url, call.path);
+        let mut req = self
+            .inner
+            .http
+            .request(call.method.clone(), &url)
+            .header("AuthClientId", &self.inner.client_id)
+            .header("AuthSecret", self.inner.secret.expose())
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json");
+        if let Some(body) = &call.body {
+            req = req.body(body.to_string());
+        }
+        debug!(op = call.op, method = %call.method, path = %call.path, "Kamatera API request");
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_failure(call, &e)),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = match resp.text().await {
+            Ok(t) => t,
+            Err(e) => return Err(self.transport_failure(call, &e)),
+        };
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        let body_detail = call.redactor.clean(&text, DETAIL_BODY_CHARS);
+        let detail = |what: &str| {
+            format!(
+                "{} {} ({}): {what}; HTTP {}; body: {body_detail}",
+                call.method,
+                call.path,
+                call.op,
+                status.as_u16()
+            )
+        };
+
+        if status.is_success() {
+            return match json {
+                Some(v) => match api_error_message(&v) {
+                    // 200 with an error object: the cloudcli proxy passes upstream errors on.
+                    Some(msg) if !v.is_array() => {
+                        let msg = call.redactor.clean(&msg, SAFE_MESSAGE_CHARS);
+                        let class = classify_message(&msg).unwrap_or(ErrorClass::BadResponse);
+                        Err(Failure {
+                            error: KamateraError::new(
+                                class,
+                                format!("Kamatera {} failed: {msg}", call.op),
+                                detail("error object in a 200 answer"),
+                            ),
+                            retryable: false,
+                            retry_after: None,
+                        })
+                    }
+                    _ => Ok(v),
+                },
+                None => Err(Failure {
+                    error: KamateraError::new(
+                        ErrorClass::BadResponse,
+                        format!(
+                            "the Kamatera API answered {} with a body that is not JSON",
+                            call.op
+                        ),
+                        detail("body is not JSON"),
+                    ),
+                    retryable: call.idempotency == Idempotency::Read,
+                    retry_after: None,
+                }),
+            };
+        }
+
+        let message = json
+            .as_ref()
+            .and_then(api_error_message)
+            .map(|m| call.redactor.clean(&m, SAFE_MESSAGE_CHARS));
+        let by_message = message.as_deref().and_then(classify_message);
+        let class = match (status, by_message) {
+            (_, Some(class)) => class,
+            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None) => ErrorClass::Unauthorized,
+            (StatusCode::TOO_MANY_REQUESTS, None) => ErrorClass::Transient,
+            (s, None) if s.is_server_error() => ErrorClass::Transient,
+            _ => ErrorClass::InvalidRequest,
+        };
+        let retryable = match call.idempotency {
+            Idempotency::Create => false,
+            Idempotency::Mutating => status == StatusCode::TOO_MANY_REQUESTS,
+            Idempotency::Read => {
+                class == ErrorClass::Transient
+                    && (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+            }
+        };
+        let safe = match (&message, class) {
+            (Some(m), _) => format!(
+                "Kamatera {} failed (HTTP {}): {m}",
+                call.op,
+                status.as_u16()
+            ),
+            (None, ErrorClass::Unauthorized) => format!(
+                "Kamatera {} failed: the API refused the credentials (HTTP {})",
+                call.op,
+                status.as_u16()
+            ),
+            (None, _) => format!("Kamatera {} failed: HTTP {}", call.op, status.as_u16()),
+        };
+        Err(Failure {
+            error: KamateraError::new(class, safe, detail(class.as_str())),
+            retryable,
+            retry_after: if status == StatusCode::TOO_MANY_REQUESTS {
+                retry_after
+            } else {
+                None
+            },
+        })
+    }
+
+    fn transport_failure(&self, call: &Call<'_>, e: &reqwest::Error) -> Failure {
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "could not connect"
+        } else {
+            "connection failed"
+        };
+        let retryable = match call.idempotency {
+            Idempotency::Read => true,
+            // Only a connection that never opened proves the request was not received.
+            Idempotency::Mutating => e.is_connect() && !e.is_timeout(),
+            Idempotency::Create => false,
+        };
+        let err_text = self
+            .inner
+            .redactor
+            .clean(&error_chain(e), DETAIL_BODY_CHARS);
+        Failure {
+            error: KamateraError::new(
+                ErrorClass::Transient,
+                format!("Kamatera {}: {what} ({})", call.op, self.inner.base_url),
+                format!(
+                    "{} {} ({}): {what}: {err_text}",
+                    call.method, call.path, call.op
+                ),
+            ),
+            retryable,
+            retry_after: None,
+        }
+    }
+}
+
+/// The class an API message implies by its words, if any.
+fn classify_message(message: &str) -> Option<ErrorClass> {
+    if message.contains("No servers found") {
+        Some(ErrorClass::NotFound)
+    } else if error::is_auth_message(message) {
+        Some(ErrorClass::Unauthorized)
+    } else if is_quota_message(message) {
+        Some(ErrorClass::QuotaOrCapacity)
+    } else {
+        None
+    }
+}
+
+/// The error text of an API error body: `{"message": ..}` (possibly holding JSON-encoded
+/// upstream errors) or `{"errors": [{"code": .., "info": ..}]}`.
+fn api_error_message(v: &Value) -> Option<String> {
+    if let Some(errors) = v.get("errors").and_then(Value::as_array) {
+        let parts: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let info = str_field(e, "info")
+                    .or_else(|| str_field(e, "message"))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string());
+                match e.get("code") {
+                    Some(code) if !code.is_null() => format!("{info} ({code})"),
+                    _ => info,
+                }
+            })
+            .collect();
+        return Some(parts.join(". "));
+    }
+    let message = str_field(v, "message")?;
+    if let Ok(inner) = serde_json::from_str::<Value>(message)
+        && let Some(m) = api_error_message(&inner)
+    {
+        return Some(m);
+    }
+    Some(message.to_string())
+}
+
+/// Entries of an options answer: an array of objects with `id` and a name-like field, or an
+/// object mapping id to name.
+fn named_entries(v: &Value, name_key: &str) -> Option<Vec<(String, String)>> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                let id = item.get("id").and_then(id_of)?;
+                let name = str_field(item, name_key)
+                    .or_else(|| str_field(item, "name"))
+                    .or_else(|| str_field(item, "description"))
+                    .unwrap_or_default();
+                Some((id, name.to_string()))
+            })
+            .collect(),
+        Value::Object(map) => Some(
+            map.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_have_eleven_hex_chars() {
+        let n = new_server_name("demo-general");
+        let suffix = n.strip_prefix("demo-general-").expect("prefix");
+        assert_eq!(suffix.len(), 11);
+        assert!(
+            suffix
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(new_server_name("").len(), 11);
+        assert_ne!(new_server_name("x"), new_server_name("x"));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            api_error_message(
+                &json!({"message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}"})
+            ),
+            Some("you are not logged in (1)".into())
+        );
+        assert_eq!(
+            api_error_message(&json!({"errors": [{"code": 5, "info": "a"}, {"info": "b"}]})),
+            Some("a (5). b".into())
+        );
+        assert_eq!(api_error_message(&json!(["1"])), None);
+        assert_eq!(url_escape("a b/c"), "a%20b%2Fc");
+    }
+}
