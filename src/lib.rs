@@ -7,3 +7,4 @@
 pub mod config;
 pub mod kamatera;
 pub mod proto;
+pub mod sim;

@@ -1,10 +1,13 @@
 //! Command line of `kamatera-ca-provider`: parses arguments and calls into the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kamatera_ca_provider::config::{self, CloudConfig, ConfigError};
+use kamatera_ca_provider::sim::{self, Quota, SeedServer, SimConfig, Timing};
 
 #[derive(Parser)]
 #[command(
@@ -27,13 +30,78 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         cloud_config: PathBuf,
     },
+    /// Run the Kamatera API simulator alone (a fake cloudcli API for demos and tools).
+    Simulator(SimulatorArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8788")]
+    listen: SocketAddr,
+    /// The AuthClientId the simulator accepts.
+    #[arg(long, default_value = sim::DEMO_CLIENT_ID)]
+    client_id: String,
+    /// The AuthSecret the simulator accepts.
+    #[arg(long, default_value = sim::DEMO_SECRET)]
+    secret: String,
+    /// Start with this many powered-on, untagged servers named seed-<n> (other workloads).
+    #[arg(long, default_value_t = 0)]
+    seed_servers: u32,
+    /// Seed of every random choice; the same seed and requests give the same answers.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Multiply every command duration (create 20 s, power and terminate 5 s) by this.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Account quota: most servers at once.
+    #[arg(long)]
+    quota_servers: Option<u32>,
+    /// Account quota: most CPU cores in all.
+    #[arg(long)]
+    quota_cpu: Option<u32>,
+    /// Account quota: most RAM in all, in MB.
+    #[arg(long)]
+    quota_ram_mb: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { cloud_config } => check(&cloud_config),
+        Command::Simulator(args) => run(simulator(args)),
     }
+}
+
+/// Runs an async command on a multi-threaded runtime, printing any error.
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -52,4 +120,58 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn simulator(args: SimulatorArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.time_scale.is_finite() && args.time_scale >= 0.0,
+        "--time-scale must be a non-negative number"
+    );
+    let servers = (0..args.seed_servers)
+        .map(|i| SeedServer {
+            name: format!("seed-{i:04}"),
+            datacenter: "US-NY2".into(),
+            power_on: true,
+            tags: Vec::new(),
+            cpu: "2B".into(),
+            ram_mb: 4096,
+        })
+        .collect();
+    let handle = sim::start(
+        SimConfig {
+            client_id: args.client_id.clone(),
+            secret: args.secret.clone(),
+            seed: args.seed,
+            timing: Timing {
+                scale: args.time_scale,
+                ..Timing::default()
+            },
+            quota: Quota {
+                max_servers: args.quota_servers,
+                max_cpu_cores: args.quota_cpu,
+                max_ram_mb: args.quota_ram_mb,
+            },
+            servers,
+        },
+        args.listen,
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("Kamatera API simulator listening on {}", handle.url());
+    println!(
+        "  credentials: AuthClientId: {}  AuthSecret: {}",
+        args.client_id, args.secret
+    );
+    println!(
+        "  try: curl -s -H 'AuthClientId: {}' -H 'AuthSecret: {}' {}/service/servers",
+        args.client_id,
+        args.secret,
+        handle.url()
+    );
+    println!("  state: {}/_sim/state   (Ctrl-C to stop)", handle.url());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    handle.shutdown().await;
+    Ok(())
 }

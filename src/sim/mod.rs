@@ -1,0 +1,951 @@
+//! A stateful fake of Kamatera's cloudcli API on a real HTTP server, for demos (`serve --simulate`,
+//! `simulator`), tests and benchmarks.
+//!
+//! It answers the provider's endpoints with the API's shapes and errors (reference §2): `name`
+//! parameters are anchored regular expressions, every mutating call queues a command that moves
+//! `pending → progress → complete` (or `error` / `cancelled`) on a clock, created servers are
+//! listed powered off during creation and on afterwards, terminated ones disappear when their
+//! command completes. An account quota, seeded randomness and fault knobs (error rates, plain-text
+//! 504s, 429s, dropped connections, latency, failing or cancelled commands, an empty queue, a
+//! listing lag, servers vanishing out of band) make every failure path reproducible.
+//!
+//! `/_sim/...` is an admin surface without authentication: `GET /_sim/state`,
+//! `GET|PUT /_sim/faults`, `POST /_sim/servers` (seed one), `POST /_sim/servers/{id}/vanish`.
+
+// Handlers return early with ready-made responses; boxing them buys nothing here.
+#![allow(clippy::result_large_err)]
+
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use state::{
+    ApiError, CommandKind, DATACENTERS, Endpoint, EndpointFaults, Faults, IMAGES, Quota,
+    SeedServer, SimState, Timing,
+};
+use state::{NewServer, Selector, image_id, no_servers_message};
+
+/// Credentials the simulator accepts unless told otherwise; `config/example.ini` uses them.
+pub const DEMO_CLIENT_ID: &str = "demo-client-id";
+pub const DEMO_SECRET: &str = "demo-secret";
+
+/// How to build a simulator.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub client_id: String,
+    pub secret: String,
+    /// Seed of every random choice (ids, fault draws): the same seed and requests give the same
+    /// answers.
+    pub seed: u64,
+    pub timing: Timing,
+    pub quota: Quota,
+    pub servers: Vec<SeedServer>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            client_id: DEMO_CLIENT_ID.into(),
+            secret: DEMO_SECRET.into(),
+            seed: 0,
+            timing: Timing::default(),
+            quota: Quota::default(),
+            servers: Vec::new(),
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<SimState>,
+    client_id: String,
+    secret: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock cannot leave the state half-written in a way that
+        // matters for a simulator; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running simulator.
+pub struct SimHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL for a client, e.g. `http://127.0.0.1:8788`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs `f` on the state (after applying finished commands). Keep it short: requests wait.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut SimState) -> R) -> R {
+        let mut s = self.shared.lock();
+        s.advance(Instant::now());
+        f(&mut s)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.with_state(|s| s.faults = faults);
+    }
+
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        self.with_state(|s| f(&mut s.faults));
+    }
+
+    /// Requests received by one endpoint so far.
+    pub fn requests(&self, e: Endpoint) -> u64 {
+        self.with_state(|s| s.requests.get(e.key()).copied().unwrap_or(0))
+    }
+
+    /// The same JSON as `GET /_sim/state`.
+    pub fn snapshot(&self) -> Value {
+        self.with_state(|s| state_json(s))
+    }
+
+    pub fn seed_server(&self, server: SeedServer) -> String {
+        self.with_state(|s| s.seed_server(server))
+    }
+
+    /// Removes a server out of band.
+    pub fn vanish(&self, id: &str) -> bool {
+        self.with_state(|s| s.vanish(id))
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds `listen` (port 0 for an ephemeral port) and serves the simulator in the background.
+pub async fn start(config: SimConfig, listen: SocketAddr) -> std::io::Result<SimHandle> {
+    let mut state = SimState::new(config.seed, config.timing, config.quota);
+    for s in config.servers {
+        state.seed_server(s);
+    }
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        client_id: config.client_id,
+        secret: config.secret,
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = router(shared.clone());
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "simulator stopped");
+        }
+    });
+    Ok(SimHandle {
+        addr,
+        shared,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/service/servers", get(list_servers))
+        .route("/server/tags", post(server_tags))
+        .route("/service/server", post(create_server).get(server_options))
+        .route("/service/server/poweron", post(power_on))
+        .route("/service/server/poweroff", post(power_off))
+        .route("/service/server/terminate", post(terminate))
+        .route("/service/server/info", post(server_info))
+        .route("/service/queue", get(queue))
+        .route("/_sim/state", get(admin_state))
+        .route(
+            "/_sim/faults",
+            get(admin_get_faults)
+                .put(admin_put_faults)
+                .post(admin_put_faults),
+        )
+        .route("/_sim/servers", post(admin_seed))
+        .route("/_sim/servers/{id}/vanish", post(admin_vanish))
+        .with_state(shared)
+}
+
+type Sim = State<Arc<Shared>>;
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn api_error(e: ApiError, endpoint: Endpoint) -> Response {
+    match e {
+        ApiError::BadRequest(m) => json_response(StatusCode::BAD_REQUEST, json!({ "message": m })),
+        ApiError::Server(m) => {
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({ "message": m }))
+        }
+        ApiError::Generic => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "message": format!("Failed to run command method ({})", endpoint.method_name()) }),
+        ),
+        ApiError::Upstream(m) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "json_decode_error": null, "message": m }),
+        ),
+    }
+}
+
+/// What a request meets before its handler: counting, latency, gateway faults, auth, app errors.
+async fn gate(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap) -> Result<(), Response> {
+    enum Verdict {
+        Pass,
+        Drop,
+        Gateway,
+        RateLimit,
+        Unauthorized,
+        Error,
+    }
+    let (verdict, latency) = {
+        let mut s = shared.lock();
+        s.count(endpoint);
+        let f = s.faults.for_endpoint(endpoint);
+        let verdict = if s.chance(f.drop_rate) {
+            Verdict::Drop
+        } else if s.chance(f.gateway_timeout_rate) {
+            Verdict::Gateway
+        } else if s.chance(f.rate_limit_rate) {
+            Verdict::RateLimit
+        } else if endpoint != Endpoint::Root && !authorized(shared, headers) {
+            Verdict::Unauthorized
+        } else if s.chance(f.error_rate) {
+            Verdict::Error
+        } else {
+            Verdict::Pass
+        };
+        (verdict, Duration::from_millis(f.latency_ms))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match verdict {
+        Verdict::Pass => Ok(()),
+        Verdict::Drop => Err(dropped_connection()),
+        Verdict::Gateway => Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "Gateway Timeout",
+        )
+            .into_response()),
+        Verdict::RateLimit => Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(json!({ "message": "Too Many Attempts." })),
+        )
+            .into_response()),
+        Verdict::Unauthorized => Err(not_logged_in(endpoint)),
+        Verdict::Error => Err(api_error(ApiError::Generic, endpoint)),
+    }
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    get("AuthClientId") == Some(shared.client_id.as_str())
+        && get("AuthSecret") == Some(shared.secret.as_str())
+}
+
+/// The not-logged-in answer, in the shape each kind of endpoint uses.
+fn not_logged_in(endpoint: Endpoint) -> Response {
+    match endpoint {
+        // Proxied GETs pass the upstream error body on with 200.
+        Endpoint::ListServers | Endpoint::Queue | Endpoint::ServerOptions => json_response(
+            StatusCode::OK,
+            json!({ "errors": [{ "code": 1, "info": "you are not logged in" }] }),
+        ),
+        Endpoint::CreateServer => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({ "message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}" }),
+        ),
+        _ => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({ "json_decode_error": null, "message": "you are not logged in (1)" }),
+        ),
+    }
+}
+
+/// A 200 whose body breaks off: the client sees the connection drop mid-answer.
+fn dropped_connection() -> Response {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"[{\"id\":")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated drop",
+        )),
+    ];
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A request body as a JSON object (empty body = empty object).
+fn body_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "message": "invalid request body: expected a JSON object" }),
+        )),
+    }
+}
+
+/// A field as text: strings as they are, numbers and booleans printed.
+fn text(m: &Map<String, Value>, key: &str) -> Option<String> {
+    match m.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn truthy(m: &Map<String, Value>, key: &str) -> bool {
+    match m.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
+        Some(Value::Number(n)) => n.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+/// `name` or `id`, exactly one of them (the API fails generically otherwise).
+fn selector(m: &Map<String, Value>) -> Result<Selector, ApiError> {
+    match (
+        text(m, "name").filter(|s| !s.is_empty()),
+        text(m, "id").filter(|s| !s.is_empty()),
+    ) {
+        (Some(n), None) => Ok(Selector::Name(n)),
+        (None, Some(id)) => Ok(Selector::Id(id)),
+        _ => Err(ApiError::Generic),
+    }
+}
+
+async fn root(State(sim): Sim, headers: HeaderMap) -> Response {
+    if let Err(r) = gate(&sim, Endpoint::Root, &headers).await {
+        return r;
+    }
+    json_response(StatusCode::OK, json!({ "ready": true }))
+}
+
+async fn list_servers(State(sim): Sim, headers: HeaderMap) -> Response {
+    if let Err(r) = gate(&sim, Endpoint::ListServers, &headers).await {
+        return r;
+    }
+    let now = Instant::now();
+    let mut s = sim.lock();
+    s.advance(now);
+    let list: Vec<Value> = s
+        .listing(now)
+        .into_iter()
+        .map(|srv| {
+            json!({ "id": srv.id, "name": srv.name, "datacenter": srv.datacenter, "power": srv.power })
+        })
+        .collect();
+    json_response(StatusCode::OK, Value::Array(list))
+}
+
+async fn server_tags(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
+    let e = Endpoint::ServerTags;
+    if let Err(r) = gate(&sim, e, &headers).await {
+        return r;
+    }
+    let m = match body_object(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let mut s = sim.lock();
+    s.advance(Instant::now());
+    let result = (|| {
+        let sel = selector(&m)?;
+        let matched = s.select(&sel)?;
+        let idx = match matched.as_slice() {
+            [] => return Err(ApiError::Server(no_servers_message(&sel))),
+            [one] => *one,
+            _ => {
+                let shown = match &sel {
+                    Selector::Name(n) => format!("name='{n}'"),
+                    Selector::Id(i) => format!("id='{i}'"),
+                };
+                return Err(ApiError::Server(format!(
+                    "Too many matching servers ({shown})"
+                )));
+            }
+        };
+        let srv = &mut s.servers[idx];
+        if let Some(add) = text(&m, "add").filter(|t| !t.is_empty())
+            && !srv.tags.contains(&add)
+        {
+            srv.tags.push(add);
+        }
+        if let Some(remove) = text(&m, "remove") {
+            srv.tags.retain(|t| *t != remove);
+        }
+        Ok(srv
+            .tags
+            .iter()
+            .map(|t| json!({ "id": srv.id, "tagName": t }))
+            .collect::<Vec<_>>())
+    })();
+    match result {
+        Ok(tags) => json_response(StatusCode::OK, Value::Array(tags)),
+        Err(err) => api_error(err, e),
+    }
+}
+
+/// `k=v,k=v` items separated by spaces, with allowed keys; `None` when malformed.
+fn spec_items(spec: &str, keys: &[&str]) -> Option<Vec<BTreeMap<String, String>>> {
+    spec.split_whitespace()
+        .map(|item| {
+            item.split(',')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (keys.contains(&k) && !v.is_empty()).then(|| (k.to_string(), v.to_string()))
+                })
+                .collect::<Option<BTreeMap<_, _>>>()
+        })
+        .collect()
+}
+
+fn yes_no(m: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
+    match text(m, key)
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" => Ok(default),
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(ApiError::Generic),
+    }
+}
+
+/// Validates a create request the way cloudcli-server does.
+fn parse_create(m: &Map<String, Value>, lans: &[String]) -> Result<(NewServer, bool), ApiError> {
+    let required = |key: &str| {
+        text(m, key)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ApiError::BadRequest(format!("missing required flag ({key})")))
+    };
+    let invalid = |key: &str, value: &str| {
+        ApiError::BadRequest(format!("invalid flag value ({key}={value})"))
+    };
+
+    let name = required("name")?;
+    let datacenter = required("datacenter")?;
+    if !DATACENTERS.iter().any(|(id, ..)| *id == datacenter) {
+        return Err(invalid("datacenter", &datacenter));
+    }
+    let image_arg = required("image")?;
+    let image_arg = image_arg.trim();
+    let image = if image_arg.chars().all(|c| c.is_ascii_alphanumeric()) {
+        let id = format!("{datacenter}:{image_arg}");
+        (0..IMAGES.len())
+            .map(|i| image_id(&datacenter, i))
+            .find(|candidate| *candidate == id)
+            .ok_or(ApiError::Generic)?
+    } else if let Some((dc, _)) = image_arg.split_once(':') {
+        if dc != datacenter {
+            // The real text only shows with APP_DEBUG; the API answers generically.
+            return Err(ApiError::Generic);
+        }
+        (0..IMAGES.len())
+            .map(|i| image_id(&datacenter, i))
+            .find(|candidate| candidate == image_arg)
+            .ok_or(ApiError::Generic)?
+    } else {
+        IMAGES
+            .iter()
+            .position(|d| *d == image_arg)
+            .map(|i| image_id(&datacenter, i))
+            .ok_or(ApiError::Generic)?
+    };
+
+    let cpu = text(m, "cpu")
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "1B".into());
+    let cpu_ok = cpu.len() >= 2
+        && cpu[..cpu.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && matches!(cpu.chars().last(), Some('A' | 'B' | 'D' | 'T'))
+        && cpu[..cpu.len() - 1].parse::<u32>().is_ok_and(|n| n > 0);
+    if !cpu_ok {
+        return Err(invalid("cpu", &cpu));
+    }
+    let ram_text = text(m, "ram")
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "1024".into());
+    let ram_mb = ram_text
+        .parse::<u64>()
+        .ok()
+        .filter(|r| (256..=262_144).contains(r))
+        .ok_or_else(|| invalid("ram", &ram_text))?;
+
+    let disk_text = text(m, "disk")
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(|| "id=0,size=20".into());
+    let disks = spec_items(&disk_text, &["id", "size"])
+        .filter(|d| !d.is_empty() && d.len() <= 4)
+        .ok_or_else(|| invalid("disk", &disk_text))?;
+    let disks_gb = disks
+        .iter()
+        .map(|d| d.get("size").map_or(Some(20), |s| s.parse().ok()))
+        .collect::<Option<Vec<u64>>>()
+        .ok_or_else(|| invalid("disk", &disk_text))?;
+
+    let net_text = text(m, "network")
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| "id=0,name=wan,ip=auto".into());
+    let nets = spec_items(&net_text, &["id", "name", "ip"])
+        .filter(|n| !n.is_empty() && n.len() <= 4)
+        .ok_or_else(|| invalid("network", &net_text))?;
+    let mut networks = Vec::new();
+    for n in &nets {
+        let name = n.get("name").ok_or(ApiError::Generic)?;
+        if name != "wan" && !lans.contains(name) {
+            return Err(ApiError::Generic);
+        }
+        networks.push(name.clone());
+    }
+
+    yes_no(m, "dailybackup", false)?;
+    yes_no(m, "managed", false)?;
+    let power_on_after = yes_no(m, "poweronaftercreate", true)?;
+    let billing = match text(m, "billingcycle").unwrap_or_default().as_str() {
+        "" | "hourly" => "hourly",
+        "monthly" => "monthly",
+        _ => return Err(ApiError::Generic),
+    };
+
+    let password = text(m, "password").unwrap_or_default();
+    let ssh_key = text(m, "ssh-key").unwrap_or_default();
+    if password.is_empty() && ssh_key.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "missing required flag (password)".into(),
+        ));
+    }
+    let generate = password == "__generate__"
+        && text(m, "passwordValidate").as_deref() == Some("__generate__");
+
+    let tags: Vec<String> = text(m, "tag")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let tag_ok = |t: &String| {
+        (3..=24).contains(&t.len())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !tags.iter().all(tag_ok) {
+        return Err(ApiError::Generic);
+    }
+
+    Ok((
+        NewServer {
+            name,
+            datacenter,
+            image,
+            cpu,
+            ram_mb,
+            disks_gb,
+            networks,
+            billing: billing.into(),
+            power_on_after,
+            tags,
+        },
+        generate,
+    ))
+}
+
+/// A password as the API generates them: 7 lower, 7 upper, 4 digits, 2 symbols.
+fn generated_password(seed: u64) -> String {
+    let mut x = seed | 1;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut out = String::new();
+    for (set, count) in [
+        ("abcdefghijklmnopqrstuvwxyz", 7),
+        ("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 7),
+        ("0123456789", 4),
+        ("!@#$^&*()~", 2),
+    ] {
+        let chars: Vec<char> = set.chars().collect();
+        for _ in 0..count {
+            let i = usize::try_from(next(chars.len() as u64)).unwrap_or(0);
+            out.push(chars[i]);
+        }
+    }
+    out
+}
+
+async fn create_server(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
+    let e = Endpoint::CreateServer;
+    if let Err(r) = gate(&sim, e, &headers).await {
+        return r;
+    }
+    let m = match body_object(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let now = Instant::now();
+    let mut s = sim.lock();
+    s.advance(now);
+    let (req, generate) = match parse_create(&m, &s.lans) {
+        Ok(x) => x,
+        Err(err) => return api_error(err, e),
+    };
+    match s.create(req, now) {
+        Ok(cmd) if generate => {
+            let seed: u64 = cmd.parse().unwrap_or(7);
+            json_response(
+                StatusCode::OK,
+                json!({ "commandIds": [cmd], "password": generated_password(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) }),
+            )
+        }
+        Ok(cmd) => json_response(StatusCode::OK, json!([cmd])),
+        Err(err) => api_error(err, e),
+    }
+}
+
+async fn server_command(
+    sim: &Shared,
+    e: Endpoint,
+    kind: CommandKind,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    if let Err(r) = gate(sim, e, headers).await {
+        return r;
+    }
+    let m = match body_object(body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let now = Instant::now();
+    let mut s = sim.lock();
+    s.advance(now);
+    let result =
+        selector(&m).and_then(|sel| s.server_command(kind, &sel, truthy(&m, "force"), now));
+    match result {
+        Ok(ids) => json_response(StatusCode::OK, json!(ids)),
+        Err(err) => api_error(err, e),
+    }
+}
+
+async fn power_on(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
+    server_command(
+        &sim,
+        Endpoint::PowerOn,
+        CommandKind::PowerOn,
+        &headers,
+        &body,
+    )
+    .await
+}
+
+async fn power_off(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
+    server_command(
+        &sim,
+        Endpoint::PowerOff,
+        CommandKind::PowerOff,
+        &headers,
+        &body,
+    )
+    .await
+}
+
+async fn terminate(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
+    server_command(
+        &sim,
+        Endpoint::Terminate,
+        CommandKind::Terminate,
+        &headers,
+        &body,
+    )
+    .await
+}
+
+async fn server_info(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
+    let e = Endpoint::ServerInfo;
+    if let Err(r) = gate(&sim, e, &headers).await {
+        return r;
+    }
+    let m = match body_object(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let mut s = sim.lock();
+    s.advance(Instant::now());
+    let result = selector(&m).and_then(|sel| {
+        let matched = s.select(&sel)?;
+        if matched.is_empty() && !truthy(&m, "allow-no-servers") {
+            return Err(ApiError::Server(no_servers_message(&sel)));
+        }
+        Ok(matched
+            .into_iter()
+            .map(|i| {
+                let srv = &s.servers[i];
+                json!({
+                    "id": srv.id, "name": srv.name, "datacenter": srv.datacenter, "power": srv.power,
+                    "cpu": srv.cpu, "ram": srv.ram_mb, "diskSizes": srv.disks_gb,
+                    "networks": srv.networks.iter().map(|n| json!({"network": n, "ips": []})).collect::<Vec<_>>(),
+                    "billing": srv.billing, "traffic": "t5000", "managed": "0", "backup": "0",
+                })
+            })
+            .collect::<Vec<_>>())
+    });
+    match result {
+        Ok(list) => json_response(StatusCode::OK, Value::Array(list)),
+        Err(err) => api_error(err, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct QueueQuery {
+    id: Option<String>,
+}
+
+async fn queue(State(sim): Sim, headers: HeaderMap, Query(q): Query<QueueQuery>) -> Response {
+    let e = Endpoint::Queue;
+    if let Err(r) = gate(&sim, e, &headers).await {
+        return r;
+    }
+    let Some(ids) = q.id.filter(|i| !i.trim().is_empty()) else {
+        return api_error(ApiError::BadRequest("missing required flag (id)".into()), e);
+    };
+    let mut s = sim.lock();
+    s.advance(Instant::now());
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    match s.queue(&ids) {
+        Ok(list) => json_response(StatusCode::OK, Value::Array(list)),
+        Err(err) => api_error(err, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct OptionsQuery {
+    datacenter: Option<String>,
+    images: Option<String>,
+}
+
+async fn server_options(
+    State(sim): Sim,
+    headers: HeaderMap,
+    Query(q): Query<OptionsQuery>,
+) -> Response {
+    let e = Endpoint::ServerOptions;
+    if let Err(r) = gate(&sim, e, &headers).await {
+        return r;
+    }
+    if q.images.is_some() {
+        let dc = q.datacenter.unwrap_or_default();
+        if !DATACENTERS.iter().any(|(id, ..)| *id == dc) {
+            return api_error(
+                ApiError::BadRequest(format!("invalid flag value (datacenter={dc})")),
+                e,
+            );
+        }
+        let list: Vec<Value> = IMAGES
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                json!({ "datacenter": dc, "id": image_id(&dc, i), "code": d, "description": d,
+                        "osDiskSizeGB": 20, "ramMBMin": {"A": 256, "B": 512, "D": 1024, "T": 256} })
+            })
+            .collect();
+        return json_response(StatusCode::OK, Value::Array(list));
+    }
+    if q.datacenter.is_some() {
+        let list: Vec<Value> = DATACENTERS
+            .iter()
+            .map(|(id, name, cat, sub)| json!({ "id": id, "name": name, "category": cat, "subCategory": sub }))
+            .collect();
+        return json_response(StatusCode::OK, Value::Array(list));
+    }
+    let dcs: Map<String, Value> = DATACENTERS
+        .iter()
+        .map(|(id, name, ..)| (id.to_string(), json!(name)))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "datacenters": dcs,
+            "cpu": ["1A", "2A", "1B", "2B", "4B", "8B", "2D", "4D", "8D", "1T", "2T"],
+            "ram": [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144],
+            "disk": [5, 10, 20, 40, 50, 60, 80, 100, 150, 200, 250, 300, 500, 1000, 2000],
+            "billing": ["hourly", "monthly"],
+            "traffic": ["t5000", "t10000"],
+        }),
+    )
+}
+
+fn state_json(s: &SimState) -> Value {
+    json!({
+        "servers": s.servers,
+        "commands": s.commands.values().collect::<Vec<_>>(),
+        "requests": s.requests,
+        "faults": s.faults,
+        "quota": s.quota,
+        "timing": s.timing,
+    })
+}
+
+async fn admin_state(State(sim): Sim) -> Response {
+    let mut s = sim.lock();
+    s.advance(Instant::now());
+    json_response(StatusCode::OK, state_json(&s))
+}
+
+async fn admin_get_faults(State(sim): Sim) -> Response {
+    let s = sim.lock();
+    json_response(StatusCode::OK, json!(s.faults))
+}
+
+async fn admin_put_faults(State(sim): Sim, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(f) => {
+            sim.lock().faults = f.clone();
+            json_response(StatusCode::OK, json!(f))
+        }
+        Err(e) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "message": format!("invalid faults: {e}") }),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct SeedRequest {
+    name: String,
+    #[serde(default = "default_dc")]
+    datacenter: String,
+    #[serde(default = "default_true")]
+    power_on: bool,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default = "default_cpu")]
+    cpu: String,
+    #[serde(default = "default_ram")]
+    ram_mb: u64,
+}
+
+fn default_dc() -> String {
+    "US-NY2".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cpu() -> String {
+    "2B".into()
+}
+fn default_ram() -> u64 {
+    4096
+}
+
+async fn admin_seed(State(sim): Sim, body: Bytes) -> Response {
+    match serde_json::from_slice::<SeedRequest>(&body) {
+        Ok(r) => {
+            let id = sim.lock().seed_server(SeedServer {
+                name: r.name,
+                datacenter: r.datacenter,
+                power_on: r.power_on,
+                tags: r.tags,
+                cpu: r.cpu,
+                ram_mb: r.ram_mb,
+            });
+            json_response(StatusCode::OK, json!({ "id": id }))
+        }
+        Err(e) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "message": format!("invalid server: {e}") }),
+        ),
+    }
+}
+
+async fn admin_vanish(State(sim): Sim, Path(id): Path<String>) -> Response {
+    if sim.lock().vanish(&id) {
+        json_response(StatusCode::OK, json!({ "vanished": id }))
+    } else {
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "message": format!("no server with id {id}") }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_passwords_have_the_api_shape() {
+        let p = generated_password(42);
+        assert_eq!(p.len(), 20);
+        assert_eq!(p.chars().filter(char::is_ascii_lowercase).count(), 7);
+        assert_eq!(p.chars().filter(char::is_ascii_uppercase).count(), 7);
+        assert_eq!(p.chars().filter(char::is_ascii_digit).count(), 4);
+        assert_ne!(generated_password(1), generated_password(2));
+    }
+
+    #[test]
+    fn spec_parsing() {
+        let items = spec_items("id=0,size=20 size=100", &["id", "size"]).expect("valid");
+        assert_eq!(items.len(), 2);
+        assert!(spec_items("size", &["id", "size"]).is_none());
+        assert!(spec_items("colour=red", &["id", "size"]).is_none());
+    }
+}

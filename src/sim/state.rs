@@ -1,0 +1,712 @@
+//! The simulated Kamatera account: servers, tags, the command queue on a clock, quota, and the
+//! fault knobs. Pure state, no HTTP: handlers lock it, call one method, and render the result.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Datacenters the simulated account can use: (id, name, category, sub-category).
+pub const DATACENTERS: &[(&str, &str, &str, &str)] = &[
+    ("US-NY2", "New York", "America", "US"),
+    ("US-SC", "Santa Clara", "America", "US"),
+    ("US-TX", "Dallas", "America", "US"),
+    ("CA-TR", "Toronto", "America", "CA"),
+    ("EU", "Amsterdam", "Europe", "NL"),
+    ("EU-FR", "Frankfurt", "Europe", "DE"),
+    ("EU-LO", "London", "Europe", "GB"),
+    ("IL", "Rosh Haayin", "Middle East", "IL"),
+    ("IL-TA", "Tel Aviv", "Middle East", "IL"),
+    ("AS", "Hong Kong", "Asia", "HK"),
+];
+
+/// Image descriptions available in every datacenter.
+pub const IMAGES: &[&str] = &[
+    "ubuntu_server_24.04_64-bit",
+    "ubuntu_server_22.04_64-bit",
+    "debian_server_12_64-bit",
+    "rockylinux_server_9_64-bit",
+];
+
+/// The image id of `IMAGES[index]` in a datacenter, e.g. `US-NY2:6000C29...`.
+pub fn image_id(datacenter: &str, index: usize) -> String {
+    format!("{datacenter}:6000C29{index:025x}")
+}
+
+/// How long commands take (before [`Timing::scale`] applies).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timing {
+    #[serde(with = "millis")]
+    pub create: Duration,
+    #[serde(with = "millis")]
+    pub power: Duration,
+    #[serde(with = "millis")]
+    pub terminate: Duration,
+    /// Share of a command's duration spent `pending` before `progress`.
+    pub pending_share: f64,
+    /// Multiplies every duration: 0.01 runs a 20 s create in 200 ms.
+    pub scale: f64,
+}
+
+impl Default for Timing {
+    /// Realistic enough for demos: a create takes about 20 s.
+    fn default() -> Self {
+        Timing {
+            create: Duration::from_secs(20),
+            power: Duration::from_secs(5),
+            terminate: Duration::from_secs(5),
+            pending_share: 0.2,
+            scale: 1.0,
+        }
+    }
+}
+
+impl Timing {
+    /// Millisecond commands for tests.
+    pub fn fast() -> Self {
+        Timing {
+            create: Duration::from_millis(60),
+            power: Duration::from_millis(30),
+            terminate: Duration::from_millis(30),
+            pending_share: 0.3,
+            scale: 1.0,
+        }
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.scale.max(0.0))
+    }
+}
+
+/// Account limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Quota {
+    pub max_servers: Option<u32>,
+    pub max_cpu_cores: Option<u32>,
+    pub max_ram_mb: Option<u64>,
+}
+
+/// Faults for one endpoint (or all of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointFaults {
+    /// Probability of `500 {"message": "Failed to run command method (...)"}`.
+    pub error_rate: f64,
+    /// Probability of a plain-text `504 Gateway Timeout`.
+    pub gateway_timeout_rate: f64,
+    /// Probability of `429` (rate limited).
+    pub rate_limit_rate: f64,
+    /// Probability that the connection drops in the middle of the answer.
+    pub drop_rate: f64,
+    /// Added before answering.
+    pub latency_ms: u64,
+}
+
+/// Every fault knob. Adjustable at runtime through `/_sim/faults` or in-process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Applies to every endpoint that has no entry in `endpoints`.
+    pub all: EndpointFaults,
+    /// Per endpoint, keyed by [`Endpoint::key`].
+    pub endpoints: BTreeMap<String, EndpointFaults>,
+    /// Probability that a new command ends in `error`.
+    pub command_error_rate: f64,
+    /// Probability that a new command ends `cancelled`.
+    pub command_cancel_rate: f64,
+    /// The queue answers `[]` whatever is asked.
+    pub queue_empty: bool,
+    /// A new server shows up in the listing only this long after its create request.
+    pub listing_lag_ms: u64,
+}
+
+impl Faults {
+    pub fn for_endpoint(&self, e: Endpoint) -> EndpointFaults {
+        self.endpoints.get(e.key()).copied().unwrap_or(self.all)
+    }
+}
+
+/// The API operations, for request counting and per-endpoint faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    Root,
+    ListServers,
+    ServerTags,
+    CreateServer,
+    PowerOn,
+    PowerOff,
+    Terminate,
+    Queue,
+    ServerInfo,
+    ServerOptions,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::Root,
+        Endpoint::ListServers,
+        Endpoint::ServerTags,
+        Endpoint::CreateServer,
+        Endpoint::PowerOn,
+        Endpoint::PowerOff,
+        Endpoint::Terminate,
+        Endpoint::Queue,
+        Endpoint::ServerInfo,
+        Endpoint::ServerOptions,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Endpoint::Root => "root",
+            Endpoint::ListServers => "list_servers",
+            Endpoint::ServerTags => "server_tags",
+            Endpoint::CreateServer => "create_server",
+            Endpoint::PowerOn => "power_on",
+            Endpoint::PowerOff => "power_off",
+            Endpoint::Terminate => "terminate",
+            Endpoint::Queue => "queue",
+            Endpoint::ServerInfo => "server_info",
+            Endpoint::ServerOptions => "server_options",
+        }
+    }
+
+    /// The cloudcli-server method name, as it appears in its generic error messages.
+    pub fn method_name(self) -> &'static str {
+        match self {
+            Endpoint::Root => "root",
+            Endpoint::ListServers => "servers",
+            Endpoint::ServerTags => "serverTags",
+            Endpoint::CreateServer => "createServer",
+            Endpoint::PowerOn => "powerOnServer",
+            Endpoint::PowerOff => "powerOffServer",
+            Endpoint::Terminate => "terminateServer",
+            Endpoint::Queue => "queue",
+            Endpoint::ServerInfo => "serverInfo",
+            Endpoint::ServerOptions => "serverOptions",
+        }
+    }
+}
+
+/// One simulated server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimServer {
+    pub id: String,
+    pub name: String,
+    pub datacenter: String,
+    pub power: String,
+    pub tags: Vec<String>,
+    pub cpu: String,
+    pub ram_mb: u64,
+    pub disks_gb: Vec<u64>,
+    pub networks: Vec<String>,
+    pub billing: String,
+    pub image: String,
+    #[serde(skip)]
+    pub created: Instant,
+}
+
+impl SimServer {
+    fn cores(&self) -> u32 {
+        self.cpu
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandKind {
+    Create,
+    PowerOn,
+    PowerOff,
+    Terminate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Complete,
+    Error,
+    Cancelled,
+}
+
+/// One queued command.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimCommand {
+    pub id: String,
+    pub kind: CommandKind,
+    pub server_id: String,
+    pub server_name: String,
+    pub outcome: Outcome,
+    /// `pending`, `progress`, or the outcome once done.
+    pub status: String,
+    /// True once the outcome's effect on the servers was applied.
+    pub applied: bool,
+    /// For creates: whether the server ends powered on.
+    #[serde(skip)]
+    power_on_after: bool,
+    #[serde(skip)]
+    started: Instant,
+    #[serde(skip)]
+    pending_for: Duration,
+    #[serde(skip)]
+    total: Duration,
+    #[serde(skip)]
+    added: String,
+}
+
+impl SimCommand {
+    fn status_at(&self, now: Instant) -> &'static str {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < self.pending_for {
+            "pending"
+        } else if elapsed < self.total {
+            "progress"
+        } else {
+            match self.outcome {
+                Outcome::Complete => "complete",
+                Outcome::Error => "error",
+                Outcome::Cancelled => "cancelled",
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        let mut log = match self.kind {
+            CommandKind::Create => format!("Name: {}\nCreating server...", self.server_name),
+            CommandKind::PowerOn => format!("Powering on {}...", self.server_name),
+            CommandKind::PowerOff => format!("Powering off {}...", self.server_name),
+            CommandKind::Terminate => format!("Terminating {}...", self.server_name),
+        };
+        match self.status.as_str() {
+            "complete" => log.push_str("\nDone"),
+            "error" => log.push_str("\nError: the operation failed in the datacenter (simulated)"),
+            "cancelled" => log.push_str("\nCancelled (simulated)"),
+            _ => {}
+        }
+        log
+    }
+}
+
+/// The whole simulated account.
+#[derive(Debug)]
+pub struct SimState {
+    pub servers: Vec<SimServer>,
+    pub commands: BTreeMap<String, SimCommand>,
+    /// Command ids in creation order.
+    command_order: Vec<String>,
+    pub requests: BTreeMap<&'static str, u64>,
+    pub faults: Faults,
+    pub timing: Timing,
+    pub quota: Quota,
+    /// LAN names a create may attach besides `wan`.
+    pub lans: Vec<String>,
+    rng: StdRng,
+    next_command: u64,
+    epoch: Instant,
+}
+
+/// A failure the HTTP layer renders in the API's shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// 400 `{"message": ...}`.
+    BadRequest(String),
+    /// 500 `{"message": "No servers found (name='...')"}` and similar specific 500s.
+    Server(String),
+    /// 500 `{"message": "Failed to run command method (<method>)"}`.
+    Generic,
+    /// 500 with the upstream passthrough shape: `{"json_decode_error": null, "message": ...}`.
+    Upstream(String),
+}
+
+/// How a request names servers: by anchored regex or by id.
+pub enum Selector {
+    Name(String),
+    Id(String),
+}
+
+/// One server to place in the account directly (seeding and tests).
+#[derive(Debug, Clone)]
+pub struct SeedServer {
+    pub name: String,
+    pub datacenter: String,
+    pub power_on: bool,
+    pub tags: Vec<String>,
+    pub cpu: String,
+    pub ram_mb: u64,
+}
+
+/// What a create request asks for, already validated.
+pub struct NewServer {
+    pub name: String,
+    pub datacenter: String,
+    pub image: String,
+    pub cpu: String,
+    pub ram_mb: u64,
+    pub disks_gb: Vec<u64>,
+    pub networks: Vec<String>,
+    pub billing: String,
+    pub power_on_after: bool,
+    pub tags: Vec<String>,
+}
+
+impl SimState {
+    pub fn new(seed: u64, timing: Timing, quota: Quota) -> Self {
+        SimState {
+            servers: Vec::new(),
+            commands: BTreeMap::new(),
+            command_order: Vec::new(),
+            requests: BTreeMap::new(),
+            faults: Faults::default(),
+            timing,
+            quota,
+            lans: vec!["lan-demo-private".to_string()],
+            rng: StdRng::seed_from_u64(seed),
+            next_command: 1_000_001,
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn count(&mut self, e: Endpoint) {
+        *self.requests.entry(e.key()).or_insert(0) += 1;
+    }
+
+    /// A draw from the seeded generator, for probabilistic faults.
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random::<f64>() < p
+    }
+
+    fn new_uuid(&mut self) -> String {
+        let a: u64 = self.rng.random();
+        let b: u64 = self.rng.random();
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        )
+    }
+
+    pub fn seed_server(&mut self, s: SeedServer) -> String {
+        let id = self.new_uuid();
+        self.servers.push(SimServer {
+            id: id.clone(),
+            name: s.name,
+            datacenter: s.datacenter,
+            power: if s.power_on { "on" } else { "off" }.into(),
+            tags: s.tags,
+            cpu: s.cpu,
+            ram_mb: s.ram_mb,
+            disks_gb: vec![20],
+            networks: vec!["wan".into()],
+            billing: "hourly".into(),
+            image: image_id("US-NY2", 0),
+            // Seeded servers are visible at once, whatever the listing lag.
+            created: self.epoch,
+        });
+        id
+    }
+
+    /// Applies the effects of every command that reached its end by `now`.
+    pub fn advance(&mut self, now: Instant) {
+        let mut finished = Vec::new();
+        for id in &self.command_order {
+            let Some(cmd) = self.commands.get_mut(id) else {
+                continue;
+            };
+            if cmd.applied {
+                continue;
+            }
+            let status = cmd.status_at(now);
+            cmd.status = status.to_string();
+            if matches!(status, "complete" | "error" | "cancelled") {
+                cmd.applied = true;
+                finished.push((
+                    cmd.kind,
+                    cmd.outcome,
+                    cmd.server_id.clone(),
+                    cmd.power_on_after,
+                ));
+            }
+        }
+        for (kind, outcome, server_id, power_on_after) in finished {
+            let idx = self.servers.iter().position(|s| s.id == server_id);
+            match (kind, outcome, idx) {
+                (_, _, None) => {}
+                (CommandKind::Create, Outcome::Complete, Some(i)) if power_on_after => {
+                    self.servers[i].power = "on".into();
+                }
+                (CommandKind::Create, Outcome::Complete, Some(_)) => {}
+                // A failed or cancelled create leaves nothing behind.
+                (CommandKind::Create, _, Some(i)) => {
+                    self.servers.remove(i);
+                }
+                (CommandKind::PowerOn, Outcome::Complete, Some(i)) => {
+                    self.servers[i].power = "on".into();
+                }
+                (CommandKind::PowerOff, Outcome::Complete, Some(i)) => {
+                    self.servers[i].power = "off".into();
+                }
+                (CommandKind::Terminate, Outcome::Complete, Some(i)) => {
+                    self.servers.remove(i);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The listing: servers old enough to be visible under the listing-lag fault.
+    pub fn listing(&self, now: Instant) -> Vec<&SimServer> {
+        let lag = Duration::from_millis(self.faults.listing_lag_ms);
+        self.servers
+            .iter()
+            .filter(|s| now.saturating_duration_since(s.created) >= lag)
+            .collect()
+    }
+
+    /// Servers matched by a selector. Names are anchored regular expressions, as in the API.
+    pub fn select(&self, sel: &Selector) -> Result<Vec<usize>, ApiError> {
+        match sel {
+            Selector::Id(id) => Ok(self
+                .servers
+                .iter()
+                .position(|s| &s.id == id)
+                .into_iter()
+                .collect()),
+            Selector::Name(pattern) => {
+                let re = regex::Regex::new(&format!("^(?:{pattern})$"))
+                    .map_err(|_| ApiError::Generic)?;
+                Ok(self
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| re.is_match(&s.name))
+                    .map(|(i, _)| i)
+                    .collect())
+            }
+        }
+    }
+
+    fn enqueue(&mut self, kind: CommandKind, server: usize, now: Instant) -> String {
+        let outcome = if self.chance(self.faults.command_error_rate) {
+            Outcome::Error
+        } else if self.chance(self.faults.command_cancel_rate) {
+            Outcome::Cancelled
+        } else {
+            Outcome::Complete
+        };
+        let base = match kind {
+            CommandKind::Create => self.timing.create,
+            CommandKind::PowerOn | CommandKind::PowerOff => self.timing.power,
+            CommandKind::Terminate => self.timing.terminate,
+        };
+        let total = self.timing.scaled(base);
+        let pending_for = total.mul_f64(self.timing.pending_share.clamp(0.0, 1.0));
+        let id = self.next_command.to_string();
+        self.next_command += 1;
+        let s = &self.servers[server];
+        self.commands.insert(
+            id.clone(),
+            SimCommand {
+                id: id.clone(),
+                kind,
+                server_id: s.id.clone(),
+                server_name: s.name.clone(),
+                outcome,
+                status: "pending".into(),
+                applied: false,
+                power_on_after: true,
+                started: now,
+                pending_for,
+                total,
+                added: timestamp_utc(std::time::SystemTime::now()),
+            },
+        );
+        self.command_order.push(id.clone());
+        id
+    }
+
+    /// Starts creating a server; the server is listed (powered off) at once.
+    pub fn create(&mut self, req: NewServer, now: Instant) -> Result<String, ApiError> {
+        let cores: u32 = req
+            .cpu
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .parse()
+            .unwrap_or(0);
+        let used_servers = u32::try_from(self.servers.len()).unwrap_or(u32::MAX);
+        let used_cores: u32 = self.servers.iter().map(SimServer::cores).sum();
+        let used_ram: u64 = self.servers.iter().map(|s| s.ram_mb).sum();
+        if let Some(max) = self.quota.max_servers
+            && used_servers + 1 > max
+        {
+            return Err(ApiError::Upstream(format!(
+                "Server quota exceeded: the account may have at most {max} servers (31)"
+            )));
+        }
+        if let Some(max) = self.quota.max_cpu_cores
+            && used_cores + cores > max
+        {
+            return Err(ApiError::Upstream(format!(
+                "CPU quota exceeded: {used_cores} of {max} cores in use, {cores} requested (31)"
+            )));
+        }
+        if let Some(max) = self.quota.max_ram_mb
+            && used_ram + req.ram_mb > max
+        {
+            return Err(ApiError::Upstream(format!(
+                "RAM quota exceeded: {used_ram} of {max} MB in use, {} requested (31)",
+                req.ram_mb
+            )));
+        }
+        let id = self.new_uuid();
+        self.servers.push(SimServer {
+            id,
+            name: req.name,
+            datacenter: req.datacenter,
+            power: "off".into(),
+            tags: req.tags,
+            cpu: req.cpu,
+            ram_mb: req.ram_mb,
+            disks_gb: req.disks_gb,
+            networks: req.networks,
+            billing: req.billing,
+            image: req.image,
+            created: now,
+        });
+        let idx = self.servers.len() - 1;
+        let cmd = self.enqueue(CommandKind::Create, idx, now);
+        if let Some(c) = self.commands.get_mut(&cmd) {
+            c.power_on_after = req.power_on_after;
+        }
+        Ok(cmd)
+    }
+
+    /// Starts a power or terminate command on every selected server.
+    pub fn server_command(
+        &mut self,
+        kind: CommandKind,
+        sel: &Selector,
+        force: bool,
+        now: Instant,
+    ) -> Result<Vec<String>, ApiError> {
+        let matched = self.select(sel)?;
+        if matched.is_empty() {
+            return Err(ApiError::Server(no_servers_message(sel)));
+        }
+        if kind == CommandKind::Terminate
+            && !force
+            && matched.iter().any(|i| self.servers[*i].power == "on")
+        {
+            // Terminating a running server needs force.
+            return Err(ApiError::Generic);
+        }
+        Ok(matched
+            .into_iter()
+            .map(|i| self.enqueue(kind, i, now))
+            .collect())
+    }
+
+    /// Queue entries in request order; an unknown id fails the whole request, as the API's
+    /// per-id upstream lookups do.
+    pub fn queue(&self, ids: &[&str]) -> Result<Vec<serde_json::Value>, ApiError> {
+        if self.faults.queue_empty {
+            return Ok(Vec::new());
+        }
+        ids.iter()
+            .map(|id| {
+                let cmd = self
+                    .commands
+                    .get(*id)
+                    .ok_or_else(|| ApiError::Upstream(format!("command {id} not found (4)")))?;
+                Ok(serde_json::json!({
+                    "id": cmd.id.parse::<u64>().unwrap_or(0),
+                    "status": cmd.status,
+                    "server": cmd.server_name,
+                    "description": match cmd.kind {
+                        CommandKind::Create => "Create server",
+                        CommandKind::PowerOn => "Power on",
+                        CommandKind::PowerOff => "Power off",
+                        CommandKind::Terminate => "Terminate server",
+                    },
+                    "added": cmd.added,
+                    "log": cmd.log(),
+                }))
+            })
+            .collect()
+    }
+
+    /// Removes a server out of band (as if deleted in the console).
+    pub fn vanish(&mut self, id: &str) -> bool {
+        let before = self.servers.len();
+        self.servers.retain(|s| s.id != id);
+        before != self.servers.len()
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, the queue's timestamp format.
+pub fn timestamp_utc(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+pub fn no_servers_message(sel: &Selector) -> String {
+    match sel {
+        Selector::Name(n) => format!("No servers found (name='{n}')"),
+        Selector::Id(id) => format!("No servers found (id='{id}')"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_779_321_845);
+        assert_eq!(timestamp_utc(t), "2026-05-21 00:04:05");
+        assert_eq!(timestamp_utc(std::time::UNIX_EPOCH), "1970-01-01 00:00:00");
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(timestamp_utc(leap), "2000-02-29 00:00:00");
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
