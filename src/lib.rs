@@ -5,6 +5,8 @@
 //! instances), which calls `kamatera` (the cloudcli REST API). `config` feeds all of them.
 
 pub mod config;
+pub mod grpc;
 pub mod kamatera;
 pub mod proto;
+pub mod provider;
 pub mod sim;

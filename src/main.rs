@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kamatera_ca_provider::config::{self, CloudConfig, ConfigError};
+use kamatera_ca_provider::provider::{Provider, ProviderOptions};
 use kamatera_ca_provider::sim::{self, Quota, SeedServer, SimConfig, Timing};
+use kamatera_ca_provider::{grpc, kamatera};
 
 #[derive(Parser)]
 #[command(
@@ -30,8 +32,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         cloud_config: PathBuf,
     },
+    /// Serve the externalgrpc CloudProvider API to the cluster-autoscaler.
+    Serve(ServeArgs),
     /// Run the Kamatera API simulator alone (a fake cloudcli API for demos and tools).
     Simulator(SimulatorArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The Kamatera INI cloud config. With --simulate it is optional (config/example.ini is
+    /// built in) and its API URL and credentials are replaced by the simulator's.
+    #[arg(long, value_name = "FILE", required_unless_present = "simulate")]
+    cloud_config: Option<PathBuf>,
+    /// Address of the gRPC server (the autoscaler's cloud-config `address`).
+    #[arg(long, default_value = "127.0.0.1:8086")]
+    listen: SocketAddr,
+    /// Run against an embedded Kamatera API simulator instead of the real API.
+    #[arg(long)]
+    simulate: bool,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +87,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { cloud_config } => check(&cloud_config),
+        Command::Serve(args) => run(serve(args)),
         Command::Simulator(args) => run(simulator(args)),
     }
 }
@@ -120,6 +139,108 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (mut cfg, source) = match &args.cloud_config {
+        Some(path) => (
+            CloudConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+            path.display().to_string(),
+        ),
+        None => (
+            CloudConfig::parse(
+                "config/example.ini (built in)",
+                config::EXAMPLE_CONFIG,
+                &|_| None,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            "config/example.ini (built in)".to_string(),
+        ),
+    };
+    let simulator = if args.simulate {
+        let handle = sim::start(SimConfig::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("cannot start the embedded simulator")?;
+        cfg.api_url = handle.url();
+        cfg.api_client_id = sim::DEMO_CLIENT_ID.into();
+        cfg.api_secret = config::Secret::new(sim::DEMO_SECRET);
+        Some(handle)
+    } else {
+        None
+    };
+
+    let client = kamatera::Client::new(kamatera::ClientSettings::from_config(&cfg))
+        .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    let groups: Vec<String> = cfg
+        .node_groups
+        .iter()
+        .map(|g| format!("{} ({}..{})", g.name, g.min_size, g.max_size))
+        .collect();
+    let api_url = cfg.api_url.clone();
+    let provider = Provider::new(cfg, client, ProviderOptions::default());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+
+    match &simulator {
+        Some(sim) => tracing::info!(
+            "provider listening on {addr}, simulated Kamatera at {} (account state: {}/_sim/state); \
+             config {source}; node groups: {}",
+            sim.url(),
+            sim.url(),
+            groups.join(", ")
+        ),
+        None => tracing::info!(
+            "provider listening on {addr}, Kamatera API at {api_url}; config {source}; node groups: {}",
+            groups.join(", ")
+        ),
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address");
+    }
+
+    match provider.reconcile().await {
+        Ok(r) => tracing::info!(servers = r.listed, "first Kamatera listing done"),
+        Err(e) => tracing::warn!(
+            error = e.detail(),
+            "first Kamatera listing failed; Refresh answers Unavailable until one succeeds"
+        ),
+    }
+    let background = provider.start_background();
+    grpc::serve(provider, listener, shutdown_signal())
+        .await
+        .context("gRPC server failed")?;
+    background.abort();
+    if let Some(sim) = simulator {
+        sim.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
 }
 
 async fn simulator(args: SimulatorArgs) -> anyhow::Result<()> {

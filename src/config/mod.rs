@@ -36,6 +36,8 @@ pub struct CloudConfig {
     pub filter_name_prefix: String,
     /// Prefix of every providerID, `kamatera://` unless configured.
     pub provider_id_prefix: String,
+    /// Label that marks GPU nodes (`gpu-label`), answered by the GPULabel RPC; empty for none.
+    pub gpu_label: String,
     /// Node groups, sorted by name.
     pub node_groups: Vec<NodeGroupConfig>,
 }
@@ -52,8 +54,50 @@ pub struct NodeGroupConfig {
     pub poweroff_on_scale_down_max_servers: u32,
     /// `template-label` entries, in file order.
     pub template_labels: Vec<(String, String)>,
+    /// `template-taint` entries, in file order.
+    pub template_taints: Vec<TemplateTaint>,
+    /// CPU kept back from the template node's allocatable, in millicores.
+    pub reserved_cpu_millis: u32,
+    /// Memory kept back from the template node's allocatable, in MiB.
+    pub reserved_memory_mib: u32,
+    /// Per-group autoscaling options; all `None` means "use the autoscaler's defaults".
+    pub options: OptionOverrides,
     pub server: ServerConfig,
 }
+
+/// A taint of the template node: `key=value:Effect` or `key:Effect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateTaint {
+    pub key: String,
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+/// Per-group overrides of the autoscaler's options (GetOptions).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OptionOverrides {
+    pub scale_down_utilization_threshold: Option<f64>,
+    pub scale_down_gpu_utilization_threshold: Option<f64>,
+    pub scale_down_unneeded_time: Option<std::time::Duration>,
+    pub scale_down_unready_time: Option<std::time::Duration>,
+    pub max_node_provision_time: Option<std::time::Duration>,
+    pub zero_or_max_node_scaling: Option<bool>,
+    pub ignore_daemonsets_utilization: Option<bool>,
+}
+
+impl Eq for OptionOverrides {}
+
+impl OptionOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == OptionOverrides::default()
+    }
+}
+
+/// Default CPU reservation of template nodes (kubelet and system daemons), in millicores.
+pub const DEFAULT_RESERVED_CPU_MILLIS: u32 = 100;
+/// Default memory reservation of template nodes (daemons plus the eviction threshold), in MiB.
+pub const DEFAULT_RESERVED_MEMORY_MIB: u32 = 256;
 
 /// What a create request for this node group carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

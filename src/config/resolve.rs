@@ -9,8 +9,9 @@ use regex::Regex;
 
 use super::gcfg::{self, Section};
 use super::{
-    BillingCycle, CloudConfig, ENV_CLIENT_ID, ENV_SECRET, NodeGroupConfig, Problem, Secret,
-    ServerConfig,
+    BillingCycle, CloudConfig, DEFAULT_RESERVED_CPU_MILLIS, DEFAULT_RESERVED_MEMORY_MIB,
+    ENV_CLIENT_ID, ENV_SECRET, NodeGroupConfig, OptionOverrides, Problem, Secret, ServerConfig,
+    TemplateTaint,
 };
 
 pub const DEFAULT_API_URL: &str = "https://cloudcli.cloudwm.com";
@@ -57,6 +58,7 @@ const GLOBAL_KEYS: &[(&str, Kind)] = &[
     ("default-billingcycle", Kind::Str),
     ("default-monthlypackage", Kind::Str),
     ("default-script-base64", Kind::Str),
+    ("gpu-label", Kind::Str),
 ];
 
 const GROUP_KEYS: &[(&str, Kind)] = &[
@@ -80,6 +82,17 @@ const GROUP_KEYS: &[(&str, Kind)] = &[
     ("monthlypackage", Kind::Str),
     ("script-base64", Kind::Str),
     ("template-label", Kind::List),
+    // Extensions of this provider (not in the in-tree one).
+    ("template-taint", Kind::List),
+    ("template-reserved-cpu", Kind::Str),
+    ("template-reserved-memory", Kind::Str),
+    ("scale-down-utilization-threshold", Kind::Str),
+    ("scale-down-gpu-utilization-threshold", Kind::Str),
+    ("scale-down-unneeded-time", Kind::Str),
+    ("scale-down-unready-time", Kind::Str),
+    ("max-node-provision-time", Kind::Str),
+    ("zero-or-max-node-scaling", Kind::Bool),
+    ("ignore-daemonsets-utilization", Kind::Bool),
 ];
 
 static TAG_RE: LazyLock<Regex> =
@@ -480,6 +493,7 @@ fn resolve_global(
             .map(|(v, _)| v)
             .unwrap_or_default(),
         provider_id_prefix,
+        gpu_label: r.string("gpu-label").map(|(v, _)| v).unwrap_or_default(),
         node_groups: Vec::new(),
     }
 }
@@ -865,6 +879,41 @@ fn resolve_group(
         }
     }
 
+    let mut template_taints = Vec::new();
+    if let Some((_, entries)) = g.list("template-taint") {
+        for (entry, line) in entries {
+            match parse_taint(entry) {
+                Ok(t) => template_taints.push(t),
+                Err(m) => problems.add(Some(*line), &label, Some("template-taint"), m),
+            }
+        }
+    }
+    let reserved_cpu_millis = match g.non_empty("template-reserved-cpu") {
+        None => DEFAULT_RESERVED_CPU_MILLIS,
+        Some((v, line)) => parse_cpu_millis(&v).unwrap_or_else(|| {
+            problems.add(
+                Some(line),
+                &label,
+                Some("template-reserved-cpu"),
+                format!("{v:?} is not a CPU amount such as 100m or 0.5"),
+            );
+            0
+        }),
+    };
+    let reserved_memory_mib = match g.non_empty("template-reserved-memory") {
+        None => DEFAULT_RESERVED_MEMORY_MIB,
+        Some((v, line)) => parse_memory_mib(&v).unwrap_or_else(|| {
+            problems.add(
+                Some(line),
+                &label,
+                Some("template-reserved-memory"),
+                format!("{v:?} is not a memory amount such as 512Mi or 1Gi"),
+            );
+            0
+        }),
+    };
+    let options = read_options(&g, &label, problems);
+
     let password = pick("password", "default-password");
     let ssh_key = pick("ssh-key", "default-ssh-key");
     let monthly_package = pick("monthlypackage", "default-monthlypackage");
@@ -880,6 +929,10 @@ fn resolve_group(
         poweron_on_scale_up,
         poweroff_on_scale_down_max_servers,
         template_labels,
+        template_taints,
+        reserved_cpu_millis,
+        reserved_memory_mib,
+        options,
         server: ServerConfig {
             name_prefix: name_prefix.value,
             password: Some(password.value)
@@ -1061,6 +1114,122 @@ fn parse_label(entry: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Reads the GetOptions override keys of a node group.
+fn read_options(g: &Reader<'_>, label: &str, problems: &mut Problems) -> OptionOverrides {
+    let threshold = |key: &str, problems: &mut Problems| {
+        let (v, line) = g.non_empty(key)?;
+        match v.trim().parse::<f64>() {
+            Ok(x) if (0.0..=1.0).contains(&x) => Some(x),
+            _ => {
+                problems.add(
+                    Some(line),
+                    label,
+                    Some(key),
+                    format!("{v:?} is not a fraction between 0 and 1 (e.g. 0.5)"),
+                );
+                None
+            }
+        }
+    };
+    let duration = |key: &str, problems: &mut Problems| {
+        let (v, line) = g.non_empty(key)?;
+        match parse_duration(&v) {
+            Some(d) => Some(d),
+            None => {
+                problems.add(
+                    Some(line),
+                    label,
+                    Some(key),
+                    format!("{v:?} is not a duration such as 10m, 1h30m or 45s"),
+                );
+                None
+            }
+        }
+    };
+    OptionOverrides {
+        scale_down_utilization_threshold: threshold("scale-down-utilization-threshold", problems),
+        scale_down_gpu_utilization_threshold: threshold(
+            "scale-down-gpu-utilization-threshold",
+            problems,
+        ),
+        scale_down_unneeded_time: duration("scale-down-unneeded-time", problems),
+        scale_down_unready_time: duration("scale-down-unready-time", problems),
+        max_node_provision_time: duration("max-node-provision-time", problems),
+        zero_or_max_node_scaling: g.bool("zero-or-max-node-scaling", problems),
+        ignore_daemonsets_utilization: g.bool("ignore-daemonsets-utilization", problems),
+    }
+}
+
+/// A Go-style duration: a sequence of `<number><unit>` with units h, m, s, ms.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = std::time::Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += std::time::Duration::try_from_secs_f64(number * seconds).ok()?;
+    }
+    Some(total)
+}
+
+/// `100m` (millicores) or `0.5` / `2` (cores).
+fn parse_cpu_millis(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if let Some(m) = t.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    let cores: f64 = t.parse().ok()?;
+    (0.0..10_000.0).contains(&cores).then(|| (cores * 1000.0).round() as u32)
+}
+
+/// `512Mi`, `1Gi`, or a plain number of MiB.
+fn parse_memory_mib(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if let Some(g) = t.strip_suffix("Gi") {
+        return g.parse::<u32>().ok()?.checked_mul(1024);
+    }
+    t.strip_suffix("Mi").unwrap_or(t).parse().ok()
+}
+
+/// `key=value:Effect` or `key:Effect`.
+fn parse_taint(entry: &str) -> Result<TemplateTaint, String> {
+    let Some((kv, effect)) = entry.rsplit_once(':') else {
+        return Err(format!(
+            "{entry:?} is not key=value:Effect (Effect is NoSchedule, PreferNoSchedule or NoExecute)"
+        ));
+    };
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "taint effect {effect:?} must be NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    // Taint keys and values follow the label rules.
+    parse_label(&format!("{key}={value}")).map_err(|m| format!("taint {entry:?}: {m}"))?;
+    Ok(TemplateTaint {
+        key: key.to_string(),
+        value: value.to_string(),
+        effect: effect.to_string(),
+    })
+}
+
 /// Cores from a cpu string such as `2B`.
 pub(super) fn cpu_cores(cpu: &str) -> Option<u32> {
     CPU_RE
@@ -1105,6 +1274,32 @@ mod tests {
         assert_eq!(parse_label("role="), Ok(("role".into(), String::new())));
         assert!(parse_label("Bad_Prefix/role=x").is_err());
         assert!(parse_label("noequals").is_err());
+    }
+
+    #[test]
+    fn durations_taints_and_amounts() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("10d"), None);
+        assert_eq!(parse_duration(""), None);
+        let t = parse_taint("dedicated=batch:NoSchedule").expect("taint");
+        assert_eq!(
+            (t.key.as_str(), t.value.as_str(), t.effect.as_str()),
+            ("dedicated", "batch", "NoSchedule")
+        );
+        let t = parse_taint("example.com/gpu:NoExecute").expect("taint");
+        assert_eq!((t.key.as_str(), t.value.as_str()), ("example.com/gpu", ""));
+        assert!(parse_taint("a=b:Sometimes").is_err());
+        assert!(parse_taint("a=b").is_err());
+        assert_eq!(parse_cpu_millis("250m"), Some(250));
+        assert_eq!(parse_cpu_millis("0.5"), Some(500));
+        assert_eq!(parse_memory_mib("1Gi"), Some(1024));
+        assert_eq!(parse_memory_mib("300Mi"), Some(300));
+        assert_eq!(parse_memory_mib("lots"), None);
     }
 
     #[test]

@@ -1,0 +1,713 @@
+//! Node groups and their instances: answers the autoscaler from memory, records scaling intent at
+//! once, and reconciles with Kamatera in the background.
+//!
+//! - Reads (`node_groups`, `target_size`, `nodes`, `node_group_for_node`, templates, options) are
+//!   map lookups under a short lock; they never call the API.
+//! - `increase_size`, `delete_nodes` and `decrease_target_size` validate, change the in-memory
+//!   state, start the cloud calls as tasks (bounded concurrency) and return.
+//! - One reconcile pass serves all node groups: one listing, tags only for servers not seen before
+//!   (bounded concurrency), and every pending command in one batched queue request. A background
+//!   loop runs it on an interval; `refresh` triggers it and waits a bounded time.
+//! - Kamatera is the truth for what exists (both tags = membership); the provider is the truth
+//!   for what is in flight.
+
+mod state;
+mod template;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::{CloudConfig, NodeGroupConfig, OptionOverrides};
+use crate::kamatera::{self, Client, CommandStatus, CreateServer, KamateraError};
+
+pub use state::{CreateStatus, ErrorClass, ErrorInfo, Phase};
+pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
+
+use state::{Action, CommandKind, GroupTags, Instance, Observed, Pending, State};
+
+/// Errors the autoscaler sees; the gRPC layer maps each to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("node group {0:?} not found")]
+    UnknownGroup(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, ProviderError>;
+
+/// Tuning knobs; the defaults suit the autoscaler's 10 s loop and 5 s call deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderOptions {
+    /// How long `refresh` waits for a reconcile before answering with the state it has.
+    pub refresh_wait: Duration,
+    /// Background reconcile period.
+    pub reconcile_interval: Duration,
+    /// Create, power and terminate requests in flight at once.
+    pub max_concurrent_requests: usize,
+    /// Tag requests in flight at once during a reconcile.
+    pub max_concurrent_tag_reads: usize,
+    /// How long the name of a create whose outcome is unknown (timeout, 5xx) is watched, so a
+    /// server that appears late is terminated rather than orphaned.
+    pub uncertain_create_watch: Duration,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        ProviderOptions {
+            refresh_wait: Duration::from_secs(2),
+            reconcile_interval: Duration::from_secs(15),
+            max_concurrent_requests: 8,
+            max_concurrent_tag_reads: 8,
+            uncertain_create_watch: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// A node group as the autoscaler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub id: String,
+    pub min_size: u32,
+    pub max_size: u32,
+}
+
+/// One instance as the autoscaler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    /// The providerID: prefix + server name.
+    pub id: String,
+    pub phase: Phase,
+    pub error: Option<ErrorInfo>,
+}
+
+/// A Kubernetes node as the autoscaler sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRef {
+    pub provider_id: String,
+    pub name: String,
+}
+
+/// What one reconcile pass did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub listed: usize,
+    pub tag_reads: usize,
+    pub commands_polled: usize,
+    pub actions: usize,
+}
+
+/// The provider: cheap to clone, shared by the gRPC service and the background loop.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CloudConfig,
+    client: Client,
+    options: ProviderOptions,
+    state: Mutex<State>,
+    /// One reconcile at a time.
+    reconcile_lock: tokio::sync::Mutex<()>,
+    /// Counts finished reconciles; `refresh` waits for it to move.
+    finished: watch::Sender<u64>,
+    requests: Arc<Semaphore>,
+}
+
+impl Provider {
+    pub fn new(config: CloudConfig, client: Client, options: ProviderOptions) -> Provider {
+        let (finished, _) = watch::channel(0);
+        Provider {
+            inner: Arc::new(Inner {
+                requests: Arc::new(Semaphore::new(options.max_concurrent_requests.max(1))),
+                config,
+                client,
+                options,
+                state: Mutex::new(State::default()),
+                reconcile_lock: tokio::sync::Mutex::new(()),
+                finished,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.inner.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Transitions never leave the state half-updated across a panic point that matters;
+        // keep serving rather than poisoning every later call.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn group(&self, id: &str) -> Result<&NodeGroupConfig> {
+        self.inner
+            .config
+            .node_group(id)
+            .ok_or_else(|| ProviderError::UnknownGroup(id.to_string()))
+    }
+
+    fn provider_id(&self, name: &str) -> String {
+        format!("{}{}", self.inner.config.provider_id_prefix, name)
+    }
+
+    /// The server name a providerID refers to: strips the configured prefix, or the default
+    /// `kamatera://`; a string with neither is taken as a bare server name (old providers).
+    fn server_name<'a>(&self, provider_id: &'a str) -> &'a str {
+        provider_id
+            .strip_prefix(self.inner.config.provider_id_prefix.as_str())
+            .or_else(|| provider_id.strip_prefix(crate::config::DEFAULT_PROVIDER_ID_PREFIX))
+            .unwrap_or(provider_id)
+    }
+
+    pub fn node_groups(&self) -> Vec<GroupInfo> {
+        self.inner
+            .config
+            .node_groups
+            .iter()
+            .map(group_info)
+            .collect()
+    }
+
+    /// The group of a node, or `None` when it is not one of ours (the autoscaler then leaves it
+    /// alone). Matches by providerID, then by node name.
+    pub fn node_group_for_node(&self, node: &NodeRef) -> Option<GroupInfo> {
+        let st = self.lock();
+        let inst = self.find_instance(&st, node)?;
+        if inst.phase == Phase::Deleting && inst.terminated {
+            return None;
+        }
+        self.inner.config.node_group(&inst.group).map(group_info)
+    }
+
+    fn find_instance<'s>(&self, st: &'s State, node: &NodeRef) -> Option<&'s Instance> {
+        let by_id = (!node.provider_id.is_empty())
+            .then(|| st.instances.get(self.server_name(&node.provider_id)))
+            .flatten();
+        // A node whose providerID uses another scheme (or none yet) is matched by its name, which
+        // equals the server name.
+        by_id.or_else(|| {
+            (!node.name.is_empty())
+                .then(|| st.instances.get(&node.name))
+                .flatten()
+        })
+    }
+
+    pub fn target_size(&self, group: &str) -> Result<u32> {
+        self.group(group)?;
+        Ok(u32::try_from(self.lock().target_size(group)).unwrap_or(u32::MAX))
+    }
+
+    pub fn nodes(&self, group: &str) -> Result<Vec<InstanceView>> {
+        self.group(group)?;
+        let st = self.lock();
+        Ok(st
+            .group_instances(group)
+            .map(|i| InstanceView {
+                id: self.provider_id(&i.name),
+                phase: i.phase,
+                error: i.error.clone(),
+            })
+            .collect())
+    }
+
+    /// Adds `delta` Creating instances at once and starts their create requests.
+    pub fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
+        let cfg = self.group(group)?;
+        if delta <= 0 {
+            return Err(ProviderError::InvalidArgument(format!(
+                "delta must be positive, have: {delta}"
+            )));
+        }
+        let delta = u32::try_from(delta).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        let names = {
+            let mut st = self.lock();
+            let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
+            let desired = current.saturating_add(delta);
+            if desired > cfg.max_size {
+                return Err(ProviderError::FailedPrecondition(format!(
+                    "size increase is too large: current {current}, desired {desired}, max {}",
+                    cfg.max_size
+                )));
+            }
+            let mut names = Vec::new();
+            while names.len() < delta as usize {
+                let name = kamatera::new_server_name(&cfg.server.name_prefix);
+                if st.instances.contains_key(&name) {
+                    continue;
+                }
+                st.instances.insert(
+                    name.clone(),
+                    Instance::creating(name.clone(), group.to_string(), now),
+                );
+                names.push(name);
+            }
+            names
+        };
+        info!(group, delta, names = ?names, "scale-up: creating servers");
+        for name in names {
+            self.spawn(Action::Create {
+                name,
+                group: group.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes the given nodes of the group; fails, changing nothing, if any is not the group's.
+    pub fn delete_nodes(&self, group: &str, nodes: &[NodeRef]) -> Result<()> {
+        self.group(group)?;
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut names = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                match self.find_instance(&st, node) {
+                    Some(i) if i.group == group => names.push(i.name.clone()),
+                    _ => {
+                        return Err(ProviderError::InvalidArgument(format!(
+                            "node {:?} (provider ID {:?}) does not belong to node group {group}",
+                            node.name, node.provider_id
+                        )));
+                    }
+                }
+            }
+            for name in names {
+                let Some(inst) = st.instances.get_mut(&name) else {
+                    continue;
+                };
+                if inst.phase == Phase::Deleting {
+                    continue; // already going
+                }
+                inst.phase = Phase::Deleting;
+                inst.since = now;
+                match (&inst.server_id, inst.create) {
+                    // Never bought (request refused, or its command failed and the API removed
+                    // what it began): forget it now.
+                    (_, CreateStatus::Rejected) => {
+                        st.instances.remove(&name);
+                    }
+                    (Some(server_id), _) if inst.command.is_none() => {
+                        inst.action_in_flight = true;
+                        actions.push(Action::PowerOff {
+                            name: name.clone(),
+                            server_id: server_id.clone(),
+                        });
+                    }
+                    // Create still running or its outcome unknown: the reconcile terminates the
+                    // server if it appears.
+                    _ => {}
+                }
+            }
+        }
+        info!(group, nodes = nodes.len(), "scale-down: deleting nodes");
+        for a in actions {
+            self.spawn(a);
+        }
+        Ok(())
+    }
+
+    /// Lowers the target by cancelling capacity that has no server yet; never deletes a node.
+    pub fn decrease_target_size(&self, group: &str, delta: i32) -> Result<()> {
+        self.group(group)?;
+        if delta >= 0 {
+            return Err(ProviderError::InvalidArgument(format!(
+                "delta must be negative, have: {delta}"
+            )));
+        }
+        let want = delta.unsigned_abs() as usize;
+        let now = Instant::now();
+        let mut st = self.lock();
+        let mut candidates: Vec<(u8, Instant, String)> = st
+            .group_instances(group)
+            .filter(|i| i.phase == Phase::Creating && i.server_id.is_none())
+            .map(|i| {
+                let rank = match i.create {
+                    CreateStatus::Rejected => 0,
+                    CreateStatus::Queued => 1,
+                    CreateStatus::Uncertain => 2,
+                    _ => 3,
+                };
+                (rank, i.since, i.name.clone())
+            })
+            .collect();
+        if candidates.len() < want {
+            let target = st.target_size(group);
+            return Err(ProviderError::FailedPrecondition(format!(
+                "attempt to delete existing nodes: target size {target}, only {} not yet created, delta {delta}",
+                candidates.len()
+            )));
+        }
+        // Failed and unsent first, then the newest requests.
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        for (_, _, name) in candidates.into_iter().take(want) {
+            let Some(inst) = st.instances.get_mut(&name) else {
+                continue;
+            };
+            if inst.create == CreateStatus::Rejected {
+                st.instances.remove(&name);
+            } else {
+                inst.phase = Phase::Deleting;
+                inst.since = now;
+            }
+        }
+        info!(group, delta, "target size decreased");
+        Ok(())
+    }
+
+    pub fn template_node(&self, group: &str) -> Result<TemplateNode> {
+        Ok(template::build(self.group(group)?))
+    }
+
+    pub fn options(&self, group: &str) -> Result<OptionOverrides> {
+        Ok(self.group(group)?.options)
+    }
+
+    pub fn gpu_label(&self) -> &str {
+        &self.inner.config.gpu_label
+    }
+
+    /// True once a reconcile has succeeded.
+    pub fn ready(&self) -> bool {
+        self.lock().last_success.is_some()
+    }
+
+    /// Age of the last successful reconcile.
+    pub fn staleness(&self) -> Option<Duration> {
+        self.lock().last_success.map(|t| t.elapsed())
+    }
+
+    /// Triggers a reconcile and waits for it up to `refresh_wait`. Errors only while the
+    /// provider has never seen Kamatera's state (it cannot answer truthfully then).
+    pub async fn refresh(&self) -> Result<()> {
+        let mut rx = self.inner.finished.subscribe();
+        let seen = *rx.borrow_and_update();
+        self.trigger();
+        let waited = tokio::time::timeout(self.inner.options.refresh_wait, async {
+            while *rx.borrow_and_update() == seen {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let st = self.lock();
+        if st.last_success.is_none() {
+            let why = st
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the first listing is still in progress".into());
+            return Err(ProviderError::Unavailable(format!(
+                "no Kamatera state yet: {why}"
+            )));
+        }
+        if waited.is_err() {
+            debug!("refresh answered before the reconcile finished");
+        }
+        Ok(())
+    }
+
+    /// Starts a reconcile in the background unless one is already queued behind the running one.
+    pub fn trigger(&self) {
+        let p = self.clone();
+        if let Ok(guard) = self.inner.reconcile_lock.try_lock() {
+            drop(guard);
+            tokio::spawn(async move {
+                let _ = p.reconcile().await;
+            });
+        }
+        // A reconcile is running: its result is what the waiter gets.
+    }
+
+    /// Reconciles on `reconcile_interval` until the returned task is aborted.
+    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
+        let p = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(p.inner.options.reconcile_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = p.reconcile().await;
+            }
+        })
+    }
+
+    /// One full pass: list, read new tags, poll pending commands, apply, start follow-ups.
+    pub async fn reconcile(&self) -> std::result::Result<ReconcileReport, KamateraError> {
+        let _guard = self.inner.reconcile_lock.lock().await;
+        let started = Instant::now();
+        let result = self.reconcile_locked().await;
+        {
+            let mut st = self.lock();
+            st.reconciles += 1;
+            match &result {
+                Ok(_) => {
+                    st.last_success = Some(Instant::now());
+                    st.last_error = None;
+                }
+                Err(e) => st.last_error = Some(e.safe_message().to_string()),
+            }
+        }
+        self.inner.finished.send_modify(|n| *n += 1);
+        match &result {
+            Ok(r) => debug!(
+                listed = r.listed,
+                tag_reads = r.tag_reads,
+                commands = r.commands_polled,
+                actions = r.actions,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "reconciled"
+            ),
+            Err(e) => warn!(
+                error = e.detail(),
+                stale_s = self.staleness().map(|d| d.as_secs()),
+                "reconcile failed; serving the last known state"
+            ),
+        }
+        result
+    }
+
+    async fn reconcile_locked(&self) -> std::result::Result<ReconcileReport, KamateraError> {
+        let cfg = &self.inner.config;
+        let client = &self.inner.client;
+        let servers = client.list_servers(&cfg.filter_name_prefix).await?;
+
+        // Tags: cached per server id; servers we created carry their group's tags already.
+        let (mut known, unknown) = {
+            let mut st = self.lock();
+            let listed_ids: std::collections::HashSet<&str> =
+                servers.iter().map(|s| s.id.as_str()).collect();
+            st.tags.retain(|id, _| listed_ids.contains(id.as_str()));
+            let mut known = std::collections::HashMap::new();
+            let mut unknown = Vec::new();
+            for s in &servers {
+                if let Some(t) = st.tags.get(&s.id) {
+                    known.insert(s.id.clone(), t.clone());
+                } else if let Some(inst) = st.instances.get(&s.name)
+                    && let Some(g) = cfg.node_group(&inst.group)
+                {
+                    known.insert(s.id.clone(), g.server.tags.clone());
+                } else {
+                    unknown.push(s.id.clone());
+                }
+            }
+            (known, unknown)
+        };
+        let tag_reads = unknown.len();
+        let fetched: Vec<(String, std::result::Result<Vec<String>, KamateraError>)> =
+            futures_util::stream::iter(unknown)
+                .map(|id| async move {
+                    let r = client.server_tags(&id).await;
+                    (id, r)
+                })
+                .buffer_unordered(self.inner.options.max_concurrent_tag_reads.max(1))
+                .collect()
+                .await;
+        for (id, r) in fetched {
+            match r {
+                Ok(tags) => {
+                    known.insert(id, tags);
+                }
+                Err(e) => {
+                    warn!(server_id = %id, error = e.detail(), "cannot read server tags; skipping it this time")
+                }
+            }
+        }
+
+        let pending = self.lock().pending_commands();
+        let statuses: Vec<CommandStatus> = if pending.is_empty() {
+            Vec::new()
+        } else {
+            match client.command_status(&pending).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(
+                        error = e.detail(),
+                        "cannot poll the command queue; trying again next time"
+                    );
+                    Vec::new()
+                }
+            }
+        };
+
+        let observed: Vec<Observed> = servers
+            .iter()
+            .map(|s| Observed {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                power: s.power.clone(),
+                tags: known.get(&s.id).cloned(),
+            })
+            .collect();
+        let groups: Vec<GroupTags<'_>> = cfg
+            .node_groups
+            .iter()
+            .map(|g| GroupTags {
+                name: &g.name,
+                tags: &g.server.tags,
+            })
+            .collect();
+        let actions = {
+            let mut st = self.lock();
+            for o in &observed {
+                if let Some(t) = &o.tags {
+                    st.tags.insert(o.id.clone(), t.clone());
+                }
+            }
+            st.apply(
+                &observed,
+                &statuses,
+                &groups,
+                self.inner.options.uncertain_create_watch,
+                Instant::now(),
+            )
+        };
+        let report = ReconcileReport {
+            listed: servers.len(),
+            tag_reads,
+            commands_polled: pending.len(),
+            actions: actions.len(),
+        };
+        for a in actions {
+            self.spawn(a);
+        }
+        Ok(report)
+    }
+
+    /// Runs one cloud call as a task, under the request limit, and records its outcome.
+    fn spawn(&self, action: Action) {
+        let p = self.clone();
+        tokio::spawn(async move {
+            let _permit = p.inner.requests.clone().acquire_owned().await;
+            p.run(action).await;
+        });
+    }
+
+    async fn run(&self, action: Action) {
+        let client = &self.inner.client;
+        match action {
+            Action::Create { name, group } => {
+                let Ok(cfg) = self.group(&group) else { return };
+                {
+                    let mut st = self.lock();
+                    match st.instances.get_mut(&name) {
+                        // Cancelled before its request went out: nothing to send.
+                        Some(i) if i.phase == Phase::Deleting => {
+                            st.instances.remove(&name);
+                            return;
+                        }
+                        Some(i) => i.create = CreateStatus::Sent,
+                        None => return,
+                    }
+                }
+                let result = client
+                    .create_server(CreateServer {
+                        name: &name,
+                        server: &cfg.server,
+                    })
+                    .await;
+                let mut st = self.lock();
+                let Some(inst) = st.instances.get_mut(&name) else {
+                    return;
+                };
+                match result {
+                    Ok(cmd) => {
+                        info!(server = %name, command = %cmd, "create accepted");
+                        inst.create = CreateStatus::Accepted;
+                        inst.command = Some(Pending {
+                            id: cmd,
+                            kind: CommandKind::Create,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(server = %name, error = e.detail(), "create failed");
+                        let uncertain = e.class == kamatera::ErrorClass::Transient
+                            || e.class == kamatera::ErrorClass::BadResponse;
+                        inst.create = if uncertain {
+                            CreateStatus::Uncertain
+                        } else {
+                            CreateStatus::Rejected
+                        };
+                        inst.error = Some(if e.is_quota() {
+                            ErrorInfo {
+                                class: ErrorClass::OutOfResources,
+                                code: "QUOTA_EXCEEDED",
+                                message: e.safe_message().to_string(),
+                            }
+                        } else {
+                            ErrorInfo {
+                                class: ErrorClass::Other,
+                                code: if uncertain {
+                                    "CREATE_UNCERTAIN"
+                                } else {
+                                    "CREATE_REJECTED"
+                                },
+                                message: e.safe_message().to_string(),
+                            }
+                        });
+                    }
+                }
+            }
+            Action::PowerOff { name, server_id } => {
+                let result = client.power_off(&server_id).await;
+                self.after_delete_step(&name, CommandKind::PowerOff, result);
+            }
+            Action::Terminate { name, server_id } => {
+                let result = client.terminate(&server_id).await;
+                self.after_delete_step(&name, CommandKind::Terminate, result);
+            }
+        }
+    }
+
+    fn after_delete_step(
+        &self,
+        name: &str,
+        kind: CommandKind,
+        result: std::result::Result<String, KamateraError>,
+    ) {
+        let mut st = self.lock();
+        let Some(inst) = st.instances.get_mut(name) else {
+            return;
+        };
+        inst.action_in_flight = false;
+        match result {
+            Ok(cmd) => {
+                info!(server = %name, command = %cmd, step = ?kind, "delete step started");
+                inst.command = Some(Pending { id: cmd, kind });
+            }
+            Err(e) if e.class == kamatera::ErrorClass::NotFound => {
+                // Already gone.
+                inst.terminated = true;
+                inst.server_id = None;
+            }
+            Err(e) => {
+                // The next reconcile tries again (Deleting with no command).
+                warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
+                inst.error = Some(ErrorInfo {
+                    class: ErrorClass::Other,
+                    code: "DELETE_FAILED",
+                    message: e.safe_message().to_string(),
+                });
+            }
+        }
+    }
+}
+
+fn group_info(g: &NodeGroupConfig) -> GroupInfo {
+    GroupInfo {
+        id: g.name.clone(),
+        min_size: g.min_size,
+        max_size: g.max_size,
+    }
+}

@@ -1,0 +1,580 @@
+//! The provider's memory: every instance it knows, and the pure transitions that a Kamatera
+//! snapshot (listing + command statuses) causes. No I/O here: transitions return the cloud
+//! actions to start, and the caller runs them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::kamatera::{CommandState, CommandStatus, Power, is_quota_message};
+
+/// The autoscaler's view of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Creating,
+    Running,
+    Deleting,
+}
+
+/// Error classes the autoscaler knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    OutOfResources,
+    Other,
+}
+
+impl ErrorClass {
+    /// The number on the wire (`cloudprovider.InstanceErrorClass`).
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorClass::OutOfResources => 1,
+            ErrorClass::Other => 99,
+        }
+    }
+}
+
+/// Why an instance failed, as reported to the autoscaler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub class: ErrorClass,
+    /// Stable code, e.g. `QUOTA_EXCEEDED`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Where the create request of an instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateStatus {
+    /// Waiting for a request slot.
+    Queued,
+    /// The request is on the wire.
+    Sent,
+    /// The API answered with a command id.
+    Accepted,
+    /// The API refused it: nothing was bought.
+    Rejected,
+    /// The request failed in a way that leaves open whether a server was bought (timeout, 5xx,
+    /// dropped connection). The name is watched: if a server with it ever appears, it is
+    /// adopted while wanted and terminated otherwise.
+    Uncertain,
+    /// Adopted from the listing (not created by this process).
+    Adopted,
+}
+
+/// A command we started and still wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    pub kind: CommandKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    Create,
+    PowerOff,
+    Terminate,
+}
+
+/// One server the provider manages (or is about to).
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub group: String,
+    pub phase: Phase,
+    pub server_id: Option<String>,
+    /// Power in the last listing that had the server.
+    pub power: Option<Power>,
+    /// Listed at least once.
+    pub seen: bool,
+    pub create: CreateStatus,
+    pub command: Option<Pending>,
+    /// A delete step (power off / terminate) request is on the wire.
+    pub action_in_flight: bool,
+    /// The terminate command completed.
+    pub terminated: bool,
+    pub error: Option<ErrorInfo>,
+    /// When the instance entered its current phase.
+    pub since: Instant,
+}
+
+impl Instance {
+    pub fn creating(name: String, group: String, now: Instant) -> Self {
+        Instance {
+            name,
+            group,
+            phase: Phase::Creating,
+            server_id: None,
+            power: None,
+            seen: false,
+            create: CreateStatus::Queued,
+            command: None,
+            action_in_flight: false,
+            terminated: false,
+            error: None,
+            since: now,
+        }
+    }
+
+    /// Counts toward the target size.
+    pub fn in_target(&self) -> bool {
+        matches!(self.phase, Phase::Creating | Phase::Running)
+    }
+
+    fn set_phase(&mut self, phase: Phase, now: Instant) {
+        if self.phase != phase {
+            self.phase = phase;
+            self.since = now;
+        }
+    }
+}
+
+/// A cloud call to start after the state lock is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create { name: String, group: String },
+    PowerOff { name: String, server_id: String },
+    Terminate { name: String, server_id: String },
+}
+
+/// A listed server with its tags, for one reconcile.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub power: Power,
+    /// `None` when the tags could not be read this time.
+    pub tags: Option<Vec<String>>,
+}
+
+/// Everything the provider knows, keyed by server name (the providerID is prefix + name).
+#[derive(Debug, Default)]
+pub struct State {
+    pub instances: BTreeMap<String, Instance>,
+    /// Tags by server id, read once per server.
+    pub tags: HashMap<String, Vec<String>>,
+    pub last_success: Option<Instant>,
+    pub last_error: Option<String>,
+    pub reconciles: u64,
+}
+
+/// What one node group needs for membership decisions.
+pub struct GroupTags<'a> {
+    pub name: &'a str,
+    pub tags: &'a [String],
+}
+
+impl State {
+    pub fn group_instances<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances.values().filter(move |i| i.group == group)
+    }
+
+    pub fn target_size(&self, group: &str) -> usize {
+        self.group_instances(group)
+            .filter(|i| i.in_target())
+            .count()
+    }
+
+    /// Command ids to poll.
+    pub fn pending_commands(&self) -> Vec<String> {
+        self.instances
+            .values()
+            .filter_map(|i| i.command.as_ref().map(|c| c.id.clone()))
+            .collect()
+    }
+
+    /// Applies a snapshot: the listing (servers that pass the name filter, with tags) and the
+    /// statuses of pending commands. Returns the cloud calls to start.
+    pub fn apply(
+        &mut self,
+        listed: &[Observed],
+        statuses: &[CommandStatus],
+        groups: &[GroupTags<'_>],
+        uncertain_watch: Duration,
+        now: Instant,
+    ) -> Vec<Action> {
+        let by_name: HashMap<&str, &Observed> =
+            listed.iter().map(|s| (s.name.as_str(), s)).collect();
+        let by_command: HashMap<&str, &CommandStatus> =
+            statuses.iter().map(|s| (s.id.as_str(), s)).collect();
+        let mut actions = Vec::new();
+        let mut remove = Vec::new();
+
+        for (name, inst) in self.instances.iter_mut() {
+            let server = by_name.get(name.as_str()).copied();
+            if let Some(s) = server {
+                inst.server_id = Some(s.id.clone());
+                inst.power = Some(s.power.clone());
+                inst.seen = true;
+            }
+            if let Some(cmd) = inst.command.clone()
+                && let Some(st) = by_command.get(cmd.id.as_str())
+            {
+                command_result(inst, &cmd, st, &mut actions);
+            }
+            step(
+                inst,
+                server,
+                uncertain_watch,
+                now,
+                &mut actions,
+                &mut remove,
+            );
+        }
+        for name in remove {
+            self.instances.remove(&name);
+        }
+
+        // Tagged servers nobody tracks: servers created before a restart, or by an earlier
+        // instance of the provider. Powered-on ones are the group's; powered-off ones are left
+        // alone (a parked pool, handled by the warm-pool mode).
+        for s in listed {
+            if self.instances.contains_key(&s.name) {
+                continue;
+            }
+            let Some(tags) = &s.tags else { continue };
+            let Some(group) = groups
+                .iter()
+                .find(|g| g.tags.iter().all(|t| tags.contains(t)))
+            else {
+                continue;
+            };
+            if s.power != Power::On {
+                continue;
+            }
+            let mut inst = Instance::creating(s.name.clone(), group.name.to_string(), now);
+            inst.phase = Phase::Running;
+            inst.server_id = Some(s.id.clone());
+            inst.power = Some(s.power.clone());
+            inst.seen = true;
+            inst.create = CreateStatus::Adopted;
+            self.instances.insert(s.name.clone(), inst);
+        }
+        actions
+    }
+}
+
+/// Handles the end of a command.
+fn command_result(
+    inst: &mut Instance,
+    cmd: &Pending,
+    st: &CommandStatus,
+    actions: &mut Vec<Action>,
+) {
+    match (cmd.kind, &st.state) {
+        (_, s) if !s.is_terminal() => {}
+        (CommandKind::Create, CommandState::Complete) => inst.command = None,
+        (CommandKind::Create, state) => {
+            inst.command = None;
+            // The API removes what a failed create began; nothing was bought.
+            inst.create = CreateStatus::Rejected;
+            let detail = first_line(&st.log);
+            inst.error = Some(if is_quota_message(&st.log) {
+                ErrorInfo {
+                    class: ErrorClass::OutOfResources,
+                    code: "QUOTA_EXCEEDED",
+                    message: format!(
+                        "create command {} ended {}: {detail}",
+                        cmd.id,
+                        state.as_str()
+                    ),
+                }
+            } else {
+                ErrorInfo {
+                    class: ErrorClass::Other,
+                    code: if *state == CommandState::Cancelled {
+                        "CREATE_CANCELLED"
+                    } else {
+                        "CREATE_FAILED"
+                    },
+                    message: format!(
+                        "create command {} ended {}: {detail}",
+                        cmd.id,
+                        state.as_str()
+                    ),
+                }
+            });
+        }
+        (CommandKind::PowerOff, _) => {
+            // Whether the power-off worked or not, a forced terminate finishes the job.
+            inst.command = None;
+            if let Some(id) = &inst.server_id {
+                inst.action_in_flight = true;
+                actions.push(Action::Terminate {
+                    name: inst.name.clone(),
+                    server_id: id.clone(),
+                });
+            }
+        }
+        (CommandKind::Terminate, CommandState::Complete) => {
+            inst.command = None;
+            inst.terminated = true;
+            inst.error = None;
+        }
+        (CommandKind::Terminate, state) => {
+            // Tried again on the next reconcile (see `step`).
+            inst.command = None;
+            inst.error = Some(ErrorInfo {
+                class: ErrorClass::Other,
+                code: "TERMINATE_FAILED",
+                message: format!(
+                    "terminate command {} ended {}: {}",
+                    cmd.id,
+                    state.as_str(),
+                    first_line(&st.log)
+                ),
+            });
+        }
+    }
+}
+
+/// Phase transitions from what the listing shows.
+fn step(
+    inst: &mut Instance,
+    server: Option<&Observed>,
+    uncertain_watch: Duration,
+    now: Instant,
+    actions: &mut Vec<Action>,
+    remove: &mut Vec<String>,
+) {
+    match inst.phase {
+        Phase::Creating => {
+            if let Some(s) = server {
+                if inst.create == CreateStatus::Uncertain {
+                    // The uncertain create did buy the server: it is ours after all.
+                    inst.create = CreateStatus::Accepted;
+                    inst.error = None;
+                }
+                let create_failed = inst.error.is_some();
+                let create_pending = matches!(
+                    inst.command,
+                    Some(Pending {
+                        kind: CommandKind::Create,
+                        ..
+                    })
+                );
+                if s.power == Power::On && !create_failed {
+                    // Powered on in the listing: created, whatever the queue says.
+                    if create_pending {
+                        inst.command = None;
+                    }
+                    inst.set_phase(Phase::Running, now);
+                }
+            }
+        }
+        Phase::Running => {
+            if server.is_none() && inst.seen {
+                // Removed outside the provider: no longer the autoscaler's to count.
+                remove.push(inst.name.clone());
+            }
+        }
+        Phase::Deleting => {
+            if inst.command.is_some() || inst.action_in_flight {
+                return;
+            }
+            match server {
+                Some(s) if !inst.terminated => {
+                    // A server that should go: created after its instance was cancelled, or a
+                    // terminate that failed. Terminate (forced) now.
+                    inst.action_in_flight = true;
+                    actions.push(Action::Terminate {
+                        name: inst.name.clone(),
+                        server_id: s.id.clone(),
+                    });
+                }
+                Some(_) => {} // terminated, listing not caught up yet
+                None => {
+                    let waiting_for_server = match inst.create {
+                        CreateStatus::Queued | CreateStatus::Sent => true,
+                        CreateStatus::Accepted => !inst.seen && inst.error.is_none(),
+                        CreateStatus::Uncertain => {
+                            now.saturating_duration_since(inst.since) < uncertain_watch
+                        }
+                        CreateStatus::Rejected | CreateStatus::Adopted => false,
+                    };
+                    if !waiting_for_server {
+                        remove.push(inst.name.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn first_line(log: &str) -> String {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no log");
+    line.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(name: &str, power: Power, tags: &[&str]) -> Observed {
+        Observed {
+            id: format!("id-{name}"),
+            name: name.into(),
+            power,
+            tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+        }
+    }
+
+    fn status(id: &str, state: CommandState) -> CommandStatus {
+        CommandStatus {
+            id: id.into(),
+            state,
+            log: "Name: x\nsome detail".into(),
+        }
+    }
+
+    #[test]
+    fn create_lifecycle() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Accepted;
+        i.command = Some(Pending {
+            id: "1".into(),
+            kind: CommandKind::Create,
+        });
+        st.instances.insert("a".into(), i);
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let w = Duration::from_secs(60);
+
+        // Listed off while the command runs: still creating.
+        let a = st.apply(
+            &[listed("a", Power::Off, &[])],
+            &[status("1", CommandState::Progress)],
+            &groups,
+            w,
+            now,
+        );
+        assert!(a.is_empty());
+        assert_eq!(st.instances["a"].phase, Phase::Creating);
+        assert_eq!(st.instances["a"].server_id.as_deref(), Some("id-a"));
+        // Complete, still off: creating, command cleared.
+        st.apply(
+            &[listed("a", Power::Off, &[])],
+            &[status("1", CommandState::Complete)],
+            &groups,
+            w,
+            now,
+        );
+        assert_eq!(st.instances["a"].phase, Phase::Creating);
+        assert!(st.instances["a"].command.is_none());
+        // On: running.
+        st.apply(&[listed("a", Power::On, &[])], &[], &groups, w, now);
+        assert_eq!(st.instances["a"].phase, Phase::Running);
+        assert_eq!(st.target_size("g"), 1);
+        // Vanished out of band: dropped.
+        st.apply(&[], &[], &groups, w, now);
+        assert!(st.instances.is_empty());
+    }
+
+    #[test]
+    fn create_errors_become_error_info() {
+        let now = Instant::now();
+        let mut st = State::default();
+        for (name, id) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            let mut i = Instance::creating(name.into(), "g".into(), now);
+            i.create = CreateStatus::Accepted;
+            i.command = Some(Pending {
+                id: id.into(),
+                kind: CommandKind::Create,
+            });
+            st.instances.insert(name.into(), i);
+        }
+        let mut quota = status("3", CommandState::Error);
+        quota.log = "Name: c\nError: server quota exceeded".into();
+        st.apply(
+            &[],
+            &[
+                status("1", CommandState::Error),
+                status("2", CommandState::Cancelled),
+                quota,
+            ],
+            &[],
+            Duration::from_secs(60),
+            now,
+        );
+        let e = |n: &str| st.instances[n].error.clone().expect("error info");
+        assert_eq!(
+            (e("a").class, e("a").code),
+            (ErrorClass::Other, "CREATE_FAILED")
+        );
+        assert_eq!(e("b").code, "CREATE_CANCELLED");
+        assert_eq!(
+            (e("c").class, e("c").code),
+            (ErrorClass::OutOfResources, "QUOTA_EXCEEDED")
+        );
+        assert_eq!(
+            st.target_size("g"),
+            3,
+            "errored creates count until the autoscaler deletes them"
+        );
+    }
+
+    #[test]
+    fn adopts_tagged_running_servers_only() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        st.apply(
+            &[
+                listed("ours", Power::On, &["k8sca-c", "k8scang-g", "extra"]),
+                listed("parked", Power::Off, &["k8sca-c", "k8scang-g"]),
+                listed("other-cluster", Power::On, &["k8sca-d", "k8scang-g"]),
+                listed("untagged", Power::On, &[]),
+            ],
+            &[],
+            &groups,
+            Duration::from_secs(60),
+            now,
+        );
+        let names: Vec<&String> = st.instances.keys().collect();
+        assert_eq!(names, vec!["ours"]);
+        assert_eq!(st.instances["ours"].phase, Phase::Running);
+    }
+
+    #[test]
+    fn uncertain_create_is_watched_then_forgotten() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Uncertain;
+        i.phase = Phase::Deleting;
+        st.instances.insert("a".into(), i);
+        let w = Duration::from_secs(60);
+        assert!(st.apply(&[], &[], &[], w, now).is_empty());
+        assert!(st.instances.contains_key("a"), "watched");
+        // The server shows up late: terminated.
+        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], w, now);
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        // A second uncertain one that never shows up is forgotten after the watch.
+        let mut j = Instance::creating("b".into(), "g".into(), now);
+        j.create = CreateStatus::Uncertain;
+        j.phase = Phase::Deleting;
+        st.instances.insert("b".into(), j);
+        st.apply(&[], &[], &[], w, now + Duration::from_secs(61));
+        assert!(!st.instances.contains_key("b"));
+    }
+}
