@@ -119,6 +119,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -176,6 +177,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|g| format!("{} ({}..{})", g.name, g.min_size, g.max_size))
         .collect();
+    for g in cfg
+        .node_groups
+        .iter()
+        .filter(|g| g.poweroff_on_scale_down || g.poweron_on_scale_up)
+    {
+        tracing::warn!(
+            group = %g.name,
+            "poweroff-on-scale-down / poweron-on-scale-up are accepted but not implemented yet: \
+             scale-down terminates servers and scale-up creates new ones"
+        );
+    }
     let api_url = cfg.api_url.clone();
     let provider = Provider::new(cfg, client, ProviderOptions::default());
     let listener = tokio::net::TcpListener::bind(args.listen)

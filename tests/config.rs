@@ -941,3 +941,114 @@ proptest! {
         let _ = parse(&lines.join("\n"));
     }
 }
+
+// ---- extensions of this provider ----
+
+#[test]
+fn extension_keys_parse() {
+    let c = ok(&with_group(
+        "template-taint = dedicated=batch:NoSchedule\ntemplate-taint = example.com/gpu:NoExecute\n\
+         template-reserved-cpu = 250m\ntemplate-reserved-memory = 1Gi\n\
+         scale-down-utilization-threshold = 0.4\nscale-down-gpu-utilization-threshold = 0.3\n\
+         scale-down-unneeded-time = 5m\nscale-down-unready-time = 1h\nmax-node-provision-time = 30m\n\
+         zero-or-max-node-scaling = yes\nignore-daemonsets-utilization = no\n",
+    )
+    .replace("[global]\n", "[global]\ngpu-label = nvidia.com/gpu.product\n"));
+    assert_eq!(c.gpu_label, "nvidia.com/gpu.product");
+    let g = &c.node_groups[0];
+    assert_eq!(g.template_taints.len(), 2);
+    assert_eq!(
+        (
+            g.template_taints[0].key.as_str(),
+            g.template_taints[0].value.as_str(),
+            g.template_taints[0].effect.as_str()
+        ),
+        ("dedicated", "batch", "NoSchedule")
+    );
+    assert_eq!(g.template_taints[1].value, "");
+    assert_eq!((g.reserved_cpu_millis, g.reserved_memory_mib), (250, 1024));
+    let o = g.options;
+    assert_eq!(o.scale_down_utilization_threshold, Some(0.4));
+    assert_eq!(o.scale_down_gpu_utilization_threshold, Some(0.3));
+    assert_eq!(
+        o.scale_down_unneeded_time,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(
+        o.scale_down_unready_time,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(
+        o.max_node_provision_time,
+        Some(std::time::Duration::from_secs(1800))
+    );
+    assert_eq!(o.zero_or_max_node_scaling, Some(true));
+    assert_eq!(o.ignore_daemonsets_utilization, Some(false));
+
+    // Defaults: no overrides, standard reservations.
+    let d = ok(&with_group("")).node_groups[0].clone();
+    assert!(d.options.is_empty());
+    assert!(d.template_taints.is_empty());
+    assert_eq!((d.reserved_cpu_millis, d.reserved_memory_mib), (100, 256));
+}
+
+#[test]
+fn bad_template_taint() {
+    single(
+        &with_group("template-taint = a=b:Sometimes\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("template-taint"),
+        "must be NoSchedule, PreferNoSchedule or NoExecute",
+    );
+    single(
+        &with_group("template-taint = a=b\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("template-taint"),
+        "is not key=value:Effect",
+    );
+}
+
+#[test]
+fn bad_reservations() {
+    single(
+        &with_group("template-reserved-cpu = lots\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("template-reserved-cpu"),
+        "is not a CPU amount",
+    );
+    single(
+        &with_group("template-reserved-memory = 1GB\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("template-reserved-memory"),
+        "is not a memory amount",
+    );
+}
+
+#[test]
+fn bad_option_overrides() {
+    single(
+        &with_group("scale-down-utilization-threshold = 1.5\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("scale-down-utilization-threshold"),
+        "not a fraction between 0 and 1",
+    );
+    single(
+        &with_group("scale-down-unneeded-time = 10\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("scale-down-unneeded-time"),
+        "is not a duration",
+    );
+    single(
+        &with_group("zero-or-max-node-scaling = perhaps\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("zero-or-max-node-scaling"),
+        "invalid boolean",
+    );
+}

@@ -1196,7 +1196,9 @@ fn parse_cpu_millis(text: &str) -> Option<u32> {
         return m.parse().ok();
     }
     let cores: f64 = t.parse().ok()?;
-    (0.0..10_000.0).contains(&cores).then(|| (cores * 1000.0).round() as u32)
+    (0.0..10_000.0)
+        .contains(&cores)
+        .then(|| (cores * 1000.0).round() as u32)
 }
 
 /// `512Mi`, `1Gi`, or a plain number of MiB.

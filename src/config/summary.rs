@@ -14,6 +14,7 @@ pub fn render(config: &CloudConfig) -> String {
         ("cluster name", config.cluster_name.clone()),
         ("filter name prefix", or_dash(&config.filter_name_prefix)),
         ("provider id prefix", config.provider_id_prefix.clone()),
+        ("gpu label", or_dash(&config.gpu_label)),
         ("node groups", config.node_groups.len().to_string()),
     ];
     block(&mut out, "[global]", &rows);
@@ -35,7 +36,11 @@ pub fn render(config: &CloudConfig) -> String {
                 if on {
                     parts.push("power on parked servers on scale-up".into());
                 }
-                parts.join(", ")
+                // The warm pool is not built yet: say so rather than imply it.
+                format!(
+                    "{} [warm pool not implemented yet: scale-down terminates, scale-up creates]",
+                    parts.join(", ")
+                )
             }
         };
         let labels = if g.template_labels.is_empty() {
@@ -44,6 +49,21 @@ pub fn render(config: &CloudConfig) -> String {
             g.template_labels
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let taints = if g.template_taints.is_empty() {
+            "-".to_string()
+        } else {
+            g.template_taints
+                .iter()
+                .map(|t| {
+                    if t.value.is_empty() {
+                        format!("{}:{}", t.key, t.effect)
+                    } else {
+                        format!("{}={}:{}", t.key, t.value, t.effect)
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -69,6 +89,15 @@ pub fn render(config: &CloudConfig) -> String {
             ("managed", yes_no(s.managed)),
             ("power", power),
             ("template labels", labels),
+            ("template taints", taints),
+            (
+                "reserved",
+                format!(
+                    "cpu {}m, memory {}Mi (template allocatable)",
+                    g.reserved_cpu_millis, g.reserved_memory_mib
+                ),
+            ),
+            ("options", options(&g.options)),
             (
                 "password",
                 if s.password.is_some() {
@@ -97,6 +126,36 @@ pub fn render(config: &CloudConfig) -> String {
         block(&mut out, &format!("[nodegroup \"{}\"]", g.name), &rows);
     }
     out
+}
+
+/// The GetOptions overrides, or a note that the autoscaler's defaults apply.
+fn options(o: &super::OptionOverrides) -> String {
+    if o.is_empty() {
+        return "autoscaler defaults".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(v) = o.scale_down_utilization_threshold {
+        parts.push(format!("scale-down-utilization-threshold={v}"));
+    }
+    if let Some(v) = o.scale_down_gpu_utilization_threshold {
+        parts.push(format!("scale-down-gpu-utilization-threshold={v}"));
+    }
+    if let Some(v) = o.scale_down_unneeded_time {
+        parts.push(format!("scale-down-unneeded-time={}s", v.as_secs()));
+    }
+    if let Some(v) = o.scale_down_unready_time {
+        parts.push(format!("scale-down-unready-time={}s", v.as_secs()));
+    }
+    if let Some(v) = o.max_node_provision_time {
+        parts.push(format!("max-node-provision-time={}s", v.as_secs()));
+    }
+    if let Some(v) = o.zero_or_max_node_scaling {
+        parts.push(format!("zero-or-max-node-scaling={v}"));
+    }
+    if let Some(v) = o.ignore_daemonsets_utilization {
+        parts.push(format!("ignore-daemonsets-utilization={v}"));
+    }
+    parts.join(" ")
 }
 
 fn block(out: &mut String, title: &str, rows: &[(&str, String)]) {

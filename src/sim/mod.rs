@@ -326,6 +326,17 @@ fn dropped_connection() -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The gate, then the body as a JSON object: what every POST handler starts with.
+async fn open(
+    shared: &Shared,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Map<String, Value>, Response> {
+    gate(shared, endpoint, headers).await?;
+    body_object(body)
+}
+
 /// A request body as a JSON object (empty body = empty object).
 fn body_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -397,10 +408,7 @@ async fn list_servers(State(sim): Sim, headers: HeaderMap) -> Response {
 
 async fn server_tags(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::ServerTags;
-    if let Err(r) = gate(&sim, e, &headers).await {
-        return r;
-    }
-    let m = match body_object(&body) {
+    let m = match open(&sim, e, &headers, &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -634,10 +642,7 @@ fn generated_password(seed: u64) -> String {
 
 async fn create_server(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::CreateServer;
-    if let Err(r) = gate(&sim, e, &headers).await {
-        return r;
-    }
-    let m = match body_object(&body) {
+    let m = match open(&sim, e, &headers, &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -668,10 +673,7 @@ async fn server_command(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
-    if let Err(r) = gate(sim, e, headers).await {
-        return r;
-    }
-    let m = match body_object(body) {
+    let m = match open(sim, e, headers, body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -721,10 +723,7 @@ async fn terminate(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response
 
 async fn server_info(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::ServerInfo;
-    if let Err(r) = gate(&sim, e, &headers).await {
-        return r;
-    }
-    let m = match body_object(&body) {
+    let m = match open(&sim, e, &headers, &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
