@@ -370,8 +370,24 @@ fn step(
             }
         }
         Phase::Deleting => {
-            if inst.command.is_some() || inst.action_in_flight {
+            if inst.action_in_flight {
                 return;
+            }
+            match &inst.command {
+                // A create that is still running: wait for it to finish (listed powered on),
+                // whatever the queue says, then terminate below.
+                Some(Pending {
+                    kind: CommandKind::Create,
+                    ..
+                }) => {
+                    if server.is_some_and(|s| s.power == Power::On) {
+                        inst.command = None;
+                    } else {
+                        return;
+                    }
+                }
+                Some(_) => return,
+                None => {}
             }
             match server {
                 Some(s) if !inst.terminated => {
@@ -387,9 +403,11 @@ fn step(
                 None => {
                     let waiting_for_server = match inst.create {
                         CreateStatus::Queued | CreateStatus::Sent => true,
-                        CreateStatus::Accepted => !inst.seen && inst.error.is_none(),
-                        CreateStatus::Uncertain => {
-                            now.saturating_duration_since(inst.since) < uncertain_watch
+                        // Bought (or maybe bought) but never listed: watch for the server a
+                        // bounded time, then forget the name.
+                        CreateStatus::Accepted | CreateStatus::Uncertain => {
+                            !inst.seen
+                                && now.saturating_duration_since(inst.since) < uncertain_watch
                         }
                         CreateStatus::Rejected | CreateStatus::Adopted => false,
                     };
@@ -547,6 +565,45 @@ mod tests {
         let names: Vec<&String> = st.instances.keys().collect();
         assert_eq!(names, vec!["ours"]);
         assert_eq!(st.instances["ours"].phase, Phase::Running);
+    }
+
+    #[test]
+    fn deleting_waits_for_a_running_create_then_terminates() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Accepted;
+        i.phase = Phase::Deleting;
+        i.command = Some(Pending {
+            id: "1".into(),
+            kind: CommandKind::Create,
+        });
+        st.instances.insert("a".into(), i);
+        let w = Duration::from_secs(60);
+        // Listed off, create still running (or the queue does not know it): wait.
+        assert!(
+            st.apply(&[listed("a", Power::Off, &[])], &[], &[], w, now)
+                .is_empty()
+        );
+        // Powered on: creation is over, terminate even though the queue never answered.
+        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], w, now);
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        assert_eq!(st.target_size("g"), 0);
+        // A cancelled create that never shows up is forgotten after the watch.
+        let mut j = Instance::creating("b".into(), "g".into(), now);
+        j.create = CreateStatus::Accepted;
+        j.phase = Phase::Deleting;
+        st.instances.insert("b".into(), j);
+        st.apply(&[], &[], &[], w, now);
+        assert!(st.instances.contains_key("b"));
+        st.apply(&[], &[], &[], w, now + Duration::from_secs(61));
+        assert!(!st.instances.contains_key("b"));
     }
 
     #[test]
