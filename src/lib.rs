@@ -10,3 +10,5 @@ pub mod kamatera;
 pub mod proto;
 pub mod provider;
 pub mod sim;
+pub mod telemetry;
+pub mod time;

@@ -1,15 +1,22 @@
 //! Command line of `kamatera-ca-provider`: parses arguments and calls into the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kamatera_ca_provider::config::{self, CloudConfig, ConfigError};
+use kamatera_ca_provider::grpc::client::{self as grpc_client, ClientTls};
+use kamatera_ca_provider::grpc::tls::{ReloadingTls, TlsFiles};
+use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
 use kamatera_ca_provider::sim::{self, Quota, SeedServer, SimConfig, Timing};
+use kamatera_ca_provider::telemetry::{self, LogFormat, Metrics};
 use kamatera_ca_provider::{grpc, kamatera};
+use prost::Message;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +25,10 @@ use kamatera_ca_provider::{grpc, kamatera};
     about = "Kamatera cloud provider for the Kubernetes cluster-autoscaler (externalgrpc)"
 )]
 struct Cli {
+    /// Log format: human-readable text or one JSON object per line. The filter comes from
+    /// RUST_LOG (default: warn,kamatera_ca_provider=info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,11 +42,16 @@ enum Command {
         /// The Kamatera INI cloud config (same format as the in-tree provider).
         #[arg(long, value_name = "FILE")]
         cloud_config: PathBuf,
+        /// Also check the credentials, datacenters and images against the Kamatera API.
+        #[arg(long)]
+        online: bool,
     },
     /// Serve the externalgrpc CloudProvider API to the cluster-autoscaler.
     Serve(ServeArgs),
     /// Run the Kamatera API simulator alone (a fake cloudcli API for demos and tools).
     Simulator(SimulatorArgs),
+    /// Talk to a running provider the way the autoscaler does.
+    Client(ClientArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,9 +63,27 @@ struct ServeArgs {
     /// Address of the gRPC server (the autoscaler's cloud-config `address`).
     #[arg(long, default_value = "127.0.0.1:8086")]
     listen: SocketAddr,
+    /// Address of the HTTP admin server: /healthz, /readyz, /metrics.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    metrics_listen: SocketAddr,
     /// Run against an embedded Kamatera API simulator instead of the real API.
     #[arg(long)]
     simulate: bool,
+    /// Server certificate (PEM). Give all three TLS flags for mutual TLS, or none for plaintext.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of the server certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    tls_reload_seconds: u64,
+    /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -83,18 +117,83 @@ struct SimulatorArgs {
     quota_ram_mb: Option<u64>,
 }
 
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The provider's address, as in the autoscaler's cloud-config.
+    #[arg(long, default_value = "127.0.0.1:8086")]
+    address: String,
+    /// Client certificate (PEM), for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that verifies the server.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Name to verify in the server certificate (default: the host of --address).
+    #[arg(long)]
+    tls_server_name: Option<String>,
+    #[command(subcommand)]
+    call: ClientCall,
+}
+
+#[derive(Subcommand)]
+enum ClientCall {
+    /// List node groups with their sizes.
+    Groups,
+    /// List a node group's instances with state and error.
+    Nodes { group: String },
+    /// Print a node group's target size.
+    Target { group: String },
+    /// Ask for N more nodes in a node group.
+    Increase { group: String, delta: i32 },
+    /// Delete nodes (by providerID, e.g. kamatera://name, or by node name) from a node group.
+    Delete {
+        group: String,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Print a node group's template node, decoded.
+    Template {
+        group: String,
+        #[arg(long, value_enum, default_value = "yaml")]
+        output: Output,
+    },
+    /// Print a node group's autoscaling options (or that the autoscaler's defaults apply).
+    Options { group: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Yaml,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { cloud_config } => check(&cloud_config),
-        Command::Serve(args) => run(serve(args)),
-        Command::Simulator(args) => run(simulator(args)),
+        Command::Check {
+            cloud_config,
+            online: false,
+        } => check(&cloud_config),
+        Command::Check {
+            cloud_config,
+            online: true,
+        } => run(cli.log_format, check_online(cloud_config)),
+        Command::Serve(args) => run(cli.log_format, serve(args)),
+        Command::Simulator(args) => run(cli.log_format, simulator(args)),
+        Command::Client(args) => run(cli.log_format, client(args)),
     }
 }
 
-/// Runs an async command on a multi-threaded runtime, printing any error.
-fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    init_logging();
+/// Runs an async command on a multi-threaded runtime; an error prints and exits 1 (2 for a
+/// failed check).
+fn run(
+    format: LogFormat,
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    telemetry::init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,7 +205,7 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
         }
     };
     match runtime.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -114,35 +213,65 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+fn load(path: &Path) -> Result<CloudConfig, ExitCode> {
+    match CloudConfig::load(path) {
+        Ok(cfg) => Ok(cfg),
+        Err(e @ ConfigError::Read { .. }) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match CloudConfig::load(path) {
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
         Ok(cfg) => {
             print!("{}", config::render_summary(&cfg));
             println!("\n{}: OK", path.display());
             ExitCode::SUCCESS
         }
-        Err(e @ ConfigError::Read { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }
+        Err(code) => code,
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn check_online(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    print!("{}", config::render_summary(&cfg));
+    let client = kamatera::Client::new(kamatera::ClientSettings::from_config(&cfg))
+        .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    println!("\nonline checks against {}:", cfg.api_url);
+    let mut failed = 0;
+    for r in kamatera::preflight(&client, &cfg).await {
+        match &r.outcome {
+            Ok(detail) => println!("  ok    {:<16} {:<12} {detail}", r.subject, r.what),
+            Err(problem) => {
+                failed += 1;
+                println!("  FAIL  {:<16} {:<12} {problem}", r.subject, r.what);
+            }
+        }
+    }
+    if failed == 0 {
+        println!("\n{}: OK (online)", path.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{}: {failed} online check(s) failed", path.display());
+        Ok(ExitCode::from(2))
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let tls_files = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)?;
+    let tls = match tls_files {
+        Some(files) => Some(ReloadingTls::load(files)?),
+        None => None,
+    };
     let (mut cfg, source) = match &args.cloud_config {
         Some(path) => (
             CloudConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -170,8 +299,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
 
-    let client = kamatera::Client::new(kamatera::ClientSettings::from_config(&cfg))
-        .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    let metrics = Arc::new(Metrics::new());
+    let client = kamatera::Client::new(kamatera::ClientSettings {
+        metrics: metrics.clone(),
+        ..kamatera::ClientSettings::from_config(&cfg)
+    })
+    .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
     let groups: Vec<String> = cfg
         .node_groups
         .iter()
@@ -195,22 +328,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let hooks = telemetry::AdminHooks {
+        metrics: metrics.clone(),
+        ready: {
+            let p = provider.clone();
+            Arc::new(move || p.readiness())
+        },
+        before_scrape: {
+            let p = provider.clone();
+            Arc::new(move || p.export_gauges())
+        },
+    };
+    let (admin_addr, admin_task) = telemetry::serve_admin(args.metrics_listen, hooks, stopped())
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+
+    let mode = if tls.is_some() {
+        "mutual TLS"
+    } else {
+        "plaintext"
+    };
     match &simulator {
         Some(sim) => tracing::info!(
-            "provider listening on {addr}, simulated Kamatera at {} (account state: {}/_sim/state); \
-             config {source}; node groups: {}",
+            "provider listening on {addr} ({mode}), simulated Kamatera at {} (account state: {}/_sim/state); \
+             config {source}; node groups: {}; health and metrics on http://{admin_addr}",
             sim.url(),
             sim.url(),
             groups.join(", ")
         ),
         None => tracing::info!(
-            "provider listening on {addr}, Kamatera API at {api_url}; config {source}; node groups: {}",
+            "provider listening on {addr} ({mode}), Kamatera API at {api_url}; config {source}; node groups: {}; \
+             health and metrics on http://{admin_addr}",
             groups.join(", ")
         ),
     }
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address");
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address; use --tls-cert, --tls-key and --tls-client-ca");
     }
+    let tls_watcher = tls
+        .as_ref()
+        .map(|t| t.spawn_watcher(Duration::from_secs(args.tls_reload_seconds.max(1))));
 
     match provider.reconcile().await {
         Ok(r) => tracing::info!(servers = r.listed, "first Kamatera listing done"),
@@ -220,15 +384,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     }
     let background = provider.start_background();
-    grpc::serve(provider, listener, shutdown_signal())
-        .await
-        .context("gRPC server failed")?;
+    let server = tokio::spawn(grpc::serve(
+        provider,
+        listener,
+        grpc::ServeOptions { tls },
+        stopped(),
+    ));
+
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
     background.abort();
+    if let Some(w) = tls_watcher {
+        w.abort();
+    }
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(e)) => return Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+        Err(_) => tracing::warn!(
+            grace_s = grace.as_secs(),
+            "in-flight RPCs did not finish in time"
+        ),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -252,10 +436,10 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no new connections, finishing in-flight RPCs");
 }
 
-async fn simulator(args: SimulatorArgs) -> anyhow::Result<()> {
+async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.time_scale.is_finite() && args.time_scale >= 0.0,
         "--time-scale must be a non-negative number"
@@ -302,9 +486,137 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<()> {
         handle.url()
     );
     println!("  state: {}/_sim/state   (Ctrl-C to stop)", handle.url());
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    shutdown_signal().await;
     handle.shutdown().await;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A node argument: a providerID (`scheme://...`) or a node name.
+fn node_arg(s: &str) -> pb::ExternalGrpcNode {
+    if s.contains("://") {
+        pb::ExternalGrpcNode {
+            provider_id: s.to_string(),
+            ..Default::default()
+        }
+    } else {
+        pb::ExternalGrpcNode {
+            name: s.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let tls = ClientTls::from_flags(
+        args.tls_cert,
+        args.tls_key,
+        args.tls_ca,
+        args.tls_server_name,
+    )?;
+    let mut ca = grpc_client::connect(&args.address, tls.as_ref()).await?;
+    match args.call {
+        ClientCall::Groups => {
+            let r = ca.node_groups(pb::NodeGroupsRequest {}).await?.into_inner();
+            print!("{}", grpc_client::render_groups(&r.node_groups));
+        }
+        ClientCall::Nodes { group } => {
+            let r = ca
+                .node_group_nodes(pb::NodeGroupNodesRequest { id: group })
+                .await?
+                .into_inner();
+            print!("{}", grpc_client::render_instances(&r.instances));
+        }
+        ClientCall::Target { group } => {
+            let r = ca
+                .node_group_target_size(pb::NodeGroupTargetSizeRequest { id: group })
+                .await?
+                .into_inner();
+            println!("{}", r.target_size);
+        }
+        ClientCall::Increase { group, delta } => {
+            ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+                delta,
+                id: group.clone(),
+            })
+            .await?;
+            println!("asked node group {group} for {delta} more node(s)");
+        }
+        ClientCall::Delete { group, nodes } => {
+            let n = nodes.len();
+            ca.node_group_delete_nodes(pb::NodeGroupDeleteNodesRequest {
+                nodes: nodes.iter().map(|s| node_arg(s)).collect(),
+                id: group.clone(),
+            })
+            .await?;
+            println!("deleting {n} node(s) of node group {group}");
+        }
+        ClientCall::Template { group, output } => {
+            let r = ca
+                .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: group })
+                .await?
+                .into_inner();
+            let bytes = if r.node_bytes.is_empty() {
+                r.legacy_node_info
+            } else {
+                r.node_bytes
+            };
+            let node = kamatera_ca_provider::proto::k8s::Node::decode(bytes.as_slice())
+                .context("the template node does not decode")?;
+            let json = grpc_client::node_json(&node);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+                Output::Yaml => print!("{}", grpc_client::to_yaml(&json)),
+            }
+        }
+        ClientCall::Options { group } => {
+            let r = ca
+                .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+                    id: group.clone(),
+                    defaults: None,
+                })
+                .await?
+                .into_inner();
+            match r.node_group_autoscaling_options {
+                None => println!("node group {group}: the autoscaler's defaults apply"),
+                Some(o) => {
+                    let d = |d: Option<prost_types::Duration>| {
+                        d.map(|d| format!("{}s", d.seconds))
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    println!(
+                        "scale-down-utilization-threshold      {}",
+                        o.scale_down_utilization_threshold
+                    );
+                    println!(
+                        "scale-down-gpu-utilization-threshold  {}",
+                        o.scale_down_gpu_utilization_threshold
+                    );
+                    println!(
+                        "scale-down-unneeded-time              {}",
+                        d(o.scale_down_unneeded_duration)
+                    );
+                    println!(
+                        "scale-down-unready-time               {}",
+                        d(o.scale_down_unready_duration)
+                    );
+                    println!(
+                        "max-node-provision-time               {}",
+                        d(o.max_node_provision_duration)
+                    );
+                    println!(
+                        "zero-or-max-node-scaling              {}",
+                        o.zero_or_max_node_scaling
+                    );
+                    println!(
+                        "ignore-daemonsets-utilization         {}",
+                        o.ignore_daemon_sets_utilization
+                    );
+                    println!(
+                        "(values not overridden by the group are the autoscaler's defaults this client sent: none, so CA's built-in ones)"
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

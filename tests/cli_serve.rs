@@ -20,7 +20,14 @@ impl Drop for Killed {
 #[tokio::test]
 async fn serve_simulate_answers_the_autoscaler() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
-        .args(["serve", "--simulate", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .env_remove("KAMATERA_API_CLIENT_ID")
         .env_remove("KAMATERA_API_SECRET")
@@ -59,7 +66,7 @@ async fn serve_simulate_answers_the_autoscaler() {
     let addr = line
         .split("provider listening on ")
         .nth(1)
-        .and_then(|rest| rest.split(',').next())
+        .and_then(|rest| rest.split([',', ' ']).next())
         .expect("address in the log line")
         .to_string();
 

@@ -98,9 +98,14 @@ async fn env_with(timing: Timing, quota: Quota) -> Env {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grpc::serve(provider, listener, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(grpc::serve(
+        provider,
+        listener,
+        grpc::ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let ca = CloudProviderClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");

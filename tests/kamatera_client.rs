@@ -21,6 +21,7 @@ fn client_for(server: &MockServer, attempts: u32, timeout: Duration) -> Client {
         secret: Secret::new(SECRET),
         timeout,
         retry: RetryPolicy::immediate(attempts),
+        metrics: Default::default(),
     })
     .expect("client")
 }
@@ -418,6 +419,7 @@ async fn mutating_call_retries_when_the_connection_never_opened() {
         secret: Secret::new(SECRET),
         timeout: Duration::from_secs(2),
         retry: RetryPolicy::immediate(3),
+        metrics: Default::default(),
     })
     .expect("client");
     let err = c.power_on("s").await.expect_err("refused");

@@ -44,6 +44,7 @@ fn client_with(sim: &SimHandle, secret: &str, attempts: u32, timeout: Duration) 
         secret: Secret::new(secret),
         timeout,
         retry: RetryPolicy::immediate(attempts),
+        metrics: Default::default(),
     })
     .expect("client")
 }

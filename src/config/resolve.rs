@@ -422,6 +422,21 @@ fn resolve_global(
         );
     }
 
+    // Both travel as HTTP header values: visible ASCII only.
+    for (key, value) in [
+        ("kamatera-api-client-id", &api_client_id),
+        ("kamatera-api-secret", &api_secret),
+    ] {
+        if !value.is_empty() && !value.chars().all(|c| c.is_ascii_graphic()) {
+            problems.add(
+                r.string(key).map(|(_, l)| l).or(header),
+                "global",
+                Some(key),
+                "must be printable ASCII without spaces (it is sent as an HTTP header)".into(),
+            );
+        }
+    }
+
     let api_url = match r.non_empty("kamatera-api-url") {
         None => DEFAULT_API_URL.to_string(),
         Some((url, line)) => {

@@ -5,9 +5,13 @@
 //! another group, FailedPrecondition for a min/max violation, Unavailable while Kamatera's state
 //! has never been read, Unimplemented for pricing. Messages never carry credentials.
 
+pub mod client;
 mod convert;
+pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -36,17 +40,79 @@ impl Service {
     }
 }
 
-/// Serves the provider on an already bound listener until `shutdown` resolves.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// How to serve beyond the provider itself.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Mutual TLS; plaintext (h2c) when `None`.
+    pub tls: Option<Arc<tls::ReloadingTls>>,
+}
+
+/// Serves the CloudProvider service, the gRPC health service (SERVING once Kamatera's state was
+/// read) and server reflection on an already bound listener, until `shutdown` resolves.
 pub async fn serve(
     provider: Provider,
     listener: tokio::net::TcpListener,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_not_serving::<CloudProviderServer<Service>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let health_task = tokio::spawn(report_health(provider.clone(), reporter));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
         .add_service(Service::new(provider).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(health)
+        .add_service(reflection);
+    let result = match options.tls {
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some(t) => {
+            router
+                .serve_with_incoming_shutdown(tls::incoming(listener, t), shutdown)
+                .await
+        }
+    };
+    health_task.abort();
+    Ok(result?)
+}
+
+/// Flips the health service to SERVING after the first successful reconcile.
+async fn report_health(provider: Provider, reporter: tonic_health::server::HealthReporter) {
+    let mut reconciles = provider.subscribe_reconciles();
+    loop {
+        if provider.ready() {
+            reporter.set_serving::<CloudProviderServer<Service>>().await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            info!("gRPC health: SERVING");
+            return;
+        }
+        if reconciles.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn status(e: ProviderError) -> Status {
@@ -96,191 +162,301 @@ fn logged<T>(
     }
 }
 
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+impl Service {
+    /// Records the answer of `method` in the metrics.
+    fn done<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        r: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.provider.metrics().grpc_request(
+            method,
+            code_name(code),
+            started.elapsed().as_secs_f64(),
+        );
+        r
+    }
+}
+
 #[tonic::async_trait]
 impl CloudProvider for Service {
     async fn node_groups(
         &self,
         _: Request<pb::NodeGroupsRequest>,
     ) -> Result<Response<pb::NodeGroupsResponse>, Status> {
-        let node_groups = self.provider.node_groups().into_iter().map(group).collect();
-        Ok(Response::new(pb::NodeGroupsResponse { node_groups }))
+        let started = Instant::now();
+        let r = async {
+            let node_groups = self.provider.node_groups().into_iter().map(group).collect();
+            Ok(Response::new(pb::NodeGroupsResponse { node_groups }))
+        }
+        .await;
+        self.done("NodeGroups", started, r)
     }
 
     async fn node_group_for_node(
         &self,
         request: Request<pb::NodeGroupForNodeRequest>,
     ) -> Result<Response<pb::NodeGroupForNodeResponse>, Status> {
-        let req = request.into_inner();
-        let node = req.node.as_ref().map(node_ref).unwrap_or_default();
-        // Not ours: an empty group (id ""), never an error.
-        let node_group = Some(
-            self.provider
-                .node_group_for_node(&node)
-                .map(group)
-                .unwrap_or_default(),
-        );
-        debug!(rpc = "NodeGroupForNode", node = %node.name, provider_id = %node.provider_id, group = ?node_group.as_ref().map(|g| &g.id));
-        Ok(Response::new(pb::NodeGroupForNodeResponse { node_group }))
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let node = req.node.as_ref().map(node_ref).unwrap_or_default();
+            // Not ours: an empty group (id ""), never an error.
+            let node_group = Some(
+                self.provider
+                    .node_group_for_node(&node)
+                    .map(group)
+                    .unwrap_or_default(),
+            );
+            debug!(rpc = "NodeGroupForNode", node = %node.name, provider_id = %node.provider_id, group = ?node_group.as_ref().map(|g| &g.id));
+            Ok(Response::new(pb::NodeGroupForNodeResponse { node_group }))
+        }
+        .await;
+        self.done("NodeGroupForNode", started, r)
     }
 
     async fn pricing_node_price(
         &self,
         _: Request<pb::PricingNodePriceRequest>,
     ) -> Result<Response<pb::PricingNodePriceResponse>, Status> {
-        Err(Status::unimplemented("pricing is not configured"))
+        let started = Instant::now();
+        let r = async { Err(Status::unimplemented("pricing is not configured")) }.await;
+        self.done("PricingNodePrice", started, r)
     }
 
     async fn pricing_pod_price(
         &self,
         _: Request<pb::PricingPodPriceRequest>,
     ) -> Result<Response<pb::PricingPodPriceResponse>, Status> {
-        Err(Status::unimplemented("pricing is not configured"))
+        let started = Instant::now();
+        let r = async { Err(Status::unimplemented("pricing is not configured")) }.await;
+        self.done("PricingPodPrice", started, r)
     }
 
     async fn gpu_label(
         &self,
         _: Request<pb::GpuLabelRequest>,
     ) -> Result<Response<pb::GpuLabelResponse>, Status> {
-        Ok(Response::new(pb::GpuLabelResponse {
-            label: self.provider.gpu_label().to_string(),
-        }))
+        let started = Instant::now();
+        let r = async {
+            Ok(Response::new(pb::GpuLabelResponse {
+                label: self.provider.gpu_label().to_string(),
+            }))
+        }
+        .await;
+        self.done("GPULabel", started, r)
     }
 
     async fn get_available_gpu_types(
         &self,
         _: Request<pb::GetAvailableGpuTypesRequest>,
     ) -> Result<Response<pb::GetAvailableGpuTypesResponse>, Status> {
-        Ok(Response::new(pb::GetAvailableGpuTypesResponse::default()))
+        let started = Instant::now();
+        let r = async { Ok(Response::new(pb::GetAvailableGpuTypesResponse::default())) }.await;
+        self.done("GetAvailableGPUTypes", started, r)
     }
 
     async fn cleanup(
         &self,
         _: Request<pb::CleanupRequest>,
     ) -> Result<Response<pb::CleanupResponse>, Status> {
-        // The autoscaler is exiting; this server outlives it and keeps its in-flight work, so a
-        // restarted autoscaler finds the same state.
-        info!(rpc = "Cleanup", "the autoscaler is shutting down");
-        Ok(Response::new(pb::CleanupResponse {}))
+        let started = Instant::now();
+        let r = async {
+            // The autoscaler is exiting; this server outlives it and keeps its in-flight work, so a
+            // restarted autoscaler finds the same state.
+            info!(rpc = "Cleanup", "the autoscaler is shutting down");
+            Ok(Response::new(pb::CleanupResponse {}))
+        }
+        .await;
+        self.done("Cleanup", started, r)
     }
 
     async fn refresh(
         &self,
         _: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let r = self
-            .provider
-            .refresh()
-            .instrument(info_span!("Refresh"))
-            .await;
-        if let Err(e) = &r {
-            warn!(rpc = "Refresh", error = %e, "cannot serve yet");
+        let started = Instant::now();
+        let r = async {
+            let r = self
+                .provider
+                .refresh()
+                .instrument(info_span!("Refresh"))
+                .await;
+            if let Err(e) = &r {
+                warn!(rpc = "Refresh", error = %e, "cannot serve yet");
+            }
+            logged("Refresh", false, r.map(|()| pb::RefreshResponse {}))
         }
-        logged("Refresh", false, r.map(|()| pb::RefreshResponse {}))
+        .await;
+        self.done("Refresh", started, r)
     }
 
     async fn node_group_target_size(
         &self,
         request: Request<pb::NodeGroupTargetSizeRequest>,
     ) -> Result<Response<pb::NodeGroupTargetSizeResponse>, Status> {
-        let req = request.into_inner();
-        let r = self
-            .provider
-            .target_size(&req.id)
-            .map(|n| pb::NodeGroupTargetSizeResponse {
-                target_size: i32::try_from(n).unwrap_or(i32::MAX),
-            });
-        logged("NodeGroupTargetSize", false, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let r = self
+                .provider
+                .target_size(&req.id)
+                .map(|n| pb::NodeGroupTargetSizeResponse {
+                    target_size: i32::try_from(n).unwrap_or(i32::MAX),
+                });
+            logged("NodeGroupTargetSize", false, r)
+        }
+        .await;
+        self.done("NodeGroupTargetSize", started, r)
     }
 
     async fn node_group_increase_size(
         &self,
         request: Request<pb::NodeGroupIncreaseSizeRequest>,
     ) -> Result<Response<pb::NodeGroupIncreaseSizeResponse>, Status> {
-        let req = request.into_inner();
-        let _span =
-            info_span!("NodeGroupIncreaseSize", group = %req.id, delta = req.delta).entered();
-        info!(rpc = "NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
-        let r = self
-            .provider
-            .increase_size(&req.id, req.delta)
-            .map(|()| pb::NodeGroupIncreaseSizeResponse {});
-        logged("NodeGroupIncreaseSize", true, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let _span =
+                info_span!("NodeGroupIncreaseSize", group = %req.id, delta = req.delta).entered();
+            info!(rpc = "NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
+            let r = self
+                .provider
+                .increase_size(&req.id, req.delta)
+                .map(|()| pb::NodeGroupIncreaseSizeResponse {});
+            logged("NodeGroupIncreaseSize", true, r)
+        }
+        .await;
+        self.done("NodeGroupIncreaseSize", started, r)
     }
 
     async fn node_group_delete_nodes(
         &self,
         request: Request<pb::NodeGroupDeleteNodesRequest>,
     ) -> Result<Response<pb::NodeGroupDeleteNodesResponse>, Status> {
-        let req = request.into_inner();
-        let nodes: Vec<NodeRef> = req.nodes.iter().map(node_ref).collect();
-        let _span =
-            info_span!("NodeGroupDeleteNodes", group = %req.id, nodes = nodes.len()).entered();
-        info!(
-            rpc = "NodeGroupDeleteNodes",
-            group = %req.id,
-            nodes = ?nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>()
-        );
-        let r = self
-            .provider
-            .delete_nodes(&req.id, &nodes)
-            .map(|()| pb::NodeGroupDeleteNodesResponse {});
-        logged("NodeGroupDeleteNodes", true, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let nodes: Vec<NodeRef> = req.nodes.iter().map(node_ref).collect();
+            let _span =
+                info_span!("NodeGroupDeleteNodes", group = %req.id, nodes = nodes.len()).entered();
+            info!(
+                rpc = "NodeGroupDeleteNodes",
+                group = %req.id,
+                nodes = ?nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>()
+            );
+            let r = self
+                .provider
+                .delete_nodes(&req.id, &nodes)
+                .map(|()| pb::NodeGroupDeleteNodesResponse {});
+            logged("NodeGroupDeleteNodes", true, r)
+        }
+        .await;
+        self.done("NodeGroupDeleteNodes", started, r)
     }
 
     async fn node_group_decrease_target_size(
         &self,
         request: Request<pb::NodeGroupDecreaseTargetSizeRequest>,
     ) -> Result<Response<pb::NodeGroupDecreaseTargetSizeResponse>, Status> {
-        let req = request.into_inner();
-        info!(rpc = "NodeGroupDecreaseTargetSize", group = %req.id, delta = req.delta);
-        let r = self
-            .provider
-            .decrease_target_size(&req.id, req.delta)
-            .map(|()| pb::NodeGroupDecreaseTargetSizeResponse {});
-        logged("NodeGroupDecreaseTargetSize", true, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            info!(rpc = "NodeGroupDecreaseTargetSize", group = %req.id, delta = req.delta);
+            let r = self
+                .provider
+                .decrease_target_size(&req.id, req.delta)
+                .map(|()| pb::NodeGroupDecreaseTargetSizeResponse {});
+            logged("NodeGroupDecreaseTargetSize", true, r)
+        }
+        .await;
+        self.done("NodeGroupDecreaseTargetSize", started, r)
     }
 
     async fn node_group_nodes(
         &self,
         request: Request<pb::NodeGroupNodesRequest>,
     ) -> Result<Response<pb::NodeGroupNodesResponse>, Status> {
-        let req = request.into_inner();
-        let r = self
-            .provider
-            .nodes(&req.id)
-            .map(|list| pb::NodeGroupNodesResponse {
-                instances: list.iter().map(convert::instance).collect(),
-            });
-        logged("NodeGroupNodes", false, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let r = self
+                .provider
+                .nodes(&req.id)
+                .map(|list| pb::NodeGroupNodesResponse {
+                    instances: list.iter().map(convert::instance).collect(),
+                });
+            logged("NodeGroupNodes", false, r)
+        }
+        .await;
+        self.done("NodeGroupNodes", started, r)
     }
 
     async fn node_group_template_node_info(
         &self,
         request: Request<pb::NodeGroupTemplateNodeInfoRequest>,
     ) -> Result<Response<pb::NodeGroupTemplateNodeInfoResponse>, Status> {
-        let req = request.into_inner();
-        let r = self.provider.template_node(&req.id).map(|t| {
-            let bytes = convert::template_node(&t).encode_to_vec();
-            // The same Node in the legacy (≤ 1.34) and current field.
-            pb::NodeGroupTemplateNodeInfoResponse {
-                legacy_node_info: bytes.clone(),
-                node_bytes: bytes,
-            }
-        });
-        logged("NodeGroupTemplateNodeInfo", false, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let r = self.provider.template_node(&req.id).map(|t| {
+                let bytes = convert::template_node(&t).encode_to_vec();
+                // The same Node in the legacy (≤ 1.34) and current field.
+                pb::NodeGroupTemplateNodeInfoResponse {
+                    legacy_node_info: bytes.clone(),
+                    node_bytes: bytes,
+                }
+            });
+            logged("NodeGroupTemplateNodeInfo", false, r)
+        }
+        .await;
+        self.done("NodeGroupTemplateNodeInfo", started, r)
     }
 
     async fn node_group_get_options(
         &self,
         request: Request<pb::NodeGroupAutoscalingOptionsRequest>,
     ) -> Result<Response<pb::NodeGroupAutoscalingOptionsResponse>, Status> {
-        let req = request.into_inner();
-        let r = self
-            .provider
-            .options(&req.id)
-            .map(|o| pb::NodeGroupAutoscalingOptionsResponse {
-                node_group_autoscaling_options: convert::options(&o, req.defaults.as_ref()),
-            });
-        logged("NodeGroupGetOptions", false, r)
+        let started = Instant::now();
+        let r = async {
+            let req = request.into_inner();
+            let r =
+                self.provider
+                    .options(&req.id)
+                    .map(|o| pb::NodeGroupAutoscalingOptionsResponse {
+                        node_group_autoscaling_options: convert::options(&o, req.defaults.as_ref()),
+                    });
+            logged("NodeGroupGetOptions", false, r)
+        }
+        .await;
+        self.done("NodeGroupGetOptions", started, r)
     }
 }

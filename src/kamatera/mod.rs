@@ -23,6 +23,7 @@
 //! expression.
 
 mod error;
+mod preflight;
 mod retry;
 mod types;
 
@@ -34,8 +35,10 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::config::{CloudConfig, ServerConfig};
+use crate::telemetry::Metrics;
 
 pub use error::{ErrorClass, KamateraError, QUOTA_PATTERNS, Redactor, is_quota_message};
+pub use preflight::{CheckResult, preflight};
 pub use retry::{Idempotency, RetryPolicy};
 pub use types::{CommandState, CommandStatus, Datacenter, Image, Power, Server};
 
@@ -59,6 +62,8 @@ pub struct ClientSettings {
     pub secret: crate::config::Secret,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// Where request counts and latencies go.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ClientSettings {
@@ -69,6 +74,7 @@ impl ClientSettings {
             secret: config.api_secret.clone(),
             timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -87,6 +93,7 @@ struct Inner {
     secret: crate::config::Secret,
     retry: RetryPolicy,
     redactor: Redactor,
+    metrics: Arc<Metrics>,
 }
 
 /// What one create request asks for.
@@ -156,12 +163,18 @@ impl Client {
                 secret: settings.secret,
                 retry: settings.retry,
                 redactor,
+                metrics: settings.metrics,
             }),
         })
     }
 
     pub fn base_url(&self) -> &str {
         &self.inner.base_url
+    }
+
+    /// The metrics this client records into (shared with whoever built it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// `GET /service/servers`, keeping servers whose name starts with `name_prefix`.
@@ -468,7 +481,7 @@ impl Client {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(&call).await {
+            let failure = match self.measured_attempt(&call).await {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
             };
@@ -503,15 +516,44 @@ impl Client {
         }
     }
 
+    /// One attempt, counted and timed (the in-flight gauge drops even if the future is dropped).
+    async fn measured_attempt(&self, call: &Call<'_>) -> Result<Value, Failure> {
+        struct InFlight<'a>(&'a Metrics);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.api_in_flight.dec();
+            }
+        }
+        let metrics = &self.inner.metrics;
+        metrics.api_in_flight.inc();
+        let _guard = InFlight(metrics);
+        let started = Instant::now();
+        let result = self.attempt(call).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(f) => f.error.class.as_str().replace(' ', "_"),
+        };
+        metrics.api_request(
+            &call.op.replace(' ', "_"),
+            &outcome,
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
     /// One HTTP exchange, classified.
     async fn attempt(&self, call: &Call<'_>) -> Result<Value, Failure> {
         let url = format!("{}{}", self.inner.base_url, call.path);
+        let mut secret = reqwest::header::HeaderValue::from_str(self.inner.secret.expose())
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+        // Kept out of HPACK tables and Debug output.
+        secret.set_sensitive(true);
         let mut req = self
             .inner
             .http
             .request(call.method.clone(), &url)
             .header("AuthClientId", &self.inner.client_id)
-            .header("AuthSecret", self.inner.secret.expose())
+            .header("AuthSecret", secret)
             .header("Accept", "application/json")
             .header("Content-Type", "application/json");
         if let Some(body) = &call.body {

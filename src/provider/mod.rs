@@ -58,6 +58,8 @@ pub struct ProviderOptions {
     /// How long the name of a create whose outcome is unknown (timeout, 5xx) is watched, so a
     /// server that appears late is terminated rather than orphaned.
     pub uncertain_create_watch: Duration,
+    /// Ready (health, `/readyz`) only while the last successful reconcile is at most this old.
+    pub max_staleness: Duration,
 }
 
 impl Default for ProviderOptions {
@@ -68,6 +70,7 @@ impl Default for ProviderOptions {
             max_concurrent_requests: 8,
             max_concurrent_tag_reads: 8,
             uncertain_create_watch: Duration::from_secs(30 * 60),
+            max_staleness: Duration::from_secs(120),
         }
     }
 }
@@ -312,6 +315,9 @@ impl Provider {
             }
         }
         info!(group, nodes = nodes.len(), "scale-down: deleting nodes");
+        for _ in &actions {
+            self.metrics().delete("started");
+        }
         for a in actions {
             self.spawn(a);
         }
@@ -381,6 +387,114 @@ impl Provider {
     /// True once a reconcile has succeeded.
     pub fn ready(&self) -> bool {
         self.lock().last_success.is_some()
+    }
+
+    /// `Ok` while the last successful reconcile is recent enough; else why not.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        let st = self.lock();
+        let max = self.inner.options.max_staleness;
+        match st.last_success {
+            None => Err(format!(
+                "Kamatera's state has not been read yet{}",
+                st.last_error
+                    .as_ref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )),
+            Some(t) if t.elapsed() > max => Err(format!(
+                "the last successful Kamatera read was {} s ago (limit {} s){}",
+                t.elapsed().as_secs(),
+                max.as_secs(),
+                st.last_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The metrics this provider (and its Kamatera client) record into.
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        self.inner.client.metrics()
+    }
+
+    /// Changes each time a reconcile finishes.
+    pub fn subscribe_reconciles(&self) -> watch::Receiver<u64> {
+        self.inner.finished.subscribe()
+    }
+
+    /// Fills the state gauges (sizes, instances by state, errors, commands, staleness).
+    pub fn export_gauges(&self) {
+        let m = self.metrics();
+        let st = self.lock();
+        m.group_size.clear();
+        m.instances.clear();
+        m.instances_in_error.clear();
+        for g in &self.inner.config.node_groups {
+            let size = |kind: &str, v: usize| {
+                m.group_size
+                    .get_or_create(&crate::telemetry::GroupKind {
+                        group: g.name.clone(),
+                        kind: kind.into(),
+                    })
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            };
+            size("min", g.min_size as usize);
+            size("max", g.max_size as usize);
+            size("target", st.target_size(&g.name));
+            for (phase, label) in [
+                (Phase::Creating, "creating"),
+                (Phase::Running, "running"),
+                (Phase::Deleting, "deleting"),
+            ] {
+                let n = st
+                    .group_instances(&g.name)
+                    .filter(|i| i.phase == phase)
+                    .count();
+                m.instances
+                    .get_or_create(&crate::telemetry::GroupState {
+                        group: g.name.clone(),
+                        state: label.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            for (class, label) in [
+                (ErrorClass::OutOfResources, "out_of_resources"),
+                (ErrorClass::Other, "other"),
+            ] {
+                let n = st
+                    .group_instances(&g.name)
+                    .filter(|i| i.error.as_ref().is_some_and(|e| e.class == class))
+                    .count();
+                m.instances_in_error
+                    .get_or_create(&crate::telemetry::GroupClass {
+                        group: g.name.clone(),
+                        class: label.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        let pending: Vec<Instant> = st
+            .instances
+            .values()
+            .filter_map(|i| i.command.as_ref().map(|c| c.since))
+            .collect();
+        m.pending_commands
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        m.oldest_pending_command_age.set(
+            pending
+                .iter()
+                .map(|t| t.elapsed().as_secs_f64())
+                .fold(0.0, f64::max),
+        );
+        m.staleness.set(
+            st.last_success
+                .map(|t| t.elapsed().as_secs_f64())
+                .unwrap_or(-1.0),
+        );
+        drop(st);
+        m.ready.set(i64::from(self.readiness().is_ok()));
     }
 
     /// Age of the last successful reconcile.
@@ -460,6 +574,14 @@ impl Provider {
             }
         }
         self.inner.finished.send_modify(|n| *n += 1);
+        let m = self.metrics();
+        m.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        m.reconciles
+            .get_or_create(&crate::telemetry::ResultLabel {
+                result: if result.is_ok() { "ok" } else { "error" }.into(),
+            })
+            .inc();
         match &result {
             Ok(r) => debug!(
                 listed = r.listed,
@@ -565,13 +687,28 @@ impl Provider {
                     st.tags.insert(o.id.clone(), t.clone());
                 }
             }
-            st.apply(
+            let actions = st.apply(
                 &observed,
                 &statuses,
                 &groups,
                 self.inner.options.uncertain_create_watch,
                 Instant::now(),
-            )
+            );
+            let o = std::mem::take(&mut st.outcomes);
+            let m = self.metrics();
+            m.creates
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.creates_failed);
+            m.creates
+                .get_or_create(&result_label("cancelled"))
+                .inc_by(o.creates_cancelled);
+            m.deletes
+                .get_or_create(&result_label("completed"))
+                .inc_by(o.deletes_completed);
+            m.deletes
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.deletes_failed);
+            actions
         };
         let report = ReconcileReport {
             listed: servers.len(),
@@ -628,7 +765,9 @@ impl Provider {
                         inst.command = Some(Pending {
                             id: cmd,
                             kind: CommandKind::Create,
+                            since: Instant::now(),
                         });
+                        self.metrics().create("accepted");
                     }
                     Err(e) => {
                         warn!(server = %name, error = e.detail(), "create failed");
@@ -639,6 +778,8 @@ impl Provider {
                         } else {
                             CreateStatus::Rejected
                         };
+                        self.metrics()
+                            .create(if uncertain { "uncertain" } else { "rejected" });
                         inst.error = Some(if e.is_quota() {
                             ErrorInfo {
                                 class: ErrorClass::OutOfResources,
@@ -684,16 +825,22 @@ impl Provider {
         match result {
             Ok(cmd) => {
                 info!(server = %name, command = %cmd, step = ?kind, "delete step started");
-                inst.command = Some(Pending { id: cmd, kind });
+                inst.command = Some(Pending {
+                    id: cmd,
+                    kind,
+                    since: Instant::now(),
+                });
             }
             Err(e) if e.class == kamatera::ErrorClass::NotFound => {
                 // Already gone.
                 inst.terminated = true;
                 inst.server_id = None;
+                self.metrics().delete("completed");
             }
             Err(e) => {
                 // The next reconcile tries again (Deleting with no command).
                 warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
+                self.metrics().delete("failed");
                 inst.error = Some(ErrorInfo {
                     class: ErrorClass::Other,
                     code: "DELETE_FAILED",
@@ -702,6 +849,10 @@ impl Provider {
             }
         }
     }
+}
+
+fn result_label(r: &str) -> crate::telemetry::ResultLabel {
+    crate::telemetry::ResultLabel { result: r.into() }
 }
 
 fn group_info(g: &NodeGroupConfig) -> GroupInfo {

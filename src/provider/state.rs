@@ -65,6 +65,8 @@ pub enum CreateStatus {
 pub struct Pending {
     pub id: String,
     pub kind: CommandKind,
+    /// When the command was started.
+    pub since: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +156,17 @@ pub struct State {
     pub last_success: Option<Instant>,
     pub last_error: Option<String>,
     pub reconciles: u64,
+    /// Command outcomes seen by `apply`, for metrics; the caller takes and resets them.
+    pub outcomes: Outcomes,
+}
+
+/// Counts of command outcomes since they were last taken.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcomes {
+    pub creates_failed: u64,
+    pub creates_cancelled: u64,
+    pub deletes_completed: u64,
+    pub deletes_failed: u64,
 }
 
 /// What one node group needs for membership decisions.
@@ -201,6 +214,7 @@ impl State {
         let mut actions = Vec::new();
         let mut remove = Vec::new();
 
+        let outcomes = &mut self.outcomes;
         for (name, inst) in self.instances.iter_mut() {
             let server = by_name.get(name.as_str()).copied();
             if let Some(s) = server {
@@ -211,7 +225,7 @@ impl State {
             if let Some(cmd) = inst.command.clone()
                 && let Some(st) = by_command.get(cmd.id.as_str())
             {
-                command_result(inst, &cmd, st, &mut actions);
+                command_result(inst, &cmd, st, &mut actions, outcomes);
             }
             step(
                 inst,
@@ -261,6 +275,7 @@ fn command_result(
     cmd: &Pending,
     st: &CommandStatus,
     actions: &mut Vec<Action>,
+    outcomes: &mut Outcomes,
 ) {
     match (cmd.kind, &st.state) {
         (_, s) if !s.is_terminal() => {}
@@ -269,6 +284,11 @@ fn command_result(
             inst.command = None;
             // The API removes what a failed create began; nothing was bought.
             inst.create = CreateStatus::Rejected;
+            if *state == CommandState::Cancelled {
+                outcomes.creates_cancelled += 1;
+            } else {
+                outcomes.creates_failed += 1;
+            }
             let detail = first_line(&st.log);
             inst.error = Some(if is_quota_message(&st.log) {
                 ErrorInfo {
@@ -308,12 +328,14 @@ fn command_result(
             }
         }
         (CommandKind::Terminate, CommandState::Complete) => {
+            outcomes.deletes_completed += 1;
             inst.command = None;
             inst.terminated = true;
             inst.error = None;
         }
         (CommandKind::Terminate, state) => {
             // Tried again on the next reconcile (see `step`).
+            outcomes.deletes_failed += 1;
             inst.command = None;
             inst.error = Some(ErrorInfo {
                 class: ErrorClass::Other,
@@ -459,6 +481,7 @@ mod tests {
         i.command = Some(Pending {
             id: "1".into(),
             kind: CommandKind::Create,
+            since: now,
         });
         st.instances.insert("a".into(), i);
         let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
@@ -508,6 +531,7 @@ mod tests {
             i.command = Some(Pending {
                 id: id.into(),
                 kind: CommandKind::Create,
+                since: now,
             });
             st.instances.insert(name.into(), i);
         }
@@ -577,6 +601,7 @@ mod tests {
         i.command = Some(Pending {
             id: "1".into(),
             kind: CommandKind::Create,
+            since: now,
         });
         st.instances.insert("a".into(), i);
         let w = Duration::from_secs(60);

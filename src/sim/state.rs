@@ -526,7 +526,7 @@ impl SimState {
                 started: now,
                 pending_for,
                 total,
-                added: timestamp_utc(std::time::SystemTime::now()),
+                added: crate::time::queue_timestamp(std::time::SystemTime::now()),
             },
         );
         self.command_order.push(id.clone());
@@ -650,50 +650,10 @@ impl SimState {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in UTC, the queue's timestamp format.
-pub fn timestamp_utc(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
 pub fn no_servers_message(sel: &Selector) -> String {
     match sel {
         Selector::Name(n) => format!("No servers found (name='{n}')"),
         Selector::Id(id) => format!("No servers found (id='{id}')"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_779_321_845);
-        assert_eq!(timestamp_utc(t), "2026-05-21 00:04:05");
-        assert_eq!(timestamp_utc(std::time::UNIX_EPOCH), "1970-01-01 00:00:00");
-        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(timestamp_utc(leap), "2000-02-29 00:00:00");
     }
 }
 
