@@ -18,6 +18,9 @@ use kamatera_ca_provider::telemetry::{self, LogFormat, Metrics};
 use kamatera_ca_provider::{grpc, kamatera};
 use prost::Message;
 
+/// Where the restart journal goes unless --state-file says otherwise.
+const DEFAULT_STATE_FILE: &str = "/var/lib/kamatera-ca-provider/state.json";
+
 #[derive(Parser)]
 #[command(
     name = "kamatera-ca-provider",
@@ -81,6 +84,11 @@ struct ServeArgs {
     /// How often the TLS files are checked for changes.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     tls_reload_seconds: u64,
+    /// The restart journal (in-flight creates and deletions), written atomically. Default:
+    /// /var/lib/kamatera-ca-provider/state.json, or none with --simulate. If it cannot be
+    /// written, the provider warns and runs without it.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
     /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -322,7 +330,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let api_url = cfg.api_url.clone();
-    let provider = Provider::new(cfg, client, ProviderOptions::default());
+    let state_file = match (&args.state_file, args.simulate) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => Some(PathBuf::from(DEFAULT_STATE_FILE)),
+    };
+    let state_file = state_file.and_then(|p| match kamatera_ca_provider::provider::probe_state_file(&p) {
+        Ok(()) => Some(p),
+        Err(e) => {
+            tracing::warn!(
+                path = %p.display(),
+                error = %e,
+                "cannot write the state file; running without a restart journal (in-flight creates \
+                 are then recovered from server names and tags only)"
+            );
+            None
+        }
+    });
+    let provider = Provider::new(
+        cfg,
+        client,
+        ProviderOptions {
+            state_file,
+            ..ProviderOptions::default()
+        },
+    );
+    provider.restore();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -384,6 +417,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     let background = provider.start_background();
+    let provider_for_flush = provider.clone();
     let server = tokio::spawn(grpc::serve(
         provider,
         listener,
@@ -408,6 +442,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    if let Err(e) = provider_for_flush.persist().await {
+        tracing::warn!(error = %e, "cannot flush the state file");
+    }
     if let Some(sim) = simulator {
         sim.shutdown().await;
     }

@@ -1056,12 +1056,21 @@ fn bad_option_overrides() {
 #[test]
 fn credentials_must_be_header_safe() {
     single(
-        &with_group("").replace("kamatera-api-secret = s3cret-value", "kamatera-api-secret = \"two words\""),
+        &with_group("").replace(
+            "kamatera-api-secret = s3cret-value",
+            "kamatera-api-secret = \"two words\"",
+        ),
         3,
         "global",
         Some("kamatera-api-secret"),
         "printable ASCII without spaces",
     );
-    let ps = problems(&with_group("").replace("kamatera-api-secret = s3cret-value", "kamatera-api-secret = \"two words\""));
-    assert!(!format!("{ps:?}").contains("two words"), "the secret is not echoed");
+    let ps = problems(&with_group("").replace(
+        "kamatera-api-secret = s3cret-value",
+        "kamatera-api-secret = \"two words\"",
+    ));
+    assert!(
+        !format!("{ps:?}").contains("two words"),
+        "the secret is not echoed"
+    );
 }

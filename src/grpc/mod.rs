@@ -345,12 +345,13 @@ impl CloudProvider for Service {
         let started = Instant::now();
         let r = async {
             let req = request.into_inner();
-            let _span =
-                info_span!("NodeGroupIncreaseSize", group = %req.id, delta = req.delta).entered();
+            let span = info_span!("NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
             info!(rpc = "NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
             let r = self
                 .provider
                 .increase_size(&req.id, req.delta)
+                .instrument(span)
+                .await
                 .map(|()| pb::NodeGroupIncreaseSizeResponse {});
             logged("NodeGroupIncreaseSize", true, r)
         }
@@ -366,8 +367,7 @@ impl CloudProvider for Service {
         let r = async {
             let req = request.into_inner();
             let nodes: Vec<NodeRef> = req.nodes.iter().map(node_ref).collect();
-            let _span =
-                info_span!("NodeGroupDeleteNodes", group = %req.id, nodes = nodes.len()).entered();
+            let span = info_span!("NodeGroupDeleteNodes", group = %req.id, nodes = nodes.len());
             info!(
                 rpc = "NodeGroupDeleteNodes",
                 group = %req.id,
@@ -376,6 +376,8 @@ impl CloudProvider for Service {
             let r = self
                 .provider
                 .delete_nodes(&req.id, &nodes)
+                .instrument(span)
+                .await
                 .map(|()| pb::NodeGroupDeleteNodesResponse {});
             logged("NodeGroupDeleteNodes", true, r)
         }
@@ -394,6 +396,7 @@ impl CloudProvider for Service {
             let r = self
                 .provider
                 .decrease_target_size(&req.id, req.delta)
+                .await
                 .map(|()| pb::NodeGroupDecreaseTargetSizeResponse {});
             logged("NodeGroupDecreaseTargetSize", true, r)
         }

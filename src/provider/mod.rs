@@ -11,6 +11,7 @@
 //! - Kamatera is the truth for what exists (both tags = membership); the provider is the truth
 //!   for what is in flight.
 
+mod journal;
 mod state;
 mod template;
 
@@ -27,7 +28,8 @@ use crate::kamatera::{self, Client, CommandStatus, CreateServer, KamateraError};
 pub use state::{CreateStatus, ErrorClass, ErrorInfo, Phase};
 pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
 
-use state::{Action, CommandKind, GroupTags, Instance, Observed, Pending, State};
+pub use journal::{Restored, probe as probe_state_file};
+use state::{Action, CommandKind, GroupTags, Instance, Limits, Observed, Pending, State};
 
 /// Errors the autoscaler sees; the gRPC layer maps each to a status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +47,7 @@ pub enum ProviderError {
 pub type Result<T> = std::result::Result<T, ProviderError>;
 
 /// Tuning knobs; the defaults suit the autoscaler's 10 s loop and 5 s call deadline.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProviderOptions {
     /// How long `refresh` waits for a reconcile before answering with the state it has.
     pub refresh_wait: Duration,
@@ -60,6 +62,11 @@ pub struct ProviderOptions {
     pub uncertain_create_watch: Duration,
     /// Ready (health, `/readyz`) only while the last successful reconcile is at most this old.
     pub max_staleness: Duration,
+    /// How long a command may go unreported by the queue (while it answers others) before the
+    /// provider stops waiting for it and goes by the listing.
+    pub unknown_command_limit: Duration,
+    /// The restart journal; `None` keeps in-flight intent in memory only.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ProviderOptions {
@@ -71,6 +78,8 @@ impl Default for ProviderOptions {
             max_concurrent_tag_reads: 8,
             uncertain_create_watch: Duration::from_secs(30 * 60),
             max_staleness: Duration::from_secs(120),
+            unknown_command_limit: Duration::from_secs(10 * 60),
+            state_file: None,
         }
     }
 }
@@ -124,6 +133,8 @@ struct Inner {
     /// Counts finished reconciles; `refresh` waits for it to move.
     finished: watch::Sender<u64>,
     requests: Arc<Semaphore>,
+    /// Serialises journal writes; holds the state version last written.
+    journal: tokio::sync::Mutex<u64>,
 }
 
 impl Provider {
@@ -138,6 +149,7 @@ impl Provider {
                 state: Mutex::new(State::default()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 finished,
+                journal: tokio::sync::Mutex::new(0),
             }),
         }
     }
@@ -223,8 +235,9 @@ impl Provider {
             .collect())
     }
 
-    /// Adds `delta` Creating instances at once and starts their create requests.
-    pub fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
+    /// Adds `delta` Creating instances at once, starts their create requests, and writes the
+    /// intent to the journal before answering.
+    pub async fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
         let cfg = self.group(group)?;
         if delta <= 0 {
             return Err(ProviderError::InvalidArgument(format!(
@@ -258,17 +271,19 @@ impl Provider {
             names
         };
         info!(group, delta, names = ?names, "scale-up: creating servers");
+        // Spawned before the journal write so that a dropped call (deadline) still creates.
         for name in names {
             self.spawn(Action::Create {
                 name,
                 group: group.to_string(),
             });
         }
+        self.persist_logged().await;
         Ok(())
     }
 
     /// Deletes the given nodes of the group; fails, changing nothing, if any is not the group's.
-    pub fn delete_nodes(&self, group: &str, nodes: &[NodeRef]) -> Result<()> {
+    pub async fn delete_nodes(&self, group: &str, nodes: &[NodeRef]) -> Result<()> {
         self.group(group)?;
         let now = Instant::now();
         let mut actions = Vec::new();
@@ -313,6 +328,7 @@ impl Provider {
                     _ => {}
                 }
             }
+            st.version += 1;
         }
         info!(group, nodes = nodes.len(), "scale-down: deleting nodes");
         for _ in &actions {
@@ -321,17 +337,24 @@ impl Provider {
         for a in actions {
             self.spawn(a);
         }
+        self.persist_logged().await;
         Ok(())
     }
 
     /// Lowers the target by cancelling capacity that has no server yet; never deletes a node.
-    pub fn decrease_target_size(&self, group: &str, delta: i32) -> Result<()> {
+    pub async fn decrease_target_size(&self, group: &str, delta: i32) -> Result<()> {
         self.group(group)?;
         if delta >= 0 {
             return Err(ProviderError::InvalidArgument(format!(
                 "delta must be negative, have: {delta}"
             )));
         }
+        self.decrease_locked(group, delta)?;
+        self.persist_logged().await;
+        Ok(())
+    }
+
+    fn decrease_locked(&self, group: &str, delta: i32) -> Result<()> {
         let want = delta.unsigned_abs() as usize;
         let now = Instant::now();
         let mut st = self.lock();
@@ -368,6 +391,7 @@ impl Provider {
                 inst.since = now;
             }
         }
+        st.version += 1;
         info!(group, delta, "target size decreased");
         Ok(())
     }
@@ -648,20 +672,7 @@ impl Provider {
         }
 
         let pending = self.lock().pending_commands();
-        let statuses: Vec<CommandStatus> = if pending.is_empty() {
-            Vec::new()
-        } else {
-            match client.command_status(&pending).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(
-                        error = e.detail(),
-                        "cannot poll the command queue; trying again next time"
-                    );
-                    Vec::new()
-                }
-            }
-        };
+        let (statuses, unanswered) = self.poll(&pending).await;
 
         let observed: Vec<Observed> = servers
             .iter()
@@ -690,8 +701,12 @@ impl Provider {
             let actions = st.apply(
                 &observed,
                 &statuses,
+                &unanswered,
                 &groups,
-                self.inner.options.uncertain_create_watch,
+                Limits {
+                    uncertain_watch: self.inner.options.uncertain_create_watch,
+                    unknown_command: self.inner.options.unknown_command_limit,
+                },
                 Instant::now(),
             );
             let o = std::mem::take(&mut st.outcomes);
@@ -719,7 +734,139 @@ impl Provider {
         for a in actions {
             self.spawn(a);
         }
+        self.persist_logged().await;
         Ok(report)
+    }
+
+    /// Polls commands: one batched request; if it fails, each id alone (bounded), so one id the
+    /// API rejects cannot block the others. Returns the statuses and the ids the API did not
+    /// report while it answered (only then are they "unanswered").
+    async fn poll(&self, pending: &[String]) -> (Vec<CommandStatus>, Vec<String>) {
+        const SINGLE_POLLS: usize = 20;
+        if pending.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let client = &self.inner.client;
+        let unreported = |statuses: &[CommandStatus]| -> Vec<String> {
+            pending
+                .iter()
+                .filter(|id| !statuses.iter().any(|s| &s.id == *id))
+                .cloned()
+                .collect()
+        };
+        match client.command_status(pending).await {
+            Ok(statuses) => {
+                let missing = unreported(&statuses);
+                (statuses, missing)
+            }
+            Err(e) if pending.len() == 1 => {
+                warn!(
+                    error = e.detail(),
+                    "cannot poll the command queue; trying again next time"
+                );
+                (Vec::new(), Vec::new())
+            }
+            Err(e) => {
+                warn!(
+                    error = e.detail(),
+                    "batched queue poll failed; polling commands one by one"
+                );
+                let mut statuses = Vec::new();
+                let mut failed = Vec::new();
+                for id in pending.iter().take(SINGLE_POLLS) {
+                    match client.command_status(std::slice::from_ref(id)).await {
+                        Ok(s) => statuses.extend(s),
+                        Err(_) => failed.push(id.clone()),
+                    }
+                }
+                if statuses.is_empty() {
+                    // Nothing answered: the API is down, not the ids unknown.
+                    (statuses, Vec::new())
+                } else {
+                    (statuses, failed)
+                }
+            }
+        }
+    }
+
+    /// Loads the journal (if configured) and resumes what it holds: creates that were only
+    /// queued are sent; creates that were on the wire are watched, never sent again. Call once,
+    /// before the first reconcile.
+    pub fn restore(&self) -> Restored {
+        let Some(path) = self.inner.options.state_file.clone() else {
+            return Restored::default();
+        };
+        let cfg = &self.inner.config;
+        let (restored, to_send) = {
+            let mut st = self.lock();
+            journal::restore(
+                &path,
+                &cfg.cluster_name,
+                &|g| cfg.node_group(g).is_some(),
+                &mut st,
+                Instant::now(),
+            )
+        };
+        match &restored.discarded {
+            Some(why) => {
+                warn!(path = %path.display(), "ignoring the state file: {why}; starting from Kamatera's listing")
+            }
+            None if restored.instances > 0 => info!(
+                path = %path.display(),
+                instances = restored.instances,
+                resend = to_send.len(),
+                "resumed in-flight work from the state file"
+            ),
+            None => {}
+        }
+        let groups: Vec<(String, String)> = {
+            let st = self.lock();
+            to_send
+                .iter()
+                .filter_map(|n| st.instances.get(n).map(|i| (n.clone(), i.group.clone())))
+                .collect()
+        };
+        for (name, group) in groups {
+            self.spawn(Action::Create { name, group });
+        }
+        restored
+    }
+
+    /// Writes the journal if the state changed since the last write (coalesced, off the
+    /// runtime's threads). No-op without a state file.
+    pub async fn persist(&self) -> std::result::Result<(), journal::JournalError> {
+        let Some(path) = self.inner.options.state_file.clone() else {
+            return Ok(());
+        };
+        let mut written = self.inner.journal.lock().await;
+        let (version, text) = {
+            let st = self.lock();
+            if st.version <= *written && *written > 0 {
+                return Ok(());
+            }
+            (
+                st.version,
+                journal::render(&self.inner.config.cluster_name, &st),
+            )
+        };
+        let result = tokio::task::spawn_blocking(move || journal::write_atomic(&path, &text))
+            .await
+            .unwrap_or_else(|e| {
+                Err(journal::JournalError::Write {
+                    path: String::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        if result.is_ok() {
+            *written = version.max(1);
+        }
+        result
+    }
+
+    async fn persist_logged(&self) {
+        if let Err(e) = self.persist().await {
+            warn!(error = %e, "cannot write the state file; in-flight work would be recovered from tags only after a restart");
+        }
     }
 
     /// Runs one cloud call as a task, under the request limit, and records its outcome.
@@ -747,66 +894,75 @@ impl Provider {
                         Some(i) => i.create = CreateStatus::Sent,
                         None => return,
                     }
+                    st.version += 1;
                 }
+                // Write-ahead: a crash from here on leaves "sent" in the journal, so the restarted
+                // provider watches for the server instead of buying another.
+                self.persist_logged().await;
                 let result = client
                     .create_server(CreateServer {
                         name: &name,
                         server: &cfg.server,
                     })
                     .await;
-                let mut st = self.lock();
-                let Some(inst) = st.instances.get_mut(&name) else {
-                    return;
-                };
-                match result {
-                    Ok(cmd) => {
-                        info!(server = %name, command = %cmd, "create accepted");
-                        inst.create = CreateStatus::Accepted;
-                        inst.command = Some(Pending {
-                            id: cmd,
-                            kind: CommandKind::Create,
-                            since: Instant::now(),
-                        });
-                        self.metrics().create("accepted");
+                {
+                    let mut st = self.lock();
+                    let Some(inst) = st.instances.get_mut(&name) else {
+                        return;
+                    };
+                    match result {
+                        Ok(cmd) => {
+                            info!(server = %name, command = %cmd, "create accepted");
+                            inst.create = CreateStatus::Accepted;
+                            inst.command = Some(Pending {
+                                id: cmd,
+                                kind: CommandKind::Create,
+                                since: Instant::now(),
+                                unknown_since: None,
+                            });
+                            self.metrics().create("accepted");
+                        }
+                        Err(e) => {
+                            warn!(server = %name, error = e.detail(), "create failed");
+                            let uncertain = e.class == kamatera::ErrorClass::Transient
+                                || e.class == kamatera::ErrorClass::BadResponse;
+                            inst.create = if uncertain {
+                                CreateStatus::Uncertain
+                            } else {
+                                CreateStatus::Rejected
+                            };
+                            self.metrics()
+                                .create(if uncertain { "uncertain" } else { "rejected" });
+                            inst.error = Some(if e.is_quota() {
+                                ErrorInfo {
+                                    class: ErrorClass::OutOfResources,
+                                    code: "QUOTA_EXCEEDED",
+                                    message: e.safe_message().to_string(),
+                                }
+                            } else if uncertain {
+                                state::uncertain_error(e.safe_message())
+                            } else {
+                                ErrorInfo {
+                                    class: ErrorClass::Other,
+                                    code: "CREATE_REJECTED",
+                                    message: e.safe_message().to_string(),
+                                }
+                            });
+                        }
                     }
-                    Err(e) => {
-                        warn!(server = %name, error = e.detail(), "create failed");
-                        let uncertain = e.class == kamatera::ErrorClass::Transient
-                            || e.class == kamatera::ErrorClass::BadResponse;
-                        inst.create = if uncertain {
-                            CreateStatus::Uncertain
-                        } else {
-                            CreateStatus::Rejected
-                        };
-                        self.metrics()
-                            .create(if uncertain { "uncertain" } else { "rejected" });
-                        inst.error = Some(if e.is_quota() {
-                            ErrorInfo {
-                                class: ErrorClass::OutOfResources,
-                                code: "QUOTA_EXCEEDED",
-                                message: e.safe_message().to_string(),
-                            }
-                        } else {
-                            ErrorInfo {
-                                class: ErrorClass::Other,
-                                code: if uncertain {
-                                    "CREATE_UNCERTAIN"
-                                } else {
-                                    "CREATE_REJECTED"
-                                },
-                                message: e.safe_message().to_string(),
-                            }
-                        });
-                    }
+                    st.version += 1;
                 }
+                self.persist_logged().await;
             }
             Action::PowerOff { name, server_id } => {
                 let result = client.power_off(&server_id).await;
                 self.after_delete_step(&name, CommandKind::PowerOff, result);
+                self.persist_logged().await;
             }
             Action::Terminate { name, server_id } => {
                 let result = client.terminate(&server_id).await;
                 self.after_delete_step(&name, CommandKind::Terminate, result);
+                self.persist_logged().await;
             }
         }
     }
@@ -818,6 +974,7 @@ impl Provider {
         result: std::result::Result<String, KamateraError>,
     ) {
         let mut st = self.lock();
+        st.version += 1;
         let Some(inst) = st.instances.get_mut(name) else {
             return;
         };
@@ -829,6 +986,7 @@ impl Provider {
                     id: cmd,
                     kind,
                     since: Instant::now(),
+                    unknown_since: None,
                 });
             }
             Err(e) if e.class == kamatera::ErrorClass::NotFound => {

@@ -67,6 +67,8 @@ pub struct Pending {
     pub kind: CommandKind,
     /// When the command was started.
     pub since: Instant,
+    /// Since when the API has not reported this command (while answering others).
+    pub unknown_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,26 @@ pub struct State {
     pub reconciles: u64,
     /// Command outcomes seen by `apply`, for metrics; the caller takes and resets them.
     pub outcomes: Outcomes,
+    /// Bumped on every change the journal must capture.
+    pub version: u64,
+}
+
+/// Time limits of the state machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a name whose create outcome is unknown is watched.
+    pub uncertain_watch: Duration,
+    /// How long a command may go unreported by the queue before it is given up.
+    pub unknown_command: Duration,
+}
+
+/// Error info of a create whose outcome is unknown.
+pub fn uncertain_error(why: &str) -> ErrorInfo {
+    ErrorInfo {
+        class: ErrorClass::Other,
+        code: "CREATE_UNCERTAIN",
+        message: why.to_string(),
+    }
 }
 
 /// Counts of command outcomes since they were last taken.
@@ -199,14 +221,18 @@ impl State {
 
     /// Applies a snapshot: the listing (servers that pass the name filter, with tags) and the
     /// statuses of pending commands. Returns the cloud calls to start.
+    /// `unanswered` holds polled command ids the API did not report while it answered others.
     pub fn apply(
         &mut self,
         listed: &[Observed],
         statuses: &[CommandStatus],
+        unanswered: &[String],
         groups: &[GroupTags<'_>],
-        uncertain_watch: Duration,
+        limits: Limits,
         now: Instant,
     ) -> Vec<Action> {
+        self.version += 1;
+        let uncertain_watch = limits.uncertain_watch;
         let by_name: HashMap<&str, &Observed> =
             listed.iter().map(|s| (s.name.as_str(), s)).collect();
         let by_command: HashMap<&str, &CommandStatus> =
@@ -222,10 +248,15 @@ impl State {
                 inst.power = Some(s.power.clone());
                 inst.seen = true;
             }
-            if let Some(cmd) = inst.command.clone()
-                && let Some(st) = by_command.get(cmd.id.as_str())
-            {
-                command_result(inst, &cmd, st, &mut actions, outcomes);
+            if let Some(cmd) = inst.command.clone() {
+                if let Some(st) = by_command.get(cmd.id.as_str()) {
+                    if let Some(c) = inst.command.as_mut() {
+                        c.unknown_since = None;
+                    }
+                    command_result(inst, &cmd, st, &mut actions, outcomes);
+                } else if unanswered.contains(&cmd.id) {
+                    unknown_command(inst, &cmd, limits.unknown_command, now, &mut actions);
+                }
             }
             step(
                 inst,
@@ -266,6 +297,49 @@ impl State {
             self.instances.insert(s.name.clone(), inst);
         }
         actions
+    }
+}
+
+/// A command the queue does not report: after `limit`, give it up and move on from what the
+/// listing shows.
+fn unknown_command(
+    inst: &mut Instance,
+    cmd: &Pending,
+    limit: Duration,
+    now: Instant,
+    actions: &mut Vec<Action>,
+) {
+    let since = cmd.unknown_since.unwrap_or(now);
+    if let Some(c) = inst.command.as_mut() {
+        c.unknown_since = Some(since);
+    }
+    if now.saturating_duration_since(since) < limit {
+        return;
+    }
+    inst.command = None;
+    match cmd.kind {
+        CommandKind::Create if !inst.seen => {
+            inst.create = CreateStatus::Uncertain;
+            inst.since = now;
+            if inst.phase == Phase::Creating {
+                inst.error = Some(uncertain_error(&format!(
+                    "the API no longer reports create command {} and the server is not listed",
+                    cmd.id
+                )));
+            }
+        }
+        CommandKind::Create => {}
+        CommandKind::PowerOff => {
+            if let Some(id) = &inst.server_id {
+                inst.action_in_flight = true;
+                actions.push(Action::Terminate {
+                    name: inst.name.clone(),
+                    server_id: id.clone(),
+                });
+            }
+        }
+        // The next pass terminates again if the server is still listed.
+        CommandKind::Terminate => {}
     }
 }
 
@@ -408,6 +482,11 @@ fn step(
                         return;
                     }
                 }
+                // The server is gone although its power-off or terminate was never reported.
+                Some(_) if server.is_none() && inst.seen => {
+                    remove.push(inst.name.clone());
+                    return;
+                }
                 Some(_) => return,
                 None => {}
             }
@@ -482,6 +561,7 @@ mod tests {
             id: "1".into(),
             kind: CommandKind::Create,
             since: now,
+            unknown_since: None,
         });
         st.instances.insert("a".into(), i);
         let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
@@ -489,12 +569,16 @@ mod tests {
             name: "g",
             tags: &tags,
         }];
-        let w = Duration::from_secs(60);
+        let w = Limits {
+            uncertain_watch: Duration::from_secs(60),
+            unknown_command: Duration::from_secs(60),
+        };
 
         // Listed off while the command runs: still creating.
         let a = st.apply(
             &[listed("a", Power::Off, &[])],
             &[status("1", CommandState::Progress)],
+            &[],
             &groups,
             w,
             now,
@@ -506,6 +590,7 @@ mod tests {
         st.apply(
             &[listed("a", Power::Off, &[])],
             &[status("1", CommandState::Complete)],
+            &[],
             &groups,
             w,
             now,
@@ -513,11 +598,11 @@ mod tests {
         assert_eq!(st.instances["a"].phase, Phase::Creating);
         assert!(st.instances["a"].command.is_none());
         // On: running.
-        st.apply(&[listed("a", Power::On, &[])], &[], &groups, w, now);
+        st.apply(&[listed("a", Power::On, &[])], &[], &[], &groups, w, now);
         assert_eq!(st.instances["a"].phase, Phase::Running);
         assert_eq!(st.target_size("g"), 1);
         // Vanished out of band: dropped.
-        st.apply(&[], &[], &groups, w, now);
+        st.apply(&[], &[], &[], &groups, w, now);
         assert!(st.instances.is_empty());
     }
 
@@ -532,6 +617,7 @@ mod tests {
                 id: id.into(),
                 kind: CommandKind::Create,
                 since: now,
+                unknown_since: None,
             });
             st.instances.insert(name.into(), i);
         }
@@ -545,7 +631,11 @@ mod tests {
                 quota,
             ],
             &[],
-            Duration::from_secs(60),
+            &[],
+            Limits {
+                uncertain_watch: Duration::from_secs(60),
+                unknown_command: Duration::from_secs(60),
+            },
             now,
         );
         let e = |n: &str| st.instances[n].error.clone().expect("error info");
@@ -582,8 +672,12 @@ mod tests {
                 listed("untagged", Power::On, &[]),
             ],
             &[],
+            &[],
             &groups,
-            Duration::from_secs(60),
+            Limits {
+                uncertain_watch: Duration::from_secs(60),
+                unknown_command: Duration::from_secs(60),
+            },
             now,
         );
         let names: Vec<&String> = st.instances.keys().collect();
@@ -602,16 +696,20 @@ mod tests {
             id: "1".into(),
             kind: CommandKind::Create,
             since: now,
+            unknown_since: None,
         });
         st.instances.insert("a".into(), i);
-        let w = Duration::from_secs(60);
+        let w = Limits {
+            uncertain_watch: Duration::from_secs(60),
+            unknown_command: Duration::from_secs(60),
+        };
         // Listed off, create still running (or the queue does not know it): wait.
         assert!(
-            st.apply(&[listed("a", Power::Off, &[])], &[], &[], w, now)
+            st.apply(&[listed("a", Power::Off, &[])], &[], &[], &[], w, now)
                 .is_empty()
         );
         // Powered on: creation is over, terminate even though the queue never answered.
-        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], w, now);
+        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], &[], w, now);
         assert_eq!(
             a,
             vec![Action::Terminate {
@@ -625,9 +723,9 @@ mod tests {
         j.create = CreateStatus::Accepted;
         j.phase = Phase::Deleting;
         st.instances.insert("b".into(), j);
-        st.apply(&[], &[], &[], w, now);
+        st.apply(&[], &[], &[], &[], w, now);
         assert!(st.instances.contains_key("b"));
-        st.apply(&[], &[], &[], w, now + Duration::from_secs(61));
+        st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
         assert!(!st.instances.contains_key("b"));
     }
 
@@ -639,11 +737,14 @@ mod tests {
         i.create = CreateStatus::Uncertain;
         i.phase = Phase::Deleting;
         st.instances.insert("a".into(), i);
-        let w = Duration::from_secs(60);
-        assert!(st.apply(&[], &[], &[], w, now).is_empty());
+        let w = Limits {
+            uncertain_watch: Duration::from_secs(60),
+            unknown_command: Duration::from_secs(60),
+        };
+        assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
         assert!(st.instances.contains_key("a"), "watched");
         // The server shows up late: terminated.
-        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], w, now);
+        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], &[], w, now);
         assert_eq!(
             a,
             vec![Action::Terminate {
@@ -656,7 +757,7 @@ mod tests {
         j.create = CreateStatus::Uncertain;
         j.phase = Phase::Deleting;
         st.instances.insert("b".into(), j);
-        st.apply(&[], &[], &[], w, now + Duration::from_secs(61));
+        st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
         assert!(!st.instances.contains_key("b"));
     }
 }

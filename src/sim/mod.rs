@@ -207,7 +207,28 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_sim/servers", post(admin_seed))
         .route("/_sim/servers/{id}/vanish", post(admin_vanish))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            lose_responses,
+        ))
         .with_state(shared)
+}
+
+/// The `lost_response_rate` fault: the handler runs (its effects stay), the answer is lost.
+async fn lose_responses(
+    State(sim): Sim,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let endpoint = Endpoint::from_request(req.method().as_str(), req.uri().path());
+    let response = next.run(req).await;
+    let Some(e) = endpoint else { return response };
+    let lose = {
+        let mut s = sim.lock();
+        let rate = s.faults.for_endpoint(e).lost_response_rate;
+        s.chance(rate)
+    };
+    if lose { dropped_connection() } else { response }
 }
 
 type Sim = State<Arc<Shared>>;

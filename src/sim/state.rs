@@ -100,8 +100,12 @@ pub struct EndpointFaults {
     pub gateway_timeout_rate: f64,
     /// Probability of `429` (rate limited).
     pub rate_limit_rate: f64,
-    /// Probability that the connection drops in the middle of the answer.
+    /// Probability that the connection drops in the middle of the answer, before the request is
+    /// handled (nothing happens).
     pub drop_rate: f64,
+    /// Probability that the request is handled (a create buys its server) but the answer is lost:
+    /// the connection drops mid-response. The trap that makes retried creates buy twice.
+    pub lost_response_rate: f64,
     /// Added before answering.
     pub latency_ms: u64,
 }
@@ -146,6 +150,23 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint a request addresses, if any.
+    pub fn from_request(method: &str, path: &str) -> Option<Endpoint> {
+        Some(match (method, path) {
+            ("GET", "/") => Endpoint::Root,
+            ("GET", "/service/servers") => Endpoint::ListServers,
+            ("POST", "/server/tags") => Endpoint::ServerTags,
+            ("POST", "/service/server") => Endpoint::CreateServer,
+            ("GET", "/service/server") => Endpoint::ServerOptions,
+            ("POST", "/service/server/poweron") => Endpoint::PowerOn,
+            ("POST", "/service/server/poweroff") => Endpoint::PowerOff,
+            ("POST", "/service/server/terminate") => Endpoint::Terminate,
+            ("POST", "/service/server/info") => Endpoint::ServerInfo,
+            ("GET", "/service/queue") => Endpoint::Queue,
+            _ => return None,
+        })
+    }
+
     pub const ALL: [Endpoint; 10] = [
         Endpoint::Root,
         Endpoint::ListServers,

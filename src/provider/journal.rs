@@ -1,0 +1,428 @@
+//! The restart journal: in-flight intent (instances not yet Running: creates queued, sent or
+//! accepted with their command ids; deletions under way) written atomically to a small JSON file,
+//! so a restarted provider neither forgets a pending create (the autoscaler would scale up again:
+//! duplicate servers) nor loses a delete.
+//!
+//! Writes go to `<file>.tmp`, are fsynced, renamed over the file, and the directory is fsynced.
+//! Running instances are not written: their servers carry both tags and are adopted from the
+//! listing. A corrupt or foreign file is set aside (`<file>.corrupt`) with one clear log line and
+//! the provider starts from Kamatera's truth.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{CommandKind, CreateStatus, Instance, Pending, Phase, State};
+
+const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot write the state file {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    cluster: String,
+    instances: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    group: String,
+    phase: String,
+    create: String,
+    server_id: Option<String>,
+    seen: bool,
+    terminated: bool,
+    command_id: Option<String>,
+    command_kind: Option<String>,
+    /// Seconds spent in the current phase when written.
+    age_s: u64,
+}
+
+fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Creating => "creating",
+        Phase::Running => "running",
+        Phase::Deleting => "deleting",
+    }
+}
+
+fn create_str(c: CreateStatus) -> &'static str {
+    match c {
+        CreateStatus::Queued => "queued",
+        CreateStatus::Sent => "sent",
+        CreateStatus::Accepted => "accepted",
+        CreateStatus::Rejected => "rejected",
+        CreateStatus::Uncertain => "uncertain",
+        CreateStatus::Adopted => "adopted",
+    }
+}
+
+fn kind_str(k: CommandKind) -> &'static str {
+    match k {
+        CommandKind::Create => "create",
+        CommandKind::PowerOff => "poweroff",
+        CommandKind::Terminate => "terminate",
+    }
+}
+
+/// The journal text for a state: every instance that is not Running.
+pub fn render(cluster: &str, state: &State) -> String {
+    let instances = state
+        .instances
+        .values()
+        .filter(|i| i.phase != Phase::Running)
+        .map(|i| Entry {
+            name: i.name.clone(),
+            group: i.group.clone(),
+            phase: phase_str(i.phase).into(),
+            create: create_str(i.create).into(),
+            server_id: i.server_id.clone(),
+            seen: i.seen,
+            terminated: i.terminated,
+            command_id: i.command.as_ref().map(|c| c.id.clone()),
+            command_kind: i.command.as_ref().map(|c| kind_str(c.kind).into()),
+            age_s: i.since.elapsed().as_secs(),
+        })
+        .collect();
+    let file = File {
+        version: VERSION,
+        cluster: cluster.to_string(),
+        instances,
+    };
+    serde_json::to_string_pretty(&file).unwrap_or_default()
+}
+
+/// Writes `text` to `path` atomically and durably (blocking; call off the runtime).
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), JournalError> {
+    let err = |source| JournalError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = tmp_path(path);
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the journal can be written at `path` without touching an existing journal.
+pub fn probe(path: &Path) -> Result<(), String> {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".probe");
+    let probe = PathBuf::from(p);
+    write_atomic(&probe, "probe").map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// What loading the journal found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub instances: usize,
+    /// Set when the file was unusable; the text says why.
+    pub discarded: Option<String>,
+}
+
+/// Reads the journal into `state`. Entries of unknown groups are dropped. Creates that were on
+/// the wire when the process stopped become uncertain (their server may exist): they are watched,
+/// never sent again; creates that were only queued are returned to be sent.
+pub fn restore(
+    path: &Path,
+    cluster: &str,
+    known_group: &dyn Fn(&str) -> bool,
+    state: &mut State,
+    now: Instant,
+) -> (Restored, Vec<String>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (Restored::default(), Vec::new());
+        }
+        Err(e) => {
+            return (
+                Restored {
+                    instances: 0,
+                    discarded: Some(format!("cannot read {}: {e}", path.display())),
+                },
+                Vec::new(),
+            );
+        }
+    };
+    let file: File = match serde_json::from_str(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                set_aside(path, format!("not a valid state file ({e})")),
+                Vec::new(),
+            );
+        }
+    };
+    if file.version != VERSION {
+        return (
+            set_aside(
+                path,
+                format!("state file version {} is not {VERSION}", file.version),
+            ),
+            Vec::new(),
+        );
+    }
+    if file.cluster != cluster {
+        return (
+            set_aside(
+                path,
+                format!(
+                    "state file belongs to cluster {:?}, not {cluster:?}",
+                    file.cluster
+                ),
+            ),
+            Vec::new(),
+        );
+    }
+    let mut to_send = Vec::new();
+    let mut restored = 0;
+    for e in file.instances {
+        if !known_group(&e.group) {
+            continue;
+        }
+        let mut inst = Instance::creating(e.name.clone(), e.group.clone(), now);
+        inst.phase = match e.phase.as_str() {
+            "deleting" => Phase::Deleting,
+            _ => Phase::Creating,
+        };
+        // Ages restart at zero: the watch periods count from the restart (conservative).
+        inst.server_id = e.server_id;
+        inst.seen = e.seen;
+        inst.terminated = e.terminated;
+        inst.create = match e.create.as_str() {
+            "queued" => CreateStatus::Queued,
+            "accepted" => CreateStatus::Accepted,
+            "rejected" => CreateStatus::Rejected,
+            "adopted" => CreateStatus::Adopted,
+            // "sent" (on the wire at the crash) and "uncertain": the server may exist.
+            _ => CreateStatus::Uncertain,
+        };
+        inst.command = match (e.command_id, e.command_kind.as_deref()) {
+            (Some(id), Some(kind)) => Some(Pending {
+                id,
+                kind: match kind {
+                    "poweroff" => CommandKind::PowerOff,
+                    "terminate" => CommandKind::Terminate,
+                    _ => CommandKind::Create,
+                },
+                since: now,
+                unknown_since: None,
+            }),
+            _ => None,
+        };
+        match inst.create {
+            CreateStatus::Uncertain if inst.phase == Phase::Creating && !inst.seen => {
+                inst.error = Some(super::state::uncertain_error(
+                    "the provider restarted while this create was being sent",
+                ));
+            }
+            CreateStatus::Rejected => {
+                inst.error = Some(super::state::ErrorInfo {
+                    class: super::state::ErrorClass::Other,
+                    code: "CREATE_REJECTED",
+                    message: "create failed before the provider restarted".into(),
+                });
+            }
+            CreateStatus::Queued if inst.phase == Phase::Creating => to_send.push(e.name.clone()),
+            _ => {}
+        }
+        state.instances.insert(e.name, inst);
+        restored += 1;
+    }
+    (
+        Restored {
+            instances: restored,
+            discarded: None,
+        },
+        to_send,
+    )
+}
+
+fn set_aside(path: &Path, why: String) -> Restored {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let moved = std::fs::rename(path, PathBuf::from(&aside)).is_ok();
+    Restored {
+        instances: 0,
+        discarded: Some(if moved {
+            format!("{why}; moved to {}", PathBuf::from(aside).display())
+        } else {
+            why
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(id: &str, kind: CommandKind, now: Instant) -> Option<Pending> {
+        Some(Pending {
+            id: id.into(),
+            kind,
+            since: now,
+            unknown_since: None,
+        })
+    }
+
+    fn sample(now: Instant) -> State {
+        let mut st = State::default();
+        let mut add = |name: &str, phase: Phase, create: CreateStatus, cmd: Option<Pending>| {
+            let mut i = Instance::creating(name.into(), "g".into(), now);
+            i.phase = phase;
+            i.create = create;
+            i.command = cmd;
+            if phase == Phase::Deleting {
+                i.server_id = Some(format!("id-{name}"));
+                i.seen = true;
+            }
+            st.instances.insert(name.into(), i);
+        };
+        add("queued", Phase::Creating, CreateStatus::Queued, None);
+        add("sent", Phase::Creating, CreateStatus::Sent, None);
+        add(
+            "accepted",
+            Phase::Creating,
+            CreateStatus::Accepted,
+            pending("7", CommandKind::Create, now),
+        );
+        add(
+            "deleting",
+            Phase::Deleting,
+            CreateStatus::Accepted,
+            pending("8", CommandKind::PowerOff, now),
+        );
+        add("running", Phase::Running, CreateStatus::Adopted, None);
+        add("other", Phase::Creating, CreateStatus::Queued, None);
+        if let Some(i) = st.instances.get_mut("other") {
+            i.group = "gone".into();
+        }
+        st
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let now = Instant::now();
+        write_atomic(&path, &render("c", &sample(now))).expect("write");
+        assert!(!tmp_path(&path).exists(), "temporary file renamed away");
+
+        let mut st = State::default();
+        let (r, to_send) = restore(&path, "c", &|g| g == "g", &mut st, now);
+        assert_eq!(
+            r,
+            Restored {
+                instances: 4,
+                discarded: None
+            }
+        );
+        assert_eq!(to_send, vec!["queued".to_string()]);
+        assert!(
+            !st.instances.contains_key("running"),
+            "running servers come from tags"
+        );
+        assert!(!st.instances.contains_key("other"), "unknown group dropped");
+        let sent = &st.instances["sent"];
+        assert_eq!(sent.create, CreateStatus::Uncertain, "never sent twice");
+        assert_eq!(
+            sent.error.as_ref().map(|e| e.code),
+            Some("CREATE_UNCERTAIN")
+        );
+        let accepted = &st.instances["accepted"];
+        assert_eq!(
+            accepted.command.as_ref().map(|c| (c.id.as_str(), c.kind)),
+            Some(("7", CommandKind::Create))
+        );
+        assert!(accepted.error.is_none());
+        let deleting = &st.instances["deleting"];
+        assert_eq!(deleting.phase, Phase::Deleting);
+        assert_eq!(deleting.server_id.as_deref(), Some("id-deleting"));
+        assert_eq!(
+            deleting.command.as_ref().map(|c| c.kind),
+            Some(CommandKind::PowerOff)
+        );
+    }
+
+    #[test]
+    fn missing_file_is_a_fresh_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = State::default();
+        let (r, to_send) = restore(
+            &dir.path().join("none.json"),
+            "c",
+            &|_| true,
+            &mut st,
+            Instant::now(),
+        );
+        assert_eq!(r, Restored::default());
+        assert!(to_send.is_empty() && st.instances.is_empty());
+    }
+
+    #[test]
+    fn corrupt_or_foreign_files_are_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        for (text, why) in [
+            ("{ not json".to_string(), "not a valid state file"),
+            (
+                r#"{"version": 9, "cluster": "c", "instances": []}"#.to_string(),
+                "version 9",
+            ),
+            (
+                render("other", &sample(Instant::now())),
+                "belongs to cluster \"other\"",
+            ),
+        ] {
+            std::fs::write(&path, &text).expect("write");
+            let mut st = State::default();
+            let (r, _) = restore(&path, "c", &|_| true, &mut st, Instant::now());
+            let discarded = r.discarded.expect("discarded");
+            assert!(discarded.contains(why), "{discarded}");
+            assert!(discarded.contains(".corrupt"), "{discarded}");
+            assert!(st.instances.is_empty());
+            assert!(!path.exists(), "moved aside");
+        }
+    }
+
+    #[test]
+    fn probe_leaves_the_journal_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "keep").expect("write");
+        probe(&path).expect("writable");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "keep");
+        assert!(probe(Path::new("/nonexistent-dir/state.json")).is_err());
+    }
+}
