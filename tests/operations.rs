@@ -375,6 +375,7 @@ async fn health_serves_after_the_first_reconcile() {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    kamatera_ca_provider::kamatera::install_crypto_provider();
     let r = reqwest::get(format!("http://{addr}{path}"))
         .await
         .expect("get");

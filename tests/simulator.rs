@@ -213,14 +213,17 @@ async fn queue_reports_several_commands_in_request_order() {
 
 /// A raw request with the demo credentials.
 async fn raw(sim: &SimHandle, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", sim.url()))
-        .header("AuthClientId", DEMO_CLIENT_ID)
-        .header("AuthSecret", DEMO_SECRET)
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = {
+        kamatera_ca_provider::kamatera::install_crypto_provider();
+        reqwest::Client::new()
+    }
+    .post(format!("{}{path}", sim.url()))
+    .header("AuthClientId", DEMO_CLIENT_ID)
+    .header("AuthSecret", DEMO_SECRET)
+    .json(&body)
+    .send()
+    .await
+    .expect("send");
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("json"))
 }
@@ -603,7 +606,10 @@ async fn fault_vanish_and_listing_lag() {
 #[tokio::test]
 async fn faults_are_adjustable_over_http() {
     let sim = start_sim(16, Quota::default()).await;
-    let http = reqwest::Client::new();
+    let http = {
+        kamatera_ca_provider::kamatera::install_crypto_provider();
+        reqwest::Client::new()
+    };
     let resp = http
         .put(format!("{}/_sim/faults", sim.url()))
         .json(&json!({"endpoints": {"list_servers": {"error_rate": 1.0}}, "queue_empty": true}))

@@ -60,6 +60,7 @@ pub struct KamateraError {
     pub class: ErrorClass,
     safe: String,
     detail: String,
+    maybe_processed: bool,
 }
 
 impl KamateraError {
@@ -68,7 +69,28 @@ impl KamateraError {
             class,
             safe,
             detail,
+            maybe_processed: false,
         }
+    }
+
+    /// Marks an error after which the API may still have carried the request out (timeout,
+    /// dropped connection, 5xx, garbled answer).
+    pub(crate) fn maybe_processed(mut self, yes: bool) -> Self {
+        self.maybe_processed = yes;
+        self
+    }
+
+    /// True when the request may have been carried out despite the error: for a create, a server
+    /// may have been bought. False when the answer proves it was not (refused connection, 429,
+    /// 4xx, a quota, auth or not-found message).
+    pub fn may_have_been_processed(&self) -> bool {
+        self.maybe_processed
+    }
+
+    /// The same error with another detail text (class and flags kept).
+    pub(crate) fn with_detail(mut self, detail: String) -> Self {
+        self.detail = detail;
+        self
     }
 
     /// The message for the autoscaler: no credentials, no raw bodies.

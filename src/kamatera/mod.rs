@@ -104,6 +104,12 @@ pub struct CreateServer<'a> {
     pub server: &'a ServerConfig,
 }
 
+/// Installs ring as the process's rustls crypto provider (reqwest is built without one; tonic
+/// uses ring too). Idempotent; any HTTPS client built outside [`Client`] must call it first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A new server name: `<prefix>-<11 lowercase hex>` (just the hex when the prefix is empty).
 pub fn new_server_name(prefix: &str) -> String {
     let hex = format!("{:016x}", rand::random::<u64>());
@@ -135,8 +141,7 @@ struct Failure {
 
 impl Client {
     pub fn new(settings: ClientSettings) -> Result<Client, KamateraError> {
-        // reqwest is built without a bundled crypto provider; ring is ours (tonic uses it too).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!(
                 "kamatera-ca-provider/",
@@ -425,13 +430,15 @@ impl Client {
         match command_ids(v) {
             Some(ids) if ids.len() == 1 => Ok(ids.into_iter().next().unwrap_or_default()),
             Some(ids) if ids.len() > 1 => Err(KamateraError::new(
+                // The request was carried out (HTTP 200), whatever the answer means.
                 ErrorClass::BadResponse,
                 format!(
                     "Kamatera {op} returned {} command ids where one was expected",
                     ids.len()
                 ),
                 format!("Kamatera {op} returned command ids {ids:?} where one was expected"),
-            )),
+            )
+            .maybe_processed(true)),
             _ => Err(KamateraError::new(
                 ErrorClass::BadResponse,
                 format!("unexpected answer from the Kamatera {op} API (no command id)"),
@@ -439,7 +446,8 @@ impl Client {
                     "unexpected answer from the Kamatera {op} API (no command id): {}",
                     redactor.clean(&v.to_string(), DETAIL_BODY_CHARS)
                 ),
-            )),
+            )
+            .maybe_processed(true)),
         }
     }
 
@@ -493,16 +501,11 @@ impl Client {
                 attempt >= max_attempts || started.elapsed() + delay > policy.max_total;
             if !failure.retryable || out_of_budget {
                 let e = failure.error;
-                let detail = if attempt > 1 {
-                    format!("{} (after {attempt} attempts)", e.detail())
-                } else {
-                    e.detail().to_string()
-                };
-                return Err(KamateraError::new(
-                    e.class,
-                    e.safe_message().to_string(),
-                    detail,
-                ));
+                if attempt > 1 {
+                    let detail = format!("{} (after {attempt} attempts)", e.detail());
+                    return Err(e.with_detail(detail));
+                }
+                return Err(e);
             }
             warn!(
                 op = call.op,
@@ -614,7 +617,8 @@ impl Client {
                             call.op
                         ),
                         detail("body is not JSON"),
-                    ),
+                    )
+                    .maybe_processed(true),
                     retryable: call.idempotency == Idempotency::Read,
                     retry_after: None,
                 }),
@@ -655,7 +659,9 @@ impl Client {
             (None, _) => format!("Kamatera {} failed: HTTP {}", call.op, status.as_u16()),
         };
         Err(Failure {
-            error: KamateraError::new(class, safe, detail(class.as_str())),
+            // A 5xx that names no cause leaves open whether the request was carried out.
+            error: KamateraError::new(class, safe, detail(class.as_str()))
+                .maybe_processed(status.is_server_error() && by_message.is_none()),
             retryable,
             retry_after: if status == StatusCode::TOO_MANY_REQUESTS {
                 retry_after
@@ -691,7 +697,9 @@ impl Client {
                     "{} {} ({}): {what}: {err_text}",
                     call.method, call.path, call.op
                 ),
-            ),
+            )
+            // A connection that never opened proves the request was not received.
+            .maybe_processed(!e.is_connect() || e.is_timeout()),
             retryable,
             retry_after: None,
         }

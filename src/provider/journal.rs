@@ -242,11 +242,8 @@ pub fn restore(
             _ => None,
         };
         match inst.create {
-            CreateStatus::Uncertain if inst.phase == Phase::Creating && !inst.seen => {
-                inst.error = Some(super::state::uncertain_error(
-                    "the provider restarted while this create was being sent",
-                ));
-            }
+            // Waits for its server (adopted if it appears); reports an error after the grace.
+            CreateStatus::Uncertain => {}
             CreateStatus::Rejected => {
                 inst.error = Some(super::state::ErrorInfo {
                     class: super::state::ErrorClass::Other,
@@ -356,9 +353,9 @@ mod tests {
         assert!(!st.instances.contains_key("other"), "unknown group dropped");
         let sent = &st.instances["sent"];
         assert_eq!(sent.create, CreateStatus::Uncertain, "never sent twice");
-        assert_eq!(
-            sent.error.as_ref().map(|e| e.code),
-            Some("CREATE_UNCERTAIN")
+        assert!(
+            sent.error.is_none(),
+            "waits for its server before reporting an error"
         );
         let accepted = &st.instances["accepted"];
         assert_eq!(

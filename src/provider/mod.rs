@@ -65,6 +65,9 @@ pub struct ProviderOptions {
     /// How long a command may go unreported by the queue (while it answers others) before the
     /// provider stops waiting for it and goes by the listing.
     pub unknown_command_limit: Duration,
+    /// How long a create whose outcome is unknown (timeout, 5xx, lost answer) waits for its
+    /// server to appear before it reports CREATE_UNCERTAIN.
+    pub uncertain_create_grace: Duration,
     /// The restart journal; `None` keeps in-flight intent in memory only.
     pub state_file: Option<std::path::PathBuf>,
 }
@@ -79,6 +82,7 @@ impl Default for ProviderOptions {
             uncertain_create_watch: Duration::from_secs(30 * 60),
             max_staleness: Duration::from_secs(120),
             unknown_command_limit: Duration::from_secs(10 * 60),
+            uncertain_create_grace: Duration::from_secs(2 * 60),
             state_file: None,
         }
     }
@@ -706,6 +710,7 @@ impl Provider {
                 Limits {
                     uncertain_watch: self.inner.options.uncertain_create_watch,
                     unknown_command: self.inner.options.unknown_command_limit,
+                    uncertain_grace: self.inner.options.uncertain_create_grace,
                 },
                 Instant::now(),
             );
@@ -924,30 +929,29 @@ impl Provider {
                         }
                         Err(e) => {
                             warn!(server = %name, error = e.detail(), "create failed");
-                            let uncertain = e.class == kamatera::ErrorClass::Transient
-                                || e.class == kamatera::ErrorClass::BadResponse;
-                            inst.create = if uncertain {
-                                CreateStatus::Uncertain
+                            if e.may_have_been_processed() {
+                                // Maybe bought: wait for the server under this name (adopted if
+                                // it appears), report an error only after the grace period.
+                                inst.create = CreateStatus::Uncertain;
+                                inst.since = Instant::now();
+                                self.metrics().create("uncertain");
                             } else {
-                                CreateStatus::Rejected
-                            };
-                            self.metrics()
-                                .create(if uncertain { "uncertain" } else { "rejected" });
-                            inst.error = Some(if e.is_quota() {
-                                ErrorInfo {
-                                    class: ErrorClass::OutOfResources,
-                                    code: "QUOTA_EXCEEDED",
+                                inst.create = CreateStatus::Rejected;
+                                self.metrics().create("rejected");
+                                inst.error = Some(ErrorInfo {
+                                    class: if e.is_quota() {
+                                        ErrorClass::OutOfResources
+                                    } else {
+                                        ErrorClass::Other
+                                    },
+                                    code: if e.is_quota() {
+                                        "QUOTA_EXCEEDED"
+                                    } else {
+                                        "CREATE_REJECTED"
+                                    },
                                     message: e.safe_message().to_string(),
-                                }
-                            } else if uncertain {
-                                state::uncertain_error(e.safe_message())
-                            } else {
-                                ErrorInfo {
-                                    class: ErrorClass::Other,
-                                    code: "CREATE_REJECTED",
-                                    message: e.safe_message().to_string(),
-                                }
-                            });
+                                });
+                            }
                         }
                     }
                     st.version += 1;

@@ -171,6 +171,9 @@ pub struct Limits {
     pub uncertain_watch: Duration,
     /// How long a command may go unreported by the queue before it is given up.
     pub unknown_command: Duration,
+    /// How long a create whose outcome is unknown may wait for its server before it reports
+    /// an error (so the autoscaler backs off and cleans up).
+    pub uncertain_grace: Duration,
 }
 
 /// Error info of a create whose outcome is unknown.
@@ -261,6 +264,7 @@ impl State {
             step(
                 inst,
                 server,
+                limits.uncertain_grace,
                 uncertain_watch,
                 now,
                 &mut actions,
@@ -429,6 +433,7 @@ fn command_result(
 fn step(
     inst: &mut Instance,
     server: Option<&Observed>,
+    uncertain_grace: Duration,
     uncertain_watch: Duration,
     now: Instant,
     actions: &mut Vec<Action>,
@@ -436,6 +441,17 @@ fn step(
 ) {
     match inst.phase {
         Phase::Creating => {
+            if server.is_none()
+                && inst.create == CreateStatus::Uncertain
+                && !inst.seen
+                && inst.error.is_none()
+                && now.saturating_duration_since(inst.since) >= uncertain_grace
+            {
+                inst.error = Some(uncertain_error(&format!(
+                    "no server named {} appeared after a create whose outcome is unknown",
+                    inst.name
+                )));
+            }
             if let Some(s) = server {
                 if inst.create == CreateStatus::Uncertain {
                     // The uncertain create did buy the server: it is ours after all.
@@ -572,6 +588,7 @@ mod tests {
         let w = Limits {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
+            uncertain_grace: Duration::from_secs(60),
         };
 
         // Listed off while the command runs: still creating.
@@ -635,6 +652,7 @@ mod tests {
             Limits {
                 uncertain_watch: Duration::from_secs(60),
                 unknown_command: Duration::from_secs(60),
+                uncertain_grace: Duration::from_secs(60),
             },
             now,
         );
@@ -677,6 +695,7 @@ mod tests {
             Limits {
                 uncertain_watch: Duration::from_secs(60),
                 unknown_command: Duration::from_secs(60),
+                uncertain_grace: Duration::from_secs(60),
             },
             now,
         );
@@ -702,6 +721,7 @@ mod tests {
         let w = Limits {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
+            uncertain_grace: Duration::from_secs(60),
         };
         // Listed off, create still running (or the queue does not know it): wait.
         assert!(
@@ -740,6 +760,7 @@ mod tests {
         let w = Limits {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
+            uncertain_grace: Duration::from_secs(60),
         };
         assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
         assert!(st.instances.contains_key("a"), "watched");
@@ -759,5 +780,106 @@ mod tests {
         st.instances.insert("b".into(), j);
         st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
         assert!(!st.instances.contains_key("b"));
+    }
+}
+
+#[cfg(test)]
+mod uncertain_tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            uncertain_watch: Duration::from_secs(600),
+            unknown_command: Duration::from_secs(60),
+            uncertain_grace: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn uncertain_create_is_adopted_when_its_server_appears() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Uncertain;
+        st.instances.insert("a".into(), i);
+        st.apply(&[], &[], &[], &[], limits(), now + Duration::from_secs(5));
+        assert!(
+            st.instances["a"].error.is_none(),
+            "within the grace: no error yet"
+        );
+        let server = Observed {
+            id: "id-a".into(),
+            name: "a".into(),
+            power: Power::On,
+            tags: None,
+        };
+        st.apply(
+            &[server],
+            &[],
+            &[],
+            &[],
+            limits(),
+            now + Duration::from_secs(10),
+        );
+        assert_eq!(st.instances["a"].phase, Phase::Running);
+        assert_eq!(st.instances["a"].create, CreateStatus::Accepted);
+    }
+
+    #[test]
+    fn uncertain_create_reports_an_error_after_the_grace() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Uncertain;
+        st.instances.insert("a".into(), i);
+        st.apply(&[], &[], &[], &[], limits(), now + Duration::from_secs(31));
+        let e = st.instances["a"]
+            .error
+            .clone()
+            .expect("error after the grace");
+        assert_eq!((e.code, e.class), ("CREATE_UNCERTAIN", ErrorClass::Other));
+    }
+
+    #[test]
+    fn unreported_commands_are_given_up_after_the_limit() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.phase = Phase::Deleting;
+        i.server_id = Some("id-a".into());
+        i.seen = true;
+        i.command = Some(Pending {
+            id: "9".into(),
+            kind: CommandKind::PowerOff,
+            since: now,
+            unknown_since: None,
+        });
+        st.instances.insert("a".into(), i);
+        let listed = [Observed {
+            id: "id-a".into(),
+            name: "a".into(),
+            power: Power::On,
+            tags: None,
+        }];
+        let unanswered = ["9".to_string()];
+        assert!(
+            st.apply(&listed, &[], &unanswered, &[], limits(), now)
+                .is_empty()
+        );
+        let a = st.apply(
+            &listed,
+            &[],
+            &unanswered,
+            &[],
+            limits(),
+            now + Duration::from_secs(61),
+        );
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
     }
 }
