@@ -68,6 +68,8 @@ pub struct ProviderOptions {
     /// How long a create whose outcome is unknown (timeout, 5xx, lost answer) waits for its
     /// server to appear before it reports CREATE_UNCERTAIN.
     pub uncertain_create_grace: Duration,
+    /// Consecutive listings a known server must be missing from before it counts as gone.
+    pub vanish_misses: u32,
     /// The restart journal; `None` keeps in-flight intent in memory only.
     pub state_file: Option<std::path::PathBuf>,
 }
@@ -83,6 +85,7 @@ impl Default for ProviderOptions {
             max_staleness: Duration::from_secs(120),
             unknown_command_limit: Duration::from_secs(10 * 60),
             uncertain_create_grace: Duration::from_secs(2 * 60),
+            vanish_misses: 3,
             state_file: None,
         }
     }
@@ -711,6 +714,7 @@ impl Provider {
                     uncertain_watch: self.inner.options.uncertain_create_watch,
                     unknown_command: self.inner.options.unknown_command_limit,
                     uncertain_grace: self.inner.options.uncertain_create_grace,
+                    vanish_misses: self.inner.options.vanish_misses.max(1),
                 },
                 Instant::now(),
             );

@@ -95,6 +95,8 @@ pub struct Instance {
     pub action_in_flight: bool,
     /// The terminate command completed.
     pub terminated: bool,
+    /// Consecutive listings without the server, once it had been seen.
+    pub missed: u32,
     pub error: Option<ErrorInfo>,
     /// When the instance entered its current phase.
     pub since: Instant,
@@ -113,6 +115,7 @@ impl Instance {
             command: None,
             action_in_flight: false,
             terminated: false,
+            missed: 0,
             error: None,
             since: now,
         }
@@ -174,6 +177,9 @@ pub struct Limits {
     /// How long a create whose outcome is unknown may wait for its server before it reports
     /// an error (so the autoscaler backs off and cleans up).
     pub uncertain_grace: Duration,
+    /// Consecutive listings a known server must be missing from before it counts as gone (one
+    /// listing that omits it is not proof).
+    pub vanish_misses: u32,
 }
 
 /// Error info of a create whose outcome is unknown.
@@ -235,13 +241,12 @@ impl State {
         now: Instant,
     ) -> Vec<Action> {
         self.version += 1;
-        let uncertain_watch = limits.uncertain_watch;
         let by_name: HashMap<&str, &Observed> =
             listed.iter().map(|s| (s.name.as_str(), s)).collect();
         let by_command: HashMap<&str, &CommandStatus> =
             statuses.iter().map(|s| (s.id.as_str(), s)).collect();
         let mut actions = Vec::new();
-        let mut remove = Vec::new();
+        let mut remove: Vec<(String, &'static str)> = Vec::new();
 
         let outcomes = &mut self.outcomes;
         for (name, inst) in self.instances.iter_mut() {
@@ -250,6 +255,9 @@ impl State {
                 inst.server_id = Some(s.id.clone());
                 inst.power = Some(s.power.clone());
                 inst.seen = true;
+                inst.missed = 0;
+            } else if inst.seen {
+                inst.missed += 1;
             }
             if let Some(cmd) = inst.command.clone() {
                 if let Some(st) = by_command.get(cmd.id.as_str()) {
@@ -261,17 +269,10 @@ impl State {
                     unknown_command(inst, &cmd, limits.unknown_command, now, &mut actions);
                 }
             }
-            step(
-                inst,
-                server,
-                limits.uncertain_grace,
-                uncertain_watch,
-                now,
-                &mut actions,
-                &mut remove,
-            );
+            step(inst, server, limits, now, &mut actions, &mut remove);
         }
-        for name in remove {
+        for (name, why) in remove {
+            tracing::debug!(server = %name, why, "instance forgotten");
             self.instances.remove(&name);
         }
 
@@ -433,11 +434,10 @@ fn command_result(
 fn step(
     inst: &mut Instance,
     server: Option<&Observed>,
-    uncertain_grace: Duration,
-    uncertain_watch: Duration,
+    limits: Limits,
     now: Instant,
     actions: &mut Vec<Action>,
-    remove: &mut Vec<String>,
+    remove: &mut Vec<(String, &'static str)>,
 ) {
     match inst.phase {
         Phase::Creating => {
@@ -445,7 +445,7 @@ fn step(
                 && inst.create == CreateStatus::Uncertain
                 && !inst.seen
                 && inst.error.is_none()
-                && now.saturating_duration_since(inst.since) >= uncertain_grace
+                && now.saturating_duration_since(inst.since) >= limits.uncertain_grace
             {
                 inst.error = Some(uncertain_error(&format!(
                     "no server named {} appeared after a create whose outcome is unknown",
@@ -476,9 +476,9 @@ fn step(
             }
         }
         Phase::Running => {
-            if server.is_none() && inst.seen {
+            if server.is_none() && inst.seen && inst.missed >= limits.vanish_misses {
                 // Removed outside the provider: no longer the autoscaler's to count.
-                remove.push(inst.name.clone());
+                remove.push((inst.name.clone(), "running server no longer listed"));
             }
         }
         Phase::Deleting => {
@@ -499,8 +499,11 @@ fn step(
                     }
                 }
                 // The server is gone although its power-off or terminate was never reported.
-                Some(_) if server.is_none() && inst.seen => {
-                    remove.push(inst.name.clone());
+                Some(_) if server.is_none() && inst.seen && inst.missed >= limits.vanish_misses => {
+                    remove.push((
+                        inst.name.clone(),
+                        "deleting server gone before its command was reported",
+                    ));
                     return;
                 }
                 Some(_) => return,
@@ -518,18 +521,24 @@ fn step(
                 }
                 Some(_) => {} // terminated, listing not caught up yet
                 None => {
-                    let waiting_for_server = match inst.create {
-                        CreateStatus::Queued | CreateStatus::Sent => true,
-                        // Bought (or maybe bought) but never listed: watch for the server a
-                        // bounded time, then forget the name.
-                        CreateStatus::Accepted | CreateStatus::Uncertain => {
-                            !inst.seen
-                                && now.saturating_duration_since(inst.since) < uncertain_watch
-                        }
-                        CreateStatus::Rejected | CreateStatus::Adopted => false,
-                    };
+                    let waiting_for_server =
+                        inst.seen && !inst.terminated && inst.missed < limits.vanish_misses
+                            || match inst.create {
+                                CreateStatus::Queued | CreateStatus::Sent => true,
+                                // Bought (or maybe bought) but never listed: watch for the server a
+                                // bounded time, then forget the name.
+                                CreateStatus::Accepted | CreateStatus::Uncertain => {
+                                    !inst.seen
+                                        && now.saturating_duration_since(inst.since)
+                                            < limits.uncertain_watch
+                                }
+                                CreateStatus::Rejected | CreateStatus::Adopted => false,
+                            };
                     if !waiting_for_server {
-                        remove.push(inst.name.clone());
+                        remove.push((
+                            inst.name.clone(),
+                            "deleted (or never bought) and not listed",
+                        ));
                     }
                 }
             }
@@ -589,6 +598,7 @@ mod tests {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
             uncertain_grace: Duration::from_secs(60),
+            vanish_misses: 1,
         };
 
         // Listed off while the command runs: still creating.
@@ -653,6 +663,7 @@ mod tests {
                 uncertain_watch: Duration::from_secs(60),
                 unknown_command: Duration::from_secs(60),
                 uncertain_grace: Duration::from_secs(60),
+                vanish_misses: 1,
             },
             now,
         );
@@ -696,6 +707,7 @@ mod tests {
                 uncertain_watch: Duration::from_secs(60),
                 unknown_command: Duration::from_secs(60),
                 uncertain_grace: Duration::from_secs(60),
+                vanish_misses: 1,
             },
             now,
         );
@@ -722,6 +734,7 @@ mod tests {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
             uncertain_grace: Duration::from_secs(60),
+            vanish_misses: 1,
         };
         // Listed off, create still running (or the queue does not know it): wait.
         assert!(
@@ -761,6 +774,7 @@ mod tests {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
             uncertain_grace: Duration::from_secs(60),
+            vanish_misses: 1,
         };
         assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
         assert!(st.instances.contains_key("a"), "watched");
@@ -792,6 +806,7 @@ mod uncertain_tests {
             uncertain_watch: Duration::from_secs(600),
             unknown_command: Duration::from_secs(60),
             uncertain_grace: Duration::from_secs(30),
+            vanish_misses: 1,
         }
     }
 

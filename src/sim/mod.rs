@@ -6,8 +6,9 @@
 //! `pending → progress → complete` (or `error` / `cancelled`) on a clock, created servers are
 //! listed powered off during creation and on afterwards, terminated ones disappear when their
 //! command completes. An account quota, seeded randomness and fault knobs (error rates, plain-text
-//! 504s, 429s, dropped connections, latency, failing or cancelled commands, an empty queue, a
-//! listing lag, servers vanishing out of band) make every failure path reproducible.
+//! 504s, 429s, dropped connections, lost answers, latency, failing or cancelled commands, an empty
+//! queue, a listing lag, revoked credentials, servers vanishing out of band) make every failure
+//! path reproducible.
 //!
 //! `/_sim/...` is an admin surface without authentication: `GET /_sim/state`,
 //! `GET|PUT /_sim/faults`, `POST /_sim/servers` (seed one), `POST /_sim/servers/{id}/vanish`.
@@ -274,7 +275,9 @@ async fn gate(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap) -> Resul
             Verdict::Gateway
         } else if s.chance(f.rate_limit_rate) {
             Verdict::RateLimit
-        } else if endpoint != Endpoint::Root && !authorized(shared, headers) {
+        } else if endpoint != Endpoint::Root
+            && (s.faults.unauthorized || !authorized(shared, headers))
+        {
             Verdict::Unauthorized
         } else if s.chance(f.error_rate) {
             Verdict::Error

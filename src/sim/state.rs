@@ -126,6 +126,8 @@ pub struct Faults {
     pub queue_empty: bool,
     /// A new server shows up in the listing only this long after its create request.
     pub listing_lag_ms: u64,
+    /// Every request is refused as not logged in (revoked credentials).
+    pub unauthorized: bool,
 }
 
 impl Faults {

@@ -1,0 +1,575 @@
+//! The fault matrix: for each Kamatera failure the simulator can produce, a small autoscaler
+//! drives the provider over gRPC (Refresh, Nodes, IncreaseSize, DeleteNodes of errored and
+//! unneeded instances) through the fault and out of it, and checks what it saw and the
+//! invariants: no server bought twice, none orphaned (tagged but untracked), none left after a
+//! completed delete.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kamatera_ca_provider::config::CloudConfig;
+use kamatera_ca_provider::grpc::{self, ServeOptions};
+use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
+use kamatera_ca_provider::proto::externalgrpc as pb;
+use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
+use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+use kamatera_ca_provider::sim::{
+    self, EndpointFaults, Faults, Quota, SimConfig, SimHandle, Timing,
+};
+use pb::instance_status::InstanceState;
+use tonic::transport::Channel;
+
+const GROUP: &str = "pool";
+
+struct Env {
+    sim: SimHandle,
+    ca: CloudProviderClient<Channel>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn env() -> Env {
+    // Shown only for a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("kamatera_ca_provider=debug")
+        .with_test_writer()
+        .try_init();
+    let sim = sim::start(
+        SimConfig {
+            timing: Timing::fast(),
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .expect("simulator");
+    let text = format!(
+        r#"[global]
+kamatera-api-client-id = {}
+kamatera-api-secret = {}
+kamatera-api-url = {}
+cluster-name = faults
+filter-name-prefix = f-
+default-datacenter = EU
+default-image = ubuntu_server_24.04_64-bit
+default-network = name=wan,ip=auto
+
+[nodegroup "{GROUP}"]
+name-prefix = f-pool
+min-size = 0
+max-size = 6
+cpu = 1B
+ram = 2048
+disk = size=20
+"#,
+        sim::DEMO_CLIENT_ID,
+        sim::DEMO_SECRET,
+        sim.url()
+    );
+    let cfg = CloudConfig::parse("faults.ini", &text, &|_| None).expect("config");
+    let client = Client::new(ClientSettings {
+        retry: RetryPolicy::immediate(3),
+        timeout: Duration::from_millis(800),
+        ..ClientSettings::from_config(&cfg)
+    })
+    .expect("client");
+    let provider = Provider::new(
+        cfg,
+        client,
+        ProviderOptions {
+            refresh_wait: Duration::from_millis(1500),
+            reconcile_interval: Duration::from_secs(3600),
+            uncertain_create_grace: Duration::from_millis(600),
+            uncertain_create_watch: Duration::from_millis(1500),
+            unknown_command_limit: Duration::from_millis(400),
+            ..ProviderOptions::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(grpc::serve(
+        provider,
+        listener,
+        ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let ca = CloudProviderClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    Env {
+        sim,
+        ca,
+        _stop: stop,
+    }
+}
+
+fn req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+fn state(i: &pb::Instance) -> InstanceState {
+    i.status
+        .as_ref()
+        .and_then(|s| InstanceState::try_from(s.instance_state).ok())
+        .unwrap_or(InstanceState::Unspecified)
+}
+
+fn error_code(i: &pb::Instance) -> String {
+    i.status
+        .as_ref()
+        .and_then(|s| s.error_info.as_ref())
+        .map(|e| e.error_code.clone())
+        .unwrap_or_default()
+}
+
+/// What the autoscaler saw during a run.
+#[derive(Default, Debug)]
+struct Seen {
+    refresh_errors: Vec<tonic::Code>,
+    error_codes: HashSet<String>,
+    fake_deletes: usize,
+}
+
+impl Env {
+    async fn nodes(&mut self) -> Vec<pb::Instance> {
+        self.ca
+            .node_group_nodes(req(pb::NodeGroupNodesRequest { id: GROUP.into() }))
+            .await
+            .expect("NodeGroupNodes never fails")
+            .into_inner()
+            .instances
+    }
+
+    async fn target(&mut self) -> i32 {
+        self.ca
+            .node_group_target_size(req(pb::NodeGroupTargetSizeRequest { id: GROUP.into() }))
+            .await
+            .expect("NodeGroupTargetSize never fails")
+            .into_inner()
+            .target_size
+    }
+
+    /// One autoscaler loop: Refresh, clean up failed creates through fake nodes, scale to
+    /// `desired` (up only; scale-down is explicit).
+    async fn ca_loop(&mut self, desired: i32, seen: &mut Seen) {
+        if let Err(s) = self.ca.refresh(req(pb::RefreshRequest {})).await {
+            seen.refresh_errors.push(s.code());
+            return;
+        }
+        let nodes = self.nodes().await;
+        let failed: Vec<pb::ExternalGrpcNode> = nodes
+            .iter()
+            .filter(|i| state(i) == InstanceState::InstanceCreating && !error_code(i).is_empty())
+            .map(|i| {
+                seen.error_codes.insert(error_code(i));
+                pb::ExternalGrpcNode {
+                    provider_id: i.id.clone(),
+                    name: i.id.clone(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        if !failed.is_empty() {
+            seen.fake_deletes += failed.len();
+            self.ca
+                .node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+                    nodes: failed,
+                    id: GROUP.into(),
+                }))
+                .await
+                .expect("deleting fake nodes of failed creates is always accepted");
+        }
+        let target = self.target().await;
+        if target < desired {
+            self.ca
+                .node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+                    delta: desired - target,
+                    id: GROUP.into(),
+                }))
+                .await
+                .expect("increase within max is accepted");
+        }
+    }
+
+    /// Loops until `desired` instances run with no error and nothing is deleting, or panics.
+    async fn converge(&mut self, desired: i32, seen: &mut Seen, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            self.ca_loop(desired, seen).await;
+            let nodes = self.nodes().await;
+            let running = nodes
+                .iter()
+                .filter(|i| state(i) == InstanceState::InstanceRunning)
+                .count();
+            if running == desired as usize
+                && nodes.len() == desired as usize
+                && self.target().await == desired
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: did not converge to {desired}: {nodes:#?}\nsimulator: {:#}",
+                self.sim.snapshot()["servers"]
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Runs `loops` autoscaler loops (the fault is active meanwhile).
+    async fn run_loops(&mut self, desired: i32, loops: usize, seen: &mut Seen) {
+        for _ in 0..loops {
+            self.ca_loop(desired, seen).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The invariants, checked at steady state.
+    async fn check_invariants(&mut self, desired: usize, what: &str) {
+        let snapshot = self.sim.snapshot();
+        let servers: Vec<(String, String, Vec<String>)> = snapshot["servers"]
+            .as_array()
+            .expect("servers")
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    s["power"].as_str().unwrap_or_default().to_string(),
+                    s["tags"]
+                        .as_array()
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let names: HashSet<&String> = servers.iter().map(|s| &s.0).collect();
+        assert_eq!(
+            names.len(),
+            servers.len(),
+            "{what}: a server name was bought twice: {servers:?}"
+        );
+        assert_eq!(
+            servers.len(),
+            desired,
+            "{what}: servers in the account: {servers:?}"
+        );
+        let tracked: HashSet<String> = self
+            .nodes()
+            .await
+            .into_iter()
+            .map(|i| i.id.trim_start_matches("kamatera://").to_string())
+            .collect();
+        for (name, power, tags) in &servers {
+            assert!(
+                tags.contains(&"k8scang-pool".to_string()),
+                "{what}: {name} lacks its tags"
+            );
+            assert!(
+                tracked.contains(name),
+                "{what}: {name} is orphaned (tagged, untracked)"
+            );
+            assert_eq!(power, "on", "{what}: {name} is not running");
+        }
+    }
+
+    async fn scale_down_one(&mut self, seen: &mut Seen, what: &str) {
+        let victim = self.nodes().await[0].id.clone();
+        self.ca
+            .node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+                nodes: vec![pb::ExternalGrpcNode {
+                    provider_id: victim.clone(),
+                    name: victim.trim_start_matches("kamatera://").into(),
+                    ..Default::default()
+                }],
+                id: GROUP.into(),
+            }))
+            .await
+            .expect("scale-down accepted");
+        // Some loops under the fault, then the fault clears.
+        self.run_loops(0, 10, seen).await;
+        self.sim.set_faults(Faults::default());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            self.ca_loop(0, seen).await;
+            let gone_in_provider = self.nodes().await.iter().all(|i| i.id != victim);
+            let name = victim.trim_start_matches("kamatera://");
+            let gone_in_account = !self.sim.snapshot()["servers"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x["name"] == name));
+            if gone_in_provider && gone_in_account {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let nodes = self.nodes().await;
+                panic!(
+                    "{what}: deleted server {victim} left behind; provider: {nodes:#?}; simulator: {:#}",
+                    self.sim.snapshot()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn on(endpoint: &str, f: EndpointFaults) -> Faults {
+    let mut faults = Faults::default();
+    faults.endpoints.insert(endpoint.into(), f);
+    faults
+}
+
+/// The common shape: scale to 3 through the fault, clear it, converge, check, scale down one
+/// through the fault, check again.
+async fn matrix_case(what: &str, faults: Faults) -> Seen {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.run_loops(0, 1, &mut seen).await;
+    e.sim.set_faults(faults.clone());
+    e.run_loops(3, 12, &mut seen).await;
+    e.sim.set_faults(Faults::default());
+    e.converge(3, &mut seen, what).await;
+    e.check_invariants(3, what).await;
+    e.sim.set_faults(faults);
+    e.scale_down_one(&mut seen, what).await;
+    e.converge(2, &mut seen, what).await;
+    e.check_invariants(2, what).await;
+    seen
+}
+
+#[tokio::test]
+async fn listing_5xx_burst() {
+    let seen = matrix_case(
+        "5xx on the listing",
+        on(
+            "list_servers",
+            EndpointFaults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert!(
+        seen.refresh_errors.is_empty(),
+        "Refresh kept answering: {:?}",
+        seen.refresh_errors
+    );
+}
+
+#[tokio::test]
+async fn create_5xx_is_uncertain_and_never_retried() {
+    let seen = matrix_case(
+        "5xx on create",
+        on(
+            "create_server",
+            EndpointFaults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert!(seen.error_codes.contains("CREATE_UNCERTAIN"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn create_429_is_rejected_not_uncertain() {
+    let seen = matrix_case(
+        "429 on create",
+        on(
+            "create_server",
+            EndpointFaults {
+                rate_limit_rate: 1.0,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert!(seen.error_codes.contains("CREATE_REJECTED"), "{seen:?}");
+    assert!(!seen.error_codes.contains("CREATE_UNCERTAIN"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn plain_text_504_everywhere() {
+    let f = Faults {
+        all: EndpointFaults {
+            gateway_timeout_rate: 0.4,
+            ..Default::default()
+        },
+        ..Faults::default()
+    };
+    matrix_case("plain-text 504s", f).await;
+}
+
+#[tokio::test]
+async fn lost_create_answers_never_buy_twice() {
+    // The create is carried out but its answer is lost: the classic double-buy trap.
+    let seen = matrix_case(
+        "lost create answers",
+        on(
+            "create_server",
+            EndpointFaults {
+                lost_response_rate: 1.0,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        seen.fake_deletes, 0,
+        "servers that appeared were adopted, not failed: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_longer_than_the_autoscaler_deadline() {
+    let f = Faults {
+        all: EndpointFaults {
+            latency_ms: 1200,
+            ..Default::default()
+        },
+        ..Faults::default()
+    };
+    let seen = matrix_case("slow API", f).await;
+    assert!(seen.refresh_errors.is_empty(), "{:?}", seen.refresh_errors);
+}
+
+#[tokio::test]
+async fn revoked_credentials() {
+    let f = Faults {
+        unauthorized: true,
+        ..Faults::default()
+    };
+    let seen = matrix_case("auth failure", f).await;
+    assert!(
+        seen.refresh_errors.is_empty(),
+        "Refresh serves the last state: {:?}",
+        seen.refresh_errors
+    );
+    assert!(seen.error_codes.contains("CREATE_REJECTED"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn queue_errors_cancellations_and_empty_answers() {
+    matrix_case(
+        "queue 5xx",
+        on(
+            "queue",
+            EndpointFaults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let seen = matrix_case(
+        "cancelled commands",
+        Faults {
+            command_cancel_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    assert!(seen.error_codes.contains("CREATE_CANCELLED"), "{seen:?}");
+    matrix_case(
+        "queue answers []",
+        Faults {
+            queue_empty: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let seen = matrix_case(
+        "failing commands",
+        Faults {
+            command_error_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    assert!(seen.error_codes.contains("CREATE_FAILED"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn listing_lag() {
+    matrix_case(
+        "listing lag",
+        Faults {
+            listing_lag_ms: 500,
+            ..Faults::default()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dropped_connections() {
+    let f = Faults {
+        all: EndpointFaults {
+            drop_rate: 0.3,
+            ..Default::default()
+        },
+        ..Faults::default()
+    };
+    matrix_case("dropped connections", f).await;
+}
+
+#[tokio::test]
+async fn quota_exhaustion_mid_scale_up() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.sim.with_state(|s| {
+        s.quota = Quota {
+            max_servers: Some(2),
+            ..Quota::default()
+        }
+    });
+    e.run_loops(3, 15, &mut seen).await;
+    assert!(seen.error_codes.contains("QUOTA_EXCEEDED"), "{seen:?}");
+    assert_eq!(
+        e.sim.snapshot()["servers"].as_array().map(Vec::len),
+        Some(2)
+    );
+    e.sim.with_state(|s| s.quota = Quota::default());
+    e.converge(3, &mut seen, "quota raised").await;
+    e.check_invariants(3, "quota raised").await;
+}
+
+#[tokio::test]
+async fn server_vanishing_out_of_band() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(3, &mut seen, "before").await;
+    let victim = e.sim.snapshot()["servers"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert!(e.sim.vanish(&victim));
+    // One listing without it is not proof; three are.
+    e.ca.refresh(req(pb::RefreshRequest {}))
+        .await
+        .expect("refresh");
+    assert_eq!(e.target().await, 3, "one missing listing is not enough");
+    for _ in 0..2 {
+        e.ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+    }
+    assert_eq!(
+        e.target().await,
+        2,
+        "the instance left Running and the target followed"
+    );
+    e.converge(3, &mut seen, "after a vanished server").await;
+    e.check_invariants(3, "vanished server").await;
+}
