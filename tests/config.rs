@@ -918,7 +918,11 @@ fn all_problems_reported_together_in_line_order() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(proptest::prelude::ProptestConfig {
+            // PROPTEST_CASES runs it longer.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

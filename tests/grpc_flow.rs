@@ -979,3 +979,126 @@ async fn node_groups_and_gpu_answers() {
         .await
         .expect("cleanup");
 }
+
+#[tokio::test]
+async fn extreme_inputs_are_refused_cleanly() {
+    let mut e = env().await;
+    e.refresh().await;
+    let err = e.increase("alpha", i32::MAX).await.expect_err("huge delta");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = e
+        .increase("alpha", i32::MIN)
+        .await
+        .expect_err("most negative delta");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err =
+        e.ca.node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
+            delta: i32::MIN,
+            id: "alpha".into(),
+        }))
+        .await
+        .expect_err("huge decrease");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // A very large delete: 20,000 foreign nodes and one real one; refused as a whole.
+    e.increase("alpha", 1).await.expect("increase");
+    let nodes = e
+        .until("alpha", "running", |n| {
+            count(n, InstanceState::InstanceRunning) == 1
+        })
+        .await;
+    let mut many: Vec<pb::ExternalGrpcNode> = (0..20_000)
+        .map(|i| real_node(&format!("kamatera://test-alpha-foreign{i:05}")))
+        .collect();
+    many.push(real_node(&nodes[0].id));
+    let err = e.delete("alpha", many).await.expect_err("foreign nodes");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        count(&e.nodes("alpha").await, InstanceState::InstanceRunning),
+        1
+    );
+    assert_eq!(
+        e.sim.requests(Endpoint::PowerOff) + e.sim.requests(Endpoint::Terminate),
+        0
+    );
+
+    // An empty delete is a no-op; a node with huge labels is simply not ours.
+    e.delete("alpha", Vec::new()).await.expect("empty delete");
+    let labels = (0..5_000)
+        .map(|i| (format!("label-{i}"), "x".repeat(64)))
+        .collect();
+    let g =
+        e.ca.node_group_for_node(req(pb::NodeGroupForNodeRequest {
+            node: Some(pb::ExternalGrpcNode {
+                name: "huge".into(),
+                labels,
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("for node")
+        .into_inner()
+        .node_group
+        .expect("present");
+    assert_eq!(g.id, "");
+    assert_eq!(e.target("alpha").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rpcs_while_kamatera_hangs() {
+    let mut e = env().await;
+    e.refresh().await;
+    e.increase("alpha", 2).await.expect("increase");
+    e.until("alpha", "running", |n| {
+        count(n, InstanceState::InstanceRunning) == 2
+    })
+    .await;
+    // Every listing now hangs 3 s: reconciles stay in flight while the autoscaler calls.
+    e.sim.update_faults(|f| {
+        f.endpoints.insert(
+            "list_servers".into(),
+            EndpointFaults {
+                latency_ms: 3000,
+                ..Default::default()
+            },
+        );
+    });
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let mut ca = e.ca.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 5 {
+                0 => ca.refresh(req(pb::RefreshRequest {})).await.map(|_| ()),
+                1 => ca
+                    .node_group_target_size(req(pb::NodeGroupTargetSizeRequest {
+                        id: "alpha".into(),
+                    }))
+                    .await
+                    .map(|_| ()),
+                2 => ca
+                    .node_group_nodes(req(pb::NodeGroupNodesRequest { id: "alpha".into() }))
+                    .await
+                    .map(|_| ()),
+                3 => ca
+                    .node_groups(req(pb::NodeGroupsRequest {}))
+                    .await
+                    .map(|_| ()),
+                _ => ca
+                    .node_group_template_node_info(req(pb::NodeGroupTemplateNodeInfoRequest {
+                        id: "beta".into(),
+                    }))
+                    .await
+                    .map(|_| ()),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every RPC answers inside the 5 s deadline");
+    }
+    // Mutations also answer while a reconcile hangs.
+    e.increase("beta", 1).await.expect("increase while hanging");
+    assert_eq!(e.target("beta").await, 1);
+    assert_eq!(e.target("alpha").await, 2);
+}

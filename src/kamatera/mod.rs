@@ -187,32 +187,8 @@ impl Client {
         let v = self
             .call(self.read("list servers", Method::GET, "/service/servers", None))
             .await?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| self.shape("list servers", "expected a JSON array of servers", &v))?;
-        let mut servers = Vec::with_capacity(items.len());
-        for item in items {
-            let (Some(name), Some(id)) = (str_field(item, "name"), item.get("id").and_then(id_of))
-            else {
-                return Err(self.shape(
-                    "list servers",
-                    "a server entry has no string name or id",
-                    item,
-                ));
-            };
-            if !name.starts_with(name_prefix) {
-                continue;
-            }
-            servers.push(Server {
-                id,
-                name: name.to_string(),
-                datacenter: str_field(item, "datacenter")
-                    .unwrap_or_default()
-                    .to_string(),
-                power: Power::parse(str_field(item, "power").unwrap_or_default()),
-            });
-        }
-        Ok(servers)
+        types::decode_servers(&v, name_prefix)
+            .map_err(|(what, at)| self.shape("list servers", what, &at))
     }
 
     /// `POST /server/tags` for one server, by id. Accepts `tagName` and the older `tag name`.
@@ -225,18 +201,7 @@ impl Client {
                 Some(json!({ "id": server_id })),
             ))
             .await?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| self.shape("server tags", "expected a JSON array of tags", &v))?;
-        items
-            .iter()
-            .map(|t| {
-                str_field(t, "tagName")
-                    .or_else(|| str_field(t, "tag name"))
-                    .map(str::to_string)
-                    .ok_or_else(|| self.shape("server tags", "a tag entry has no tagName", t))
-            })
-            .collect()
+        types::decode_tags(&v).map_err(|(what, at)| self.shape("server tags", what, &at))
     }
 
     /// `POST /service/server`: starts creating one server and returns its command id. Sent
@@ -333,38 +298,12 @@ impl Client {
             let v = self
                 .call(self.read("command status", Method::GET, &path, None))
                 .await?;
-            let items = v.as_array().ok_or_else(|| {
-                self.shape("command status", "expected a JSON array of commands", &v)
-            })?;
-            let positional = items.len() == batch.len();
-            for (i, item) in items.iter().enumerate() {
-                if !item.is_object() {
-                    return Err(self.shape(
-                        "command status",
-                        "a queue entry is not an object",
-                        item,
-                    ));
-                }
-                let id = item
-                    .get("id")
-                    .and_then(id_of)
-                    .or_else(|| positional.then(|| batch[i].clone()));
-                let Some(id) = id else {
-                    return Err(self.shape(
-                        "command status",
-                        "a queue entry has no id and the answer does not match the request",
-                        &v,
-                    ));
-                };
-                out.push(CommandStatus {
-                    id,
-                    state: CommandState::parse(str_field(item, "status").unwrap_or_default()),
-                    log: self
-                        .inner
-                        .redactor
-                        .clean(str_field(item, "log").unwrap_or_default(), 4000),
-                });
-            }
+            let decoded = types::decode_queue(&v, batch)
+                .map_err(|(what, at)| self.shape("command status", what, &at))?;
+            out.extend(decoded.into_iter().map(|mut c| {
+                c.log = self.inner.redactor.clean(&c.log, 4000);
+                c
+            }));
         }
         Ok(out)
     }
@@ -818,6 +757,21 @@ mod tests {
         );
         assert_eq!(new_server_name("").len(), 11);
         assert_ne!(new_server_name("x"), new_server_name("x"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            // PROPTEST_CASES runs it longer.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn error_and_option_decoders_never_panic(v in types::json_value()) {
+            let _ = api_error_message(&v);
+            let _ = named_entries(&v, "name");
+            let _ = classify_message(&v.to_string());
+        }
     }
 
     #[test]

@@ -106,6 +106,82 @@ pub struct Image {
     pub description: String,
 }
 
+/// A decoding failure: what was wrong, and the value it was wrong in.
+pub(crate) type Shape = (&'static str, Value);
+
+/// `GET /service/servers`: servers whose name starts with `prefix`.
+pub(crate) fn decode_servers(v: &Value, prefix: &str) -> Result<Vec<Server>, Shape> {
+    let items = v
+        .as_array()
+        .ok_or(("expected a JSON array of servers", v.clone()))?;
+    let mut servers = Vec::with_capacity(items.len());
+    for item in items {
+        let (Some(name), Some(id)) = (str_field(item, "name"), item.get("id").and_then(id_of))
+        else {
+            return Err(("a server entry has no string name or id", item.clone()));
+        };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        servers.push(Server {
+            id,
+            name: name.to_string(),
+            datacenter: str_field(item, "datacenter")
+                .unwrap_or_default()
+                .to_string(),
+            power: Power::parse(str_field(item, "power").unwrap_or_default()),
+        });
+    }
+    Ok(servers)
+}
+
+/// `POST /server/tags`: tag names from `tagName` or the older `tag name`.
+pub(crate) fn decode_tags(v: &Value) -> Result<Vec<String>, Shape> {
+    let items = v
+        .as_array()
+        .ok_or(("expected a JSON array of tags", v.clone()))?;
+    items
+        .iter()
+        .map(|t| {
+            str_field(t, "tagName")
+                .or_else(|| str_field(t, "tag name"))
+                .map(str::to_string)
+                .ok_or(("a tag entry has no tagName", t.clone()))
+        })
+        .collect()
+}
+
+/// `GET /service/queue?id=..`: statuses, matched by `id`, or by position when the answer has
+/// exactly one entry per id asked (logs unredacted; the caller cleans them).
+pub(crate) fn decode_queue(v: &Value, asked: &[String]) -> Result<Vec<CommandStatus>, Shape> {
+    let items = v
+        .as_array()
+        .ok_or(("expected a JSON array of commands", v.clone()))?;
+    let positional = items.len() == asked.len();
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            if !item.is_object() {
+                return Err(("a queue entry is not an object", item.clone()));
+            }
+            let id = item
+                .get("id")
+                .and_then(id_of)
+                .or_else(|| positional.then(|| asked[i].clone()))
+                .ok_or((
+                    "a queue entry has no id and the answer does not match the request",
+                    v.clone(),
+                ))?;
+            Ok(CommandStatus {
+                id,
+                state: CommandState::parse(str_field(item, "status").unwrap_or_default()),
+                log: str_field(item, "log").unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A command id given as a JSON string or number.
 pub(crate) fn id_of(v: &Value) -> Option<String> {
     match v {
@@ -129,10 +205,79 @@ pub(crate) fn str_field<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.get(key).and_then(Value::as_str)
 }
 
+/// Arbitrary JSON, biased towards the shapes the API uses (for property tests).
+#[cfg(test)]
+pub(crate) fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    use serde_json::json;
+    {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z0-9 _-]{0,12}".prop_map(Value::String),
+            prop_oneof![
+                Just("on"),
+                Just("off"),
+                Just("complete"),
+                Just("error"),
+                Just("pending")
+            ]
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_string()),
+                        Just("name".to_string()),
+                        Just("power".to_string()),
+                        Just("status".to_string()),
+                        Just("log".to_string()),
+                        Just("tagName".to_string()),
+                        Just("tag name".to_string()),
+                        Just("commandIds".to_string()),
+                        Just("message".to_string()),
+                        Just("errors".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            // PROPTEST_CASES runs it longer.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn decoders_never_panic(v in json_value(), prefix in "[a-z-]{0,3}") {
+            if let Ok(servers) = decode_servers(&v, &prefix) {
+                prop_assert!(servers.iter().all(|s| s.name.starts_with(&prefix)));
+            }
+            let _ = decode_tags(&v);
+            let asked = vec!["1".to_string(), "2".to_string()];
+            if let Ok(statuses) = decode_queue(&v, &asked) {
+                prop_assert!(statuses.len() <= v.as_array().map_or(0, Vec::len));
+            }
+            let _ = command_ids(&v);
+        }
+    }
 
     #[test]
     fn command_id_shapes() {

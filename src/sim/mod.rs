@@ -215,7 +215,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The `lost_response_rate` fault: the handler runs (its effects stay), the answer is lost.
+/// The `lost_response_rate` and `answer_delay_ms` faults: the handler runs (its effects stay),
+/// then the answer is lost or late.
 async fn lose_responses(
     State(sim): Sim,
     req: axum::extract::Request,
@@ -224,11 +225,14 @@ async fn lose_responses(
     let endpoint = Endpoint::from_request(req.method().as_str(), req.uri().path());
     let response = next.run(req).await;
     let Some(e) = endpoint else { return response };
-    let lose = {
+    let (lose, delay) = {
         let mut s = sim.lock();
-        let rate = s.faults.for_endpoint(e).lost_response_rate;
-        s.chance(rate)
+        let f = s.faults.for_endpoint(e);
+        (s.chance(f.lost_response_rate), f.answer_delay_ms)
     };
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if lose { dropped_connection() } else { response }
 }
 

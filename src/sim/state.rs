@@ -106,8 +106,11 @@ pub struct EndpointFaults {
     /// Probability that the request is handled (a create buys its server) but the answer is lost:
     /// the connection drops mid-response. The trap that makes retried creates buy twice.
     pub lost_response_rate: f64,
-    /// Added before answering.
+    /// Added before the request is handled (a slow gateway: nothing happens until it passes).
     pub latency_ms: u64,
+    /// Added after the request was handled, before the answer goes out (the work is done even
+    /// if the client gives up waiting).
+    pub answer_delay_ms: u64,
 }
 
 /// Every fault knob. Adjustable at runtime through `/_sim/faults` or in-process.

@@ -1,0 +1,234 @@
+//! kill -9 in the middle of a scale-up, restart on the same state file: exactly the servers the
+//! autoscaler asked for, none bought twice.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kamatera_ca_provider::proto::externalgrpc as pb;
+use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
+use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimConfig, Timing};
+use pb::instance_status::InstanceState;
+use tonic::transport::Channel;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve` and returns it with the gRPC address it logged.
+fn start(config: &Path, state: &Path) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--cloud-config")
+        .arg(config)
+        .arg("--state-file")
+        .arg(state)
+        .env("RUST_LOG", "info")
+        .env_remove("KAMATERA_API_CLIENT_ID")
+        .env_remove("KAMATERA_API_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("serve logs within 30 s");
+        if let Some(rest) = line.split("provider listening on ").nth(1) {
+            break rest.split([' ', ',']).next().expect("address").to_string();
+        }
+    };
+    (Killed(child), addr)
+}
+
+fn req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+async fn nodes(ca: &mut CloudProviderClient<Channel>) -> Vec<pb::Instance> {
+    ca.node_group_nodes(req(pb::NodeGroupNodesRequest { id: "burst".into() }))
+        .await
+        .expect("nodes")
+        .into_inner()
+        .instances
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_scale_up_then_restart() {
+    let sim = sim::start(
+        SimConfig {
+            timing: Timing::fast(),
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .expect("simulator");
+    // Creates are carried out at once but answered slowly: the provider dies waiting.
+    sim.update_faults(|f| {
+        f.endpoints.insert(
+            "create_server".into(),
+            EndpointFaults {
+                answer_delay_ms: 400,
+                ..Default::default()
+            },
+        );
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cloud.ini");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nkamatera-api-client-id = {}\nkamatera-api-secret = {}\nkamatera-api-url = {}\n\
+             cluster-name = crash\ndefault-datacenter = EU\ndefault-image = ubuntu_server_24.04_64-bit\n\
+             default-network = name=wan,ip=auto\n\n[nodegroup \"burst\"]\nname-prefix = crash\n\
+             min-size = 0\nmax-size = 20\ncpu = 1A\nram = 1024\ndisk = size=20\n",
+            sim::DEMO_CLIENT_ID,
+            sim::DEMO_SECRET,
+            sim.url()
+        ),
+    )
+    .expect("config");
+    let state = dir.path().join("state.json");
+
+    let (mut first, addr) = start(&config, &state);
+    let mut ca = CloudProviderClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    ca.refresh(req(pb::RefreshRequest {}))
+        .await
+        .expect("refresh");
+    ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 10,
+        id: "burst".into(),
+    }))
+    .await
+    .expect("increase");
+    // Some creates reached the API (8 at a time), none answered yet: kill -9 now.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.requests(Endpoint::CreateServer) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no create reached the API"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.0.kill().expect("kill -9");
+    let _ = first.0.wait();
+    drop(first);
+    let sent_before = sim.requests(Endpoint::CreateServer);
+    assert!(
+        sent_before < 10,
+        "the crash must come mid scale-up ({sent_before} creates sent)"
+    );
+    let journal = std::fs::read_to_string(&state).expect("the state file exists");
+    assert!(
+        journal.contains("\"sent\"") || journal.contains("\"queued\""),
+        "{journal}"
+    );
+
+    sim.update_faults(|f| f.endpoints.clear());
+    let (_second, addr) = start(&config, &state);
+    let mut ca = CloudProviderClient::connect(format!("http://{addr}"))
+        .await
+        .expect("reconnect");
+    // The autoscaler keeps asking for 10 (it believes the target is 10).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+        let list = nodes(&mut ca).await;
+        let failed: Vec<pb::ExternalGrpcNode> = list
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .and_then(|s| s.error_info.as_ref())
+                    .is_some_and(|e| !e.error_code.is_empty())
+            })
+            .map(|i| pb::ExternalGrpcNode {
+                provider_id: i.id.clone(),
+                name: i.id.clone(),
+                ..Default::default()
+            })
+            .collect();
+        if !failed.is_empty() {
+            ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+                nodes: failed,
+                id: "burst".into(),
+            }))
+            .await
+            .expect("delete failed");
+        }
+        let target = ca
+            .node_group_target_size(req(pb::NodeGroupTargetSizeRequest { id: "burst".into() }))
+            .await
+            .expect("target")
+            .into_inner()
+            .target_size;
+        if target < 10 {
+            ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+                delta: 10 - target,
+                id: "burst".into(),
+            }))
+            .await
+            .expect("increase");
+        }
+        let running = list
+            .iter()
+            .filter(|i| {
+                i.status.as_ref().map(|s| s.instance_state)
+                    == Some(InstanceState::InstanceRunning as i32)
+            })
+            .count();
+        if running == 10 && list.len() == 10 && target == 10 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no steady state: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let servers = sim.snapshot()["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: std::collections::HashSet<&str> =
+        servers.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(servers.len(), 10, "exactly the 10 asked for: {servers:#?}");
+    assert_eq!(names.len(), 10, "no name bought twice");
+    assert_eq!(
+        sim.requests(Endpoint::CreateServer),
+        10,
+        "no create sent twice across the restart"
+    );
+    assert_eq!(
+        sim.requests(Endpoint::Terminate),
+        0,
+        "nothing bought to be thrown away"
+    );
+}
