@@ -4,6 +4,7 @@
 //! Data flows one way: `grpc` (the autoscaler's view) calls `provider` (node groups and their
 //! instances), which calls `kamatera` (the cloudcli REST API). `config` feeds all of them.
 
+pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod kamatera;

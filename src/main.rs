@@ -55,6 +55,24 @@ enum Command {
     Simulator(SimulatorArgs),
     /// Talk to a running provider the way the autoscaler does.
     Client(ClientArgs),
+    /// Measure latency, Kamatera API economy and memory against the simulator; writes a report.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Scales to run, as GROUPSxSERVERS_PER_GROUP, comma-separated.
+    #[arg(long, default_value = "10x10,100x20,500x20", value_delimiter = ',')]
+    scales: Vec<String>,
+    /// Calls per read RPC.
+    #[arg(long, default_value_t = 10_000)]
+    calls: usize,
+    /// Calls in flight at once (the autoscaler makes several).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -192,6 +210,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run(cli.log_format, serve(args)),
         Command::Simulator(args) => run(cli.log_format, simulator(args)),
         Command::Client(args) => run(cli.log_format, client(args)),
+        Command::Bench(args) => run(cli.log_format, bench(args)),
     }
 }
 
@@ -525,6 +544,36 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     println!("  state: {}/_sim/state   (Ctrl-C to stop)", handle.url());
     shutdown_signal().await;
     handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let scales = args
+        .scales
+        .iter()
+        .map(|s| {
+            let (g, n) = s
+                .split_once('x')
+                .with_context(|| format!("scale {s:?} is not GROUPSxSERVERS"))?;
+            Ok((g.trim().parse()?, n.trim().parse()?))
+        })
+        .collect::<anyhow::Result<Vec<(usize, usize)>>>()?;
+    let opts = kamatera_ca_provider::bench::BenchOptions {
+        scales,
+        calls: args.calls,
+        concurrency: args.concurrency,
+    };
+    let results = kamatera_ca_provider::bench::run(&opts).await?;
+    let command = format!(
+        "cargo run --release -- bench --scales {} --calls {} --concurrency {}",
+        args.scales.join(","),
+        args.calls,
+        args.concurrency
+    );
+    let report = kamatera_ca_provider::bench::render(&results, &opts, &command);
+    std::fs::write(&args.output, &report)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    print!("{report}");
     Ok(ExitCode::SUCCESS)
 }
 

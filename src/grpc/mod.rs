@@ -27,11 +27,16 @@ pub use convert::template_node as encode_template_node;
 #[derive(Clone)]
 pub struct Service {
     provider: Provider,
+    /// The node groups never change while the process runs: built once.
+    groups: Arc<pb::NodeGroupsResponse>,
 }
 
 impl Service {
     pub fn new(provider: Provider) -> Self {
-        Service { provider }
+        let groups = Arc::new(pb::NodeGroupsResponse {
+            node_groups: provider.node_groups().into_iter().map(group).collect(),
+        });
+        Service { provider, groups }
     }
 
     /// The tonic server type, ready for `Server::add_service`.
@@ -213,11 +218,7 @@ impl CloudProvider for Service {
         _: Request<pb::NodeGroupsRequest>,
     ) -> Result<Response<pb::NodeGroupsResponse>, Status> {
         let started = Instant::now();
-        let r = async {
-            let node_groups = self.provider.node_groups().into_iter().map(group).collect();
-            Ok(Response::new(pb::NodeGroupsResponse { node_groups }))
-        }
-        .await;
+        let r = async { Ok(Response::new(pb::NodeGroupsResponse::clone(&self.groups))) }.await;
         self.done("NodeGroups", started, r)
     }
 

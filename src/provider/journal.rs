@@ -254,7 +254,7 @@ pub fn restore(
             CreateStatus::Queued if inst.phase == Phase::Creating => to_send.push(e.name.clone()),
             _ => {}
         }
-        state.instances.insert(e.name, inst);
+        state.insert(e.name, inst);
         restored += 1;
     }
     (
@@ -304,7 +304,7 @@ mod tests {
                 i.server_id = Some(format!("id-{name}"));
                 i.seen = true;
             }
-            st.instances.insert(name.into(), i);
+            st.insert(name.into(), i);
         };
         add("queued", Phase::Creating, CreateStatus::Queued, None);
         add("sent", Phase::Creating, CreateStatus::Sent, None);

@@ -269,7 +269,7 @@ impl Provider {
                 if st.instances.contains_key(&name) {
                     continue;
                 }
-                st.instances.insert(
+                st.insert(
                     name.clone(),
                     Instance::creating(name.clone(), group.to_string(), now),
                 );
@@ -321,7 +321,7 @@ impl Provider {
                     // Never bought (request refused, or its command failed and the API removed
                     // what it began): forget it now.
                     (_, CreateStatus::Rejected) => {
-                        st.instances.remove(&name);
+                        st.remove(&name);
                     }
                     (Some(server_id), _) if inst.command.is_none() => {
                         inst.action_in_flight = true;
@@ -392,7 +392,7 @@ impl Provider {
                 continue;
             };
             if inst.create == CreateStatus::Rejected {
-                st.instances.remove(&name);
+                st.remove(&name);
             } else {
                 inst.phase = Phase::Deleting;
                 inst.since = now;
@@ -590,7 +590,7 @@ impl Provider {
 
     /// One full pass: list, read new tags, poll pending commands, apply, start follow-ups.
     pub async fn reconcile(&self) -> std::result::Result<ReconcileReport, KamateraError> {
-        let _guard = self.inner.reconcile_lock.lock().await;
+        let guard = self.inner.reconcile_lock.lock().await;
         let started = Instant::now();
         let result = self.reconcile_locked().await;
         {
@@ -604,6 +604,9 @@ impl Provider {
                 Err(e) => st.last_error = Some(e.safe_message().to_string()),
             }
         }
+        // Unlock before announcing: a `refresh` that sees this announcement must be able to start
+        // a new pass rather than find the lock still held and wait for nothing.
+        drop(guard);
         self.inner.finished.send_modify(|n| *n += 1);
         let m = self.metrics();
         m.reconcile_duration
@@ -897,7 +900,7 @@ impl Provider {
                     match st.instances.get_mut(&name) {
                         // Cancelled before its request went out: nothing to send.
                         Some(i) if i.phase == Phase::Deleting => {
-                            st.instances.remove(&name);
+                            st.remove(&name);
                             return;
                         }
                         Some(i) => i.create = CreateStatus::Sent,

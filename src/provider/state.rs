@@ -153,9 +153,12 @@ pub struct Observed {
 }
 
 /// Everything the provider knows, keyed by server name (the providerID is prefix + name).
+/// Add and remove instances only through [`State::insert`] and [`State::remove`], which keep the
+/// per-group index that makes every read a lookup, not a scan.
 #[derive(Debug, Default)]
 pub struct State {
     pub instances: BTreeMap<String, Instance>,
+    by_group: HashMap<String, std::collections::BTreeSet<String>>,
     /// Tags by server id, read once per server.
     pub tags: HashMap<String, Vec<String>>,
     pub last_success: Option<Instant>,
@@ -207,11 +210,34 @@ pub struct GroupTags<'a> {
 }
 
 impl State {
+    pub fn insert(&mut self, name: String, inst: Instance) {
+        if let Some(old) = self.remove(&name) {
+            tracing::debug!(server = %name, group = %old.group, "instance replaced");
+        }
+        self.by_group
+            .entry(inst.group.clone())
+            .or_default()
+            .insert(name.clone());
+        self.instances.insert(name, inst);
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Instance> {
+        let inst = self.instances.remove(name)?;
+        if let Some(set) = self.by_group.get_mut(&inst.group) {
+            set.remove(name);
+        }
+        Some(inst)
+    }
+
     pub fn group_instances<'a>(
         &'a self,
         group: &'a str,
     ) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.instances.values().filter(move |i| i.group == group)
+        self.by_group
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.instances.get(name))
     }
 
     pub fn target_size(&self, group: &str) -> usize {
@@ -273,7 +299,7 @@ impl State {
         }
         for (name, why) in remove {
             tracing::debug!(server = %name, why, "instance forgotten");
-            self.instances.remove(&name);
+            self.remove(&name);
         }
 
         // Tagged servers nobody tracks: servers created before a restart, or by an earlier
@@ -299,7 +325,7 @@ impl State {
             inst.power = Some(s.power.clone());
             inst.seen = true;
             inst.create = CreateStatus::Adopted;
-            self.instances.insert(s.name.clone(), inst);
+            self.insert(s.name.clone(), inst);
         }
         actions
     }
@@ -588,7 +614,7 @@ mod tests {
             since: now,
             unknown_since: None,
         });
-        st.instances.insert("a".into(), i);
+        st.insert("a".into(), i);
         let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
         let groups = [GroupTags {
             name: "g",
@@ -646,7 +672,7 @@ mod tests {
                 since: now,
                 unknown_since: None,
             });
-            st.instances.insert(name.into(), i);
+            st.insert(name.into(), i);
         }
         let mut quota = status("3", CommandState::Error);
         quota.log = "Name: c\nError: server quota exceeded".into();
@@ -729,7 +755,7 @@ mod tests {
             since: now,
             unknown_since: None,
         });
-        st.instances.insert("a".into(), i);
+        st.insert("a".into(), i);
         let w = Limits {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
@@ -755,7 +781,7 @@ mod tests {
         let mut j = Instance::creating("b".into(), "g".into(), now);
         j.create = CreateStatus::Accepted;
         j.phase = Phase::Deleting;
-        st.instances.insert("b".into(), j);
+        st.insert("b".into(), j);
         st.apply(&[], &[], &[], &[], w, now);
         assert!(st.instances.contains_key("b"));
         st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
@@ -769,7 +795,7 @@ mod tests {
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Uncertain;
         i.phase = Phase::Deleting;
-        st.instances.insert("a".into(), i);
+        st.insert("a".into(), i);
         let w = Limits {
             uncertain_watch: Duration::from_secs(60),
             unknown_command: Duration::from_secs(60),
@@ -791,7 +817,7 @@ mod tests {
         let mut j = Instance::creating("b".into(), "g".into(), now);
         j.create = CreateStatus::Uncertain;
         j.phase = Phase::Deleting;
-        st.instances.insert("b".into(), j);
+        st.insert("b".into(), j);
         st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
         assert!(!st.instances.contains_key("b"));
     }
@@ -816,7 +842,7 @@ mod uncertain_tests {
         let mut st = State::default();
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Uncertain;
-        st.instances.insert("a".into(), i);
+        st.insert("a".into(), i);
         st.apply(&[], &[], &[], &[], limits(), now + Duration::from_secs(5));
         assert!(
             st.instances["a"].error.is_none(),
@@ -846,7 +872,7 @@ mod uncertain_tests {
         let mut st = State::default();
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Uncertain;
-        st.instances.insert("a".into(), i);
+        st.insert("a".into(), i);
         st.apply(&[], &[], &[], &[], limits(), now + Duration::from_secs(31));
         let e = st.instances["a"]
             .error
@@ -869,7 +895,7 @@ mod uncertain_tests {
             since: now,
             unknown_since: None,
         });
-        st.instances.insert("a".into(), i);
+        st.insert("a".into(), i);
         let listed = [Observed {
             id: "id-a".into(),
             name: "a".into(),

@@ -91,8 +91,8 @@ pub struct GroupClass {
 }
 
 fn latency_histogram() -> Histogram {
-    // 0.25 ms to ~16 s.
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+    // 10 µs to ~21 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 22))
 }
 
 /// Every metric the process exports, prefixed `kamatera_ca_`.

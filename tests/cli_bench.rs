@@ -1,0 +1,53 @@
+//! The `bench` command runs end to end at a tiny scale and writes a report with every figure.
+//! (No timing is asserted: figures are for BENCHMARKS.md, not pass/fail.)
+
+use std::process::Command;
+
+#[test]
+fn bench_writes_a_complete_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("bench.md");
+    let status = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .args([
+            "bench",
+            "--scales",
+            "5x2",
+            "--calls",
+            "40",
+            "--concurrency",
+            "4",
+            "--output",
+        ])
+        .arg(&out)
+        .env_remove("KAMATERA_API_CLIENT_ID")
+        .env_remove("KAMATERA_API_SECRET")
+        .output()
+        .expect("run bench");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report = std::fs::read_to_string(&out).expect("report written");
+    for expected in [
+        "cargo run --release -- bench --scales 5x2 --calls 40 --concurrency 4",
+        "| 5 × 2 | 10 |",
+        "| NodeGroups | 40 |",
+        "| NodeGroupForNode (known) | 40 |",
+        "| NodeGroupForNode (foreign) | 40 |",
+        "| NodeGroupTargetSize | 40 |",
+        "| NodeGroupNodes | 40 |",
+        "| NodeGroupTemplateNodeInfo | 40 |",
+        "| NodeGroupGetOptions | 40 |",
+        "| Refresh | 40 |",
+        "Scale-up of 50 servers across 5 groups",
+        "create_server 50",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
+    }
+    // One listing per steady refresh, and nothing else.
+    assert!(report.contains("| 1.00 |"), "{report}");
+}
