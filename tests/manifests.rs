@@ -1,0 +1,681 @@
+//! The deployment files: every Kubernetes document parses into its k8s-openapi type, and the
+//! invariants that make them work are checked in code (no kubectl needed).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kamatera_ca_provider::config::CloudConfig;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every object of a manifest file, typed.
+#[derive(Default)]
+struct Manifest {
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    /// cert-manager objects (no k8s-openapi type): kind and body.
+    cert_manager: Vec<(String, Value)>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: Value, file: &str) -> T {
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{file}: a {kind} does not parse: {e}"))
+}
+
+fn load(file: &str) -> Manifest {
+    let text = std::fs::read_to_string(root().join(file)).expect("read manifest");
+    let mut m = Manifest::default();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"));
+        if v.is_null() {
+            continue;
+        }
+        match (
+            v["apiVersion"].as_str().unwrap_or_default(),
+            v["kind"].as_str().unwrap_or_default(),
+        ) {
+            ("v1", "ServiceAccount") => m.service_accounts.push(typed(v, file)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.cluster_roles.push(typed(v, file)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                m.cluster_role_bindings.push(typed(v, file))
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => m.roles.push(typed(v, file)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => m.role_bindings.push(typed(v, file)),
+            ("v1", "Secret") => m.secrets.push(typed(v, file)),
+            ("v1", "ConfigMap") => m.config_maps.push(typed(v, file)),
+            ("apps/v1", "Deployment") => m.deployments.push(typed(v, file)),
+            ("v1", "Service") => m.services.push(typed(v, file)),
+            ("cert-manager.io/v1", kind @ ("Issuer" | "Certificate")) => {
+                assert!(v["spec"].is_object(), "{file}: {kind} without spec");
+                m.cert_manager.push((kind.to_string(), v));
+            }
+            (api, kind) => panic!("{file}: unexpected {api} {kind}"),
+        }
+    }
+    m
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{name}=")))
+}
+
+fn container<'a>(d: &'a Deployment, name: &str) -> Option<&'a Container> {
+    let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+fn args(c: &Container) -> Vec<String> {
+    c.args.clone().unwrap_or_default()
+}
+
+/// The volume mounted at the directory holding `path`, as (volume name, key in it).
+fn mounted<'a>(
+    d: &'a Deployment,
+    c: &Container,
+    path: &str,
+) -> (&'a k8s_openapi::api::core::v1::Volume, String) {
+    let (dir, file) = path.rsplit_once('/').expect("an absolute path");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == dir)
+        .unwrap_or_else(|| panic!("{path}: {dir} is not mounted in {}", c.name));
+    let vol = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.iter().find(|v| v.name == mount.name))
+        .unwrap_or_else(|| panic!("volume {} is not declared", mount.name));
+    (vol, file.to_string())
+}
+
+/// The autoscaler's cloud-config for a Deployment: the ConfigMap behind `--cloud-config`.
+fn ca_cloud_config(m: &Manifest, d: &Deployment) -> BTreeMap<String, String> {
+    let ca = container(d, "cluster-autoscaler").expect("a cluster-autoscaler container");
+    let a = args(ca);
+    assert_eq!(flag(&a, "--cloud-provider"), Some("externalgrpc"), "{a:?}");
+    let path = flag(&a, "--cloud-config").expect("--cloud-config");
+    let (vol, key) = mounted(d, ca, path);
+    let cm_name = &vol
+        .config_map
+        .as_ref()
+        .expect("the cloud-config comes from a ConfigMap")
+        .name;
+    let cm = m
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(cm_name))
+        .unwrap_or_else(|| panic!("ConfigMap {cm_name} is not in the manifest"));
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&key))
+        .expect("the cloud-config key");
+    serde_yaml_ng::from_str(text).expect("the cloud-config is YAML")
+}
+
+fn check_secure(d: &Deployment, file: &str) {
+    let pod = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let psc = pod.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true), "{file}: runAsNonRoot");
+    assert!(psc.run_as_user.is_some_and(|u| u != 0), "{file}: runAsUser");
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{file}: seccomp"
+    );
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        let sc = c
+            .security_context
+            .as_ref()
+            .unwrap_or_else(|| panic!("{file}: {} has no securityContext", c.name));
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{file}: {}",
+            c.name
+        );
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{file}: {}",
+            c.name
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()]),
+            "{file}: {}",
+            c.name
+        );
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .is_some(),
+            "{file}: {} requests",
+            c.name
+        );
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some(),
+            "{file}: {} limits",
+            c.name
+        );
+    }
+    assert_eq!(
+        d.spec
+            .as_ref()
+            .and_then(|s| s.strategy.as_ref())
+            .and_then(|s| s.type_.as_deref()),
+        Some("Recreate"),
+        "{file}: one provider at a time"
+    );
+}
+
+/// The provider container: probes on its admin port, its INI passes `check`, state on a volume.
+fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
+    let p = container(d, "kamatera-ca-provider").expect("provider container");
+    let a = args(p);
+    assert_eq!(
+        a.first().map(String::as_str),
+        Some("serve"),
+        "{file}: {a:?}"
+    );
+    let admin_port: i32 = flag(&a, "--metrics-listen")
+        .and_then(|l| l.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("--metrics-listen with a port");
+    for (what, probe, path) in [
+        ("readiness", p.readiness_probe.as_ref(), "/readyz"),
+        ("liveness", p.liveness_probe.as_ref(), "/healthz"),
+    ] {
+        let get = probe
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{file}: {what} probe"));
+        assert_eq!(get.path.as_deref(), Some(path), "{file}: {what} probe path");
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(admin_port),
+            "{file}: {what} probe port is the admin server's"
+        );
+    }
+    let state = flag(&a, "--state-file").expect("--state-file");
+    let (vol, _) = mounted(d, p, state);
+    assert!(
+        vol.empty_dir.is_some() || vol.persistent_volume_claim.is_some(),
+        "{file}: the state file needs a writable volume"
+    );
+
+    // The INI in the Secret passes `check` once the placeholders are filled in.
+    let ini_path = flag(&a, "--cloud-config").expect("--cloud-config");
+    let (vol, key) = mounted(d, p, ini_path);
+    let secret_name = vol
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .expect("the INI comes from a Secret");
+    let secret = m
+        .secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(&secret_name))
+        .unwrap_or_else(|| panic!("{file}: Secret {secret_name} is not in the manifest"));
+    let ini = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(&key))
+        .expect("the INI key");
+    assert!(
+        ini.contains("REPLACE_ME"),
+        "{file}: placeholders are visible"
+    );
+    let filled = ini
+        .replace("REPLACE_ME_CLIENT_ID", "abc123")
+        .replace("REPLACE_ME_SECRET", "s3cret")
+        .replace("REPLACE_ME_CLUSTER", "prod");
+    CloudConfig::parse(&format!("{file}: {secret_name}/{key}"), &filled, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    a
+}
+
+/// The RBAC names a Deployment's autoscaler needs: its lease and status ConfigMap.
+fn check_rbac(m: &Manifest, d: &Deployment, file: &str) -> (String, String) {
+    let ca = container(d, "cluster-autoscaler").expect("autoscaler");
+    let a = args(ca);
+    let lease = flag(&a, "--leader-elect-resource-name")
+        .unwrap_or("cluster-autoscaler")
+        .to_string();
+    let status = flag(&a, "--status-config-map-name")
+        .unwrap_or("cluster-autoscaler-status")
+        .to_string();
+    let sa = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.service_account_name.clone())
+        .expect("serviceAccountName");
+    assert!(
+        m.service_accounts
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some(&sa)),
+        "{file}: ServiceAccount {sa}"
+    );
+    let allows = |rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+                  resource: &str,
+                  name: &str,
+                  verb: &str| {
+        rules.iter().any(|r| {
+            r.resources.iter().flatten().any(|x| x == resource)
+                && r.resource_names.iter().flatten().any(|x| x == name)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let bound_cluster_roles: Vec<&ClusterRole> = m
+        .cluster_role_bindings
+        .iter()
+        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == sa))
+        .filter_map(|b| {
+            m.cluster_roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
+        })
+        .collect();
+    assert!(
+        bound_cluster_roles.iter().any(|r| allows(
+            r.rules.as_deref().unwrap_or_default(),
+            "leases",
+            &lease,
+            "update"
+        )),
+        "{file}: the lease {lease} is not granted"
+    );
+    let bound_roles: Vec<&Role> = m
+        .role_bindings
+        .iter()
+        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == sa))
+        .filter_map(|b| {
+            m.roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
+        })
+        .collect();
+    assert!(
+        bound_roles.iter().any(|r| allows(
+            r.rules.as_deref().unwrap_or_default(),
+            "configmaps",
+            &status,
+            "update"
+        )),
+        "{file}: the status ConfigMap {status} is not granted"
+    );
+    (lease, status)
+}
+
+#[test]
+fn sidecar_deployment() {
+    let file = "examples/deployment.yaml";
+    let m = load(file);
+    assert_eq!(m.deployments.len(), 1);
+    let d = &m.deployments[0];
+    check_secure(d, file);
+    let cc = ca_cloud_config(&m, d);
+    let provider_args = check_provider(&m, d, file);
+    assert_eq!(
+        flag(&provider_args, "--listen"),
+        cc.get("address").map(String::as_str),
+        "{file}: the provider listens where the autoscaler dials"
+    );
+    assert_eq!(
+        cc.get("address").map(String::as_str),
+        Some("127.0.0.1:8086")
+    );
+    let (lease, status) = check_rbac(&m, d, file);
+    assert_eq!(
+        (lease.as_str(), status.as_str()),
+        ("cluster-autoscaler", "cluster-autoscaler-status")
+    );
+}
+
+#[test]
+fn fallback_deployment_has_its_own_names_and_a_delay() {
+    let file = "examples/deployment-fallback.yaml";
+    let m = load(file);
+    let d = &m.deployments[0];
+    check_secure(d, file);
+    let cc = ca_cloud_config(&m, d);
+    let provider_args = check_provider(&m, d, file);
+    assert_eq!(
+        flag(&provider_args, "--listen"),
+        cc.get("address").map(String::as_str)
+    );
+    let (lease, status) = check_rbac(&m, d, file);
+    let primary = load("examples/deployment.yaml");
+    let (p_lease, p_status) = check_rbac(
+        &primary,
+        &primary.deployments[0],
+        "examples/deployment.yaml",
+    );
+    assert_ne!(
+        lease, p_lease,
+        "distinct leases, or the two autoscalers fight for one"
+    );
+    assert_ne!(
+        status, p_status,
+        "distinct status ConfigMaps, or they overwrite each other"
+    );
+    let a = args(container(d, "cluster-autoscaler").expect("autoscaler"));
+    assert_eq!(flag(&a, "--new-pod-scale-up-delay"), Some("600s"), "{a:?}");
+    // Every object has a name distinct from the primary's, so both can be applied together.
+    let names = |m: &Manifest| -> Vec<String> {
+        m.deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap_or_default())
+            .chain(
+                m.secrets
+                    .iter()
+                    .map(|s| s.metadata.name.clone().unwrap_or_default()),
+            )
+            .chain(
+                m.config_maps
+                    .iter()
+                    .map(|s| s.metadata.name.clone().unwrap_or_default()),
+            )
+            .chain(
+                m.cluster_roles
+                    .iter()
+                    .map(|s| s.metadata.name.clone().unwrap_or_default()),
+            )
+            .chain(
+                m.service_accounts
+                    .iter()
+                    .map(|s| s.metadata.name.clone().unwrap_or_default()),
+            )
+            .collect()
+    };
+    let theirs = names(&primary);
+    for n in names(&m) {
+        assert!(
+            !theirs.contains(&n),
+            "{n} clashes with the primary's manifest"
+        );
+    }
+}
+
+#[test]
+fn mtls_deployment_wires_certificates_to_both_sides() {
+    let file = "examples/deployment-mtls.yaml";
+    let m = load(file);
+    assert_eq!(m.deployments.len(), 2);
+    let ca = m
+        .deployments
+        .iter()
+        .find(|d| container(d, "cluster-autoscaler").is_some())
+        .expect("autoscaler");
+    let provider = m
+        .deployments
+        .iter()
+        .find(|d| container(d, "kamatera-ca-provider").is_some())
+        .expect("provider");
+    check_secure(ca, file);
+    check_secure(provider, file);
+    let cc = ca_cloud_config(&m, ca);
+    let pa = check_provider(&m, provider, file);
+
+    // The autoscaler dials the Service; the Service reaches the provider's gRPC port.
+    let address = cc.get("address").expect("address");
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let svc_name = host.split('.').next().expect("service name");
+    let svc = m
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(svc_name))
+        .expect("the Service");
+    let svc_port = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.iter().find(|p| p.port.to_string() == port))
+        .expect("the Service port");
+    let listen_port = flag(&pa, "--listen")
+        .and_then(|l| l.rsplit_once(':'))
+        .map(|(_, p)| p)
+        .expect("--listen");
+    let target = match &svc_port.target_port {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(named)) => {
+            container(provider, "kamatera-ca-provider")
+                .and_then(|c| c.ports.as_ref())
+                .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some(named)))
+                .map(|p| p.container_port.to_string())
+        }
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+            Some(n.to_string())
+        }
+        None => Some(port.to_string()),
+    };
+    assert_eq!(
+        target.as_deref(),
+        Some(listen_port),
+        "the Service reaches --listen"
+    );
+
+    // Server side: the three TLS flags point into the server Certificate's Secret, whose DNS names
+    // include the host the autoscaler dials.
+    let certs: Vec<&Value> = m
+        .cert_manager
+        .iter()
+        .filter(|(k, _)| k == "Certificate")
+        .map(|(_, v)| v)
+        .collect();
+    let cert_for = |secret: &str| {
+        certs
+            .iter()
+            .find(|c| c["spec"]["secretName"] == secret)
+            .unwrap_or_else(|| panic!("no Certificate writes Secret {secret}"))
+    };
+    let pc = container(provider, "kamatera-ca-provider").expect("provider");
+    let mut server_secret = None;
+    for f in ["--tls-cert", "--tls-key", "--tls-client-ca"] {
+        let path = flag(&pa, f).unwrap_or_else(|| panic!("{f}"));
+        let (vol, _) = mounted(provider, pc, path);
+        server_secret = vol.secret.as_ref().and_then(|s| s.secret_name.clone());
+    }
+    let server = cert_for(&server_secret.expect("server secret"));
+    let dns: Vec<&str> = server["spec"]["dnsNames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        dns.contains(&host),
+        "the server certificate names {host}: {dns:?}"
+    );
+    assert!(server["spec"]["usages"].to_string().contains("server auth"));
+
+    // Client side: cert, key and cacert come from the client Certificate's Secret.
+    let cac = container(ca, "cluster-autoscaler").expect("autoscaler");
+    let mut client_secret = None;
+    for key in ["cert", "key", "cacert"] {
+        let path = cc.get(key).unwrap_or_else(|| panic!("cloud-config {key}"));
+        let (vol, _) = mounted(ca, cac, path);
+        client_secret = vol.secret.as_ref().and_then(|s| s.secret_name.clone());
+    }
+    let client = cert_for(&client_secret.expect("client secret"));
+    assert!(client["spec"]["usages"].to_string().contains("client auth"));
+    assert_eq!(
+        client["spec"]["issuerRef"], server["spec"]["issuerRef"],
+        "one CA signs both"
+    );
+}
+
+#[test]
+fn helm_values_run_the_provider_as_a_native_sidecar() {
+    let text = std::fs::read_to_string(root().join("deploy/helm/cluster-autoscaler-values.yaml"))
+        .expect("read");
+    let v: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    assert_eq!(v["cloudProvider"], "externalgrpc");
+    assert!(
+        v["autoDiscovery"]["clusterName"].is_string(),
+        "the chart renders nothing without it"
+    );
+    let sidecar: Container =
+        serde_json::from_value(v["initContainers"][0].clone()).expect("a Container");
+    assert_eq!(
+        sidecar.restart_policy.as_deref(),
+        Some("Always"),
+        "native sidecar"
+    );
+    let a = args(&sidecar);
+    let cm: ConfigMap = serde_json::from_value(v["extraObjects"][0].clone()).expect("a ConfigMap");
+    let cc: BTreeMap<String, String> = serde_yaml_ng::from_str(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("cloud-config"))
+            .expect("cloud-config"),
+    )
+    .expect("YAML");
+    assert_eq!(flag(&a, "--listen"), cc.get("address").map(String::as_str));
+    let path = v["extraArgs"]["cloud-config"]
+        .as_str()
+        .expect("cloud-config arg");
+    let dir = path.rsplit_once('/').map(|(d, _)| d).expect("dir");
+    assert!(
+        v["extraVolumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["mountPath"] == dir),
+        "{dir} is mounted"
+    );
+    let sc = sidecar.security_context.expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+}
+
+#[test]
+fn alerts_use_metrics_that_exist() {
+    let text = std::fs::read_to_string(root().join("deploy/prometheus-rules.yaml")).expect("read");
+    let v: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    assert_eq!(v["kind"], "PrometheusRule");
+    // Families appear in the exposition once they hold a series: give each one.
+    let metrics = kamatera_ca_provider::telemetry::Metrics::new();
+    metrics.api_request("list_servers", "ok", 0.01);
+    metrics.grpc_request("Refresh", "OK", 0.01);
+    metrics.create("accepted");
+    metrics.delete("started");
+    metrics
+        .reconciles
+        .get_or_create(&kamatera_ca_provider::telemetry::ResultLabel {
+            result: "ok".into(),
+        })
+        .inc();
+    let group = |kind: &str| kamatera_ca_provider::telemetry::GroupKind {
+        group: "g".into(),
+        kind: kind.into(),
+    };
+    metrics.group_size.get_or_create(&group("target")).set(1);
+    metrics
+        .instances
+        .get_or_create(&kamatera_ca_provider::telemetry::GroupState {
+            group: "g".into(),
+            state: "running".into(),
+        })
+        .set(1);
+    metrics
+        .instances_in_error
+        .get_or_create(&kamatera_ca_provider::telemetry::GroupClass {
+            group: "g".into(),
+            class: "other".into(),
+        })
+        .set(0);
+    let exposed = metrics.encode();
+    let mut checked = 0;
+    for rule in v["spec"]["groups"][0]["rules"].as_array().expect("rules") {
+        let expr = rule["expr"].as_str().expect("expr");
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(name) = word.strip_prefix("kamatera_ca_") {
+                let base = name.trim_end_matches("_total");
+                assert!(
+                    exposed.contains(&format!("# TYPE kamatera_ca_{base} ")),
+                    "alert {} uses kamatera_ca_{name}, which the provider does not export",
+                    rule["alert"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 5, "the alerts reference our metrics");
+}
+
+#[test]
+fn cloud_config_example_and_join_scripts() {
+    let text = std::fs::read_to_string(root().join("examples/cloud-config.yaml")).expect("read");
+    let v: BTreeMap<String, String> = serde_yaml_ng::from_str(&text).expect("YAML");
+    assert_eq!(v.get("address").map(String::as_str), Some("127.0.0.1:8086"));
+    for script in [
+        "server-init-kubeadm.sh",
+        "server-init-rke2.sh",
+        "server-init-rancher.sh",
+    ] {
+        let path = root().join("examples").join(script);
+        let body = std::fs::read_to_string(&path).expect("read script");
+        assert!(body.starts_with("#!/bin/bash\n"), "{script}");
+        assert!(
+            body.contains("kamatera.com/node-group="),
+            "{script}: the group label the template promises"
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let kubeadm =
+        std::fs::read_to_string(root().join("examples/server-init-kubeadm.sh")).expect("read");
+    assert!(
+        kubeadm.contains("PROVIDER_ID=\"kamatera://${NODE_NAME}\""),
+        "the providerID the provider expects"
+    );
+}
+
+#[test]
+fn dockerfile_runs_as_non_root() {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).expect("read");
+    assert!(text.contains("USER 65532:65532"));
+    assert!(text.contains("ENTRYPOINT [\"/kamatera-ca-provider\"]"));
+    assert!(text.contains("--locked"));
+}
