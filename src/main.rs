@@ -107,6 +107,10 @@ struct ServeArgs {
     /// written, the provider warns and runs without it.
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// Seconds a create whose outcome is unknown (timeout, 5xx, or on the wire when the process
+    /// stopped) waits for its server to appear before it reports CREATE_UNCERTAIN.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    uncertain_create_grace_seconds: u64,
     /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -371,6 +375,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         client,
         ProviderOptions {
             state_file,
+            uncertain_create_grace: Duration::from_secs(args.uncertain_create_grace_seconds),
             ..ProviderOptions::default()
         },
     );

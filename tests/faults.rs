@@ -4,19 +4,19 @@
 //! invariants: no server bought twice, none orphaned (tagged but untracked), none left after a
 //! completed delete.
 
+mod common;
+
+use common::req;
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use kamatera_ca_provider::config::CloudConfig;
-use kamatera_ca_provider::grpc::{self, ServeOptions};
+use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
-use kamatera_ca_provider::sim::{
-    self, EndpointFaults, Faults, Quota, SimConfig, SimHandle, Timing,
-};
+use kamatera_ca_provider::sim::{self, EndpointFaults, Faults, Quota, SimHandle, Timing};
 use pb::instance_status::InstanceState;
 use tonic::transport::Channel;
 
@@ -34,15 +34,7 @@ async fn env() -> Env {
         .with_env_filter("kamatera_ca_provider=debug")
         .with_test_writer()
         .try_init();
-    let sim = sim::start(
-        SimConfig {
-            timing: Timing::fast(),
-            ..SimConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .expect("simulator");
+    let sim = common::start_sim(Timing::fast(), Default::default()).await;
     let text = format!(
         r#"[global]
 kamatera-api-client-id = {}
@@ -85,19 +77,7 @@ disk = size=20
             ..ProviderOptions::default()
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grpc::serve(
-        provider,
-        listener,
-        ServeOptions::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop) = common::serve(provider, ServeOptions::default()).await;
     let ca = CloudProviderClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
@@ -106,12 +86,6 @@ disk = size=20
         ca,
         _stop: stop,
     }
-}
-
-fn req<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(Duration::from_secs(5));
-    r
 }
 
 fn state(i: &pb::Instance) -> InstanceState {

@@ -1,19 +1,19 @@
 //! The provider behind its real gRPC server on loopback, driven by a real tonic client the way the
 //! cluster-autoscaler drives it, against the Kamatera simulator.
 
-use std::net::SocketAddr;
+mod common;
+
+use common::req;
 use std::time::Duration;
 
 use kamatera_ca_provider::config::CloudConfig;
-use kamatera_ca_provider::grpc;
+use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
 use kamatera_ca_provider::proto::k8s;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
-use kamatera_ca_provider::sim::{
-    self, Endpoint, EndpointFaults, Quota, SimConfig, SimHandle, Timing,
-};
+use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, Quota, SimHandle, Timing};
 use pb::instance_status::InstanceState;
 use prost::Message;
 use tonic::Code;
@@ -65,16 +65,7 @@ ignore-daemonsets-utilization = true
 }
 
 async fn env_with(timing: Timing, quota: Quota) -> Env {
-    let sim = sim::start(
-        SimConfig {
-            timing,
-            quota,
-            ..SimConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .expect("simulator");
+    let sim = common::start_sim(timing, quota).await;
     let cfg = CloudConfig::parse("test.ini", &config_text(&sim.url()), &|_| None).expect("config");
     let client = Client::new(ClientSettings {
         retry: RetryPolicy::immediate(2),
@@ -93,19 +84,7 @@ async fn env_with(timing: Timing, quota: Quota) -> Env {
             ..ProviderOptions::default()
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grpc::serve(
-        provider,
-        listener,
-        grpc::ServeOptions::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop) = common::serve(provider, ServeOptions::default()).await;
     let ca = CloudProviderClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
@@ -118,13 +97,6 @@ async fn env_with(timing: Timing, quota: Quota) -> Env {
 
 async fn env() -> Env {
     env_with(Timing::fast(), Quota::default()).await
-}
-
-/// A request with the autoscaler's default 5 s deadline.
-fn req<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(Duration::from_secs(5));
-    r
 }
 
 impl Env {

@@ -1,19 +1,21 @@
 //! Operating the provider: mutual TLS (with rotation), health, readiness, metrics, log hygiene,
 //! the `client` and `check --online` commands.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kamatera_ca_provider::config::CloudConfig;
+use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::grpc::client::{self as grpc_client, ClientTls};
 use kamatera_ca_provider::grpc::tls::{ReloadingTls, TlsError, TlsFiles};
-use kamatera_ca_provider::grpc::{self, ServeOptions};
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
-use kamatera_ca_provider::sim::{self, EndpointFaults, SimConfig, SimHandle, Timing};
+use kamatera_ca_provider::sim::{self, EndpointFaults, SimHandle, Timing};
 use kamatera_ca_provider::telemetry::{self, AdminHooks, Metrics};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -53,15 +55,7 @@ disk = size=40
 }
 
 async fn start_sim() -> SimHandle {
-    sim::start(
-        SimConfig {
-            timing: Timing::fast(),
-            ..SimConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .expect("simulator")
+    common::start_sim(Timing::fast(), Default::default()).await
 }
 
 fn provider_for(sim: &SimHandle, metrics: Arc<Metrics>) -> Provider {
@@ -85,22 +79,6 @@ fn provider_for(sim: &SimHandle, metrics: Arc<Metrics>) -> Provider {
             ..ProviderOptions::default()
         },
     )
-}
-
-/// Serves `provider` on 127.0.0.1:0; the server stops when the returned sender drops.
-async fn serve(
-    provider: Provider,
-    options: ServeOptions,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grpc::serve(provider, listener, options, async {
-        let _ = rx.await;
-    }));
-    (addr, tx)
 }
 
 // ---- certificates ----
@@ -202,7 +180,7 @@ async fn mutual_tls_accepts_known_clients_only_and_picks_up_rotation() {
 
     let sim = start_sim().await;
     let tls = ReloadingTls::load(pki.server_files()).expect("load TLS");
-    let (addr, _stop) = serve(
+    let (addr, _stop) = common::serve(
         provider_for(&sim, Arc::new(Metrics::new())),
         ServeOptions {
             tls: Some(tls.clone()),
@@ -306,7 +284,7 @@ async fn health_serves_after_the_first_reconcile() {
         );
     });
     let provider = provider_for(&sim, Arc::new(Metrics::new()));
-    let (addr, _stop) = serve(provider.clone(), ServeOptions::default()).await;
+    let (addr, _stop) = common::serve(provider.clone(), ServeOptions::default()).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
@@ -412,7 +390,7 @@ async fn readiness_and_metrics_after_a_scripted_scale_up() {
     )
     .await
     .expect("admin");
-    let (addr, _stop) = serve(provider.clone(), ServeOptions::default()).await;
+    let (addr, _stop) = common::serve(provider.clone(), ServeOptions::default()).await;
 
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     let (code, body) = http_get(admin, "/readyz").await;
@@ -535,7 +513,7 @@ async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
 
     let sim = start_sim().await;
     // Errors echo what they were sent, to tempt a leak.
-    let (addr, _stop) = serve(
+    let (addr, _stop) = common::serve(
         provider_for(&sim, Arc::new(Metrics::new())),
         ServeOptions::default(),
     )
@@ -636,7 +614,7 @@ async fn client_command_against_a_served_simulator() {
     let sim = start_sim().await;
     let provider = provider_for(&sim, Arc::new(Metrics::new()));
     provider.reconcile().await.expect("reconcile");
-    let (addr, _stop) = serve(provider, ServeOptions::default()).await;
+    let (addr, _stop) = common::serve(provider, ServeOptions::default()).await;
     let cli = move |args: &[&str]| {
         let mut all = vec!["client".to_string(), "--address".into(), addr.to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
