@@ -461,6 +461,7 @@ impl Provider {
         let st = self.lock();
         m.group_size.clear();
         m.instances.clear();
+        m.untracked_off.clear();
         m.instances_in_error.clear();
         for g in &self.inner.config.node_groups {
             let size = |kind: &str, v: usize| {
@@ -474,6 +475,13 @@ impl Provider {
             size("min", g.min_size as usize);
             size("max", g.max_size as usize);
             size("target", st.target_size(&g.name));
+            m.untracked_off
+                .get_or_create(&crate::telemetry::Group {
+                    group: g.name.clone(),
+                })
+                .set(
+                    i64::try_from(st.untracked_off.get(&g.name).copied().unwrap_or(0)).unwrap_or(0),
+                );
             for (phase, label) in [
                 (Phase::Creating, "creating"),
                 (Phase::Running, "running"),

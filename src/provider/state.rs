@@ -166,6 +166,9 @@ pub struct State {
     pub reconciles: u64,
     /// Command outcomes seen by `apply`, for metrics; the caller takes and resets them.
     pub outcomes: Outcomes,
+    /// Per group: servers with the group's tags that are powered off and not tracked (parked by
+    /// an earlier warm-pool provider, or left behind). Counted at every listing.
+    pub untracked_off: HashMap<String, usize>,
     /// Bumped on every change the journal must capture.
     pub version: u64,
 }
@@ -302,6 +305,7 @@ impl State {
             self.remove(&name);
         }
 
+        self.untracked_off.clear();
         // Tagged servers nobody tracks: servers created before a restart, or by an earlier
         // instance of the provider. Powered-on ones are the group's; powered-off ones are left
         // alone (a parked pool, handled by the warm-pool mode).
@@ -317,6 +321,10 @@ impl State {
                 continue;
             };
             if s.power != Power::On {
+                *self
+                    .untracked_off
+                    .entry(group.name.to_string())
+                    .or_insert(0) += 1;
                 continue;
             }
             let mut inst = Instance::creating(s.name.clone(), group.name.to_string(), now);
@@ -739,6 +747,11 @@ mod tests {
         );
         let names: Vec<&String> = st.instances.keys().collect();
         assert_eq!(names, vec!["ours"]);
+        assert_eq!(
+            st.untracked_off.get("g"),
+            Some(&1),
+            "the parked one is counted"
+        );
         assert_eq!(st.instances["ours"].phase, Phase::Running);
     }
 

@@ -73,6 +73,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Group {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupKind {
     pub group: String,
     pub kind: String,
@@ -111,6 +116,7 @@ pub struct Metrics {
     pub instances: Family<GroupState, Gauge>,
     pub instances_in_error: Family<GroupClass, Gauge>,
     pub pending_commands: Gauge,
+    pub untracked_off: Family<Group, Gauge>,
     pub oldest_pending_command_age: Gauge<f64, AtomicU64>,
     pub staleness: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
@@ -145,6 +151,7 @@ impl Metrics {
             instances: Family::default(),
             instances_in_error: Family::default(),
             pending_commands: Gauge::default(),
+            untracked_off: Family::default(),
             oldest_pending_command_age: Gauge::default(),
             staleness: Gauge::default(),
             ready: Gauge::default(),
@@ -209,6 +216,11 @@ impl Metrics {
             "instances_in_error",
             "Instances carrying error info, by node group and class",
             m.instances_in_error.clone(),
+        );
+        registry.register(
+            "untracked_powered_off_servers",
+            "Powered-off servers with a node group's tags that the provider does not manage",
+            m.untracked_off.clone(),
         );
         registry.register(
             "pending_commands",
