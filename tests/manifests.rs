@@ -679,3 +679,76 @@ fn dockerfile_runs_as_non_root() {
     assert!(text.contains("ENTRYPOINT [\"/kamatera-ca-provider\"]"));
     assert!(text.contains("--locked"));
 }
+
+#[test]
+fn kustomize_overlays_reference_what_exists() {
+    // Rendering needs kubectl (deploy/check-overlays.sh, run by .ci/run when it is installed,
+    // compares each rendered overlay with its examples/ file); here, without it, the tree itself.
+    let base = load("examples/deployment.yaml");
+    let base_names: Vec<(String, String)> = base
+        .deployments
+        .iter()
+        .map(|d| {
+            (
+                "Deployment".to_string(),
+                d.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+        .chain(base.cluster_roles.iter().map(|r| {
+            (
+                "ClusterRole".to_string(),
+                r.metadata.name.clone().unwrap_or_default(),
+            )
+        }))
+        .chain(base.roles.iter().map(|r| {
+            (
+                "Role".to_string(),
+                r.metadata.name.clone().unwrap_or_default(),
+            )
+        }))
+        .chain(base.config_maps.iter().map(|c| {
+            (
+                "ConfigMap".to_string(),
+                c.metadata.name.clone().unwrap_or_default(),
+            )
+        }))
+        .collect();
+    for dir in [
+        "examples",
+        "deploy/overlays/primary",
+        "deploy/overlays/fallback",
+        "deploy/overlays/mtls",
+    ] {
+        let path = root().join(dir).join("kustomization.yaml");
+        let k: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("kustomization"))
+                .unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert_eq!(k["kind"], "Kustomization", "{dir}");
+        for r in k["resources"].as_array().expect("resources") {
+            let target = root().join(dir).join(r.as_str().expect("path"));
+            assert!(
+                target.is_file() || target.join("kustomization.yaml").is_file(),
+                "{dir}: resource {r} does not exist"
+            );
+        }
+        for p in k["patches"].as_array().into_iter().flatten() {
+            let kind = p["target"]["kind"]
+                .as_str()
+                .expect("target kind")
+                .to_string();
+            let name = p["target"]["name"]
+                .as_str()
+                .expect("target name")
+                .to_string();
+            assert!(
+                base_names.contains(&(kind.clone(), name.clone())),
+                "{dir}: patch target {kind} {name} is not in the base"
+            );
+        }
+    }
+    // The mTLS overlay's extra objects are the provider side of examples/deployment-mtls.yaml.
+    let extra = load("deploy/overlays/mtls/provider.yaml");
+    assert_eq!(extra.deployments.len(), 1);
+    assert_eq!(extra.services.len(), 1);
+    assert_eq!(extra.cert_manager.len(), 5);
+}
