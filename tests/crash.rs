@@ -40,15 +40,13 @@ async fn nodes(ca: &mut CloudProviderClient<Channel>) -> Vec<pb::Instance> {
 async fn kill_9_mid_scale_up_then_restart() {
     let sim = common::start_sim(Timing::fast(), Default::default()).await;
     // Creates are carried out at once but answered slowly: the provider dies waiting.
-    sim.update_faults(|f| {
-        f.endpoints.insert(
-            "create_server".into(),
-            EndpointFaults {
-                answer_delay_ms: 400,
-                ..Default::default()
-            },
-        );
-    });
+    sim.set_endpoint_faults(
+        Endpoint::CreateServer,
+        EndpointFaults {
+            answer_delay_ms: 400,
+            ..Default::default()
+        },
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("cloud.ini");
     std::fs::write(

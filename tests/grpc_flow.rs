@@ -423,15 +423,13 @@ async fn decrease_target_size_cancels_only_uncreated_capacity() {
     .await;
 
     // Two more whose create requests are slow: no server yet.
-    e.sim.update_faults(|f| {
-        f.endpoints.insert(
-            "create_server".into(),
-            EndpointFaults {
-                latency_ms: 400,
-                ..Default::default()
-            },
-        );
-    });
+    e.sim.set_endpoint_faults(
+        Endpoint::CreateServer,
+        EndpointFaults {
+            latency_ms: 400,
+            ..Default::default()
+        },
+    );
     e.increase("alpha", 2).await.expect("increase");
     assert_eq!(e.target("alpha").await, 3);
 
@@ -731,15 +729,13 @@ async fn refresh_answers_within_the_deadline_when_kamatera_hangs() {
     .await;
 
     // Every listing now takes 8 s, longer than the autoscaler's 5 s deadline.
-    e.sim.update_faults(|f| {
-        f.endpoints.insert(
-            "list_servers".into(),
-            EndpointFaults {
-                latency_ms: 8000,
-                ..Default::default()
-            },
-        );
-    });
+    e.sim.set_endpoint_faults(
+        Endpoint::ListServers,
+        EndpointFaults {
+            latency_ms: 8000,
+            ..Default::default()
+        },
+    );
     for _ in 0..2 {
         e.ca.refresh(req(pb::RefreshRequest {}))
             .await
@@ -756,15 +752,13 @@ async fn refresh_answers_within_the_deadline_when_kamatera_hangs() {
 #[tokio::test]
 async fn refresh_is_unavailable_until_kamatera_was_read_once() {
     let mut e = env().await;
-    e.sim.update_faults(|f| {
-        f.endpoints.insert(
-            "list_servers".into(),
-            EndpointFaults {
-                error_rate: 1.0,
-                ..Default::default()
-            },
-        );
-    });
+    e.sim.set_endpoint_faults(
+        Endpoint::ListServers,
+        EndpointFaults {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
     let err =
         e.ca.refresh(req(pb::RefreshRequest {}))
             .await
@@ -779,15 +773,13 @@ async fn refresh_is_unavailable_until_kamatera_was_read_once() {
     e.sim.update_faults(|f| f.endpoints.clear());
     e.refresh().await;
     // Later failures do not fail Refresh.
-    e.sim.update_faults(|f| {
-        f.endpoints.insert(
-            "list_servers".into(),
-            EndpointFaults {
-                error_rate: 1.0,
-                ..Default::default()
-            },
-        );
-    });
+    e.sim.set_endpoint_faults(
+        Endpoint::ListServers,
+        EndpointFaults {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
     e.refresh().await;
 }
 
@@ -1026,15 +1018,13 @@ async fn concurrent_rpcs_while_kamatera_hangs() {
     })
     .await;
     // Every listing now hangs 3 s: reconciles stay in flight while the autoscaler calls.
-    e.sim.update_faults(|f| {
-        f.endpoints.insert(
-            "list_servers".into(),
-            EndpointFaults {
-                latency_ms: 3000,
-                ..Default::default()
-            },
-        );
-    });
+    e.sim.set_endpoint_faults(
+        Endpoint::ListServers,
+        EndpointFaults {
+            latency_ms: 3000,
+            ..Default::default()
+        },
+    );
     let mut tasks = Vec::new();
     for i in 0..200 {
         let mut ca = e.ca.clone();

@@ -15,7 +15,7 @@ use kamatera_ca_provider::grpc::tls::{ReloadingTls, TlsError, TlsFiles};
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
-use kamatera_ca_provider::sim::{self, EndpointFaults, SimHandle, Timing};
+use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimHandle, Timing};
 use kamatera_ca_provider::telemetry::{self, AdminHooks, Metrics};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -274,15 +274,13 @@ async fn tls_files_are_all_or_nothing() {
 #[tokio::test]
 async fn health_serves_after_the_first_reconcile() {
     let sim = start_sim().await;
-    sim.update_faults(|f| {
-        f.endpoints.insert(
-            "list_servers".into(),
-            EndpointFaults {
-                error_rate: 1.0,
-                ..Default::default()
-            },
-        );
-    });
+    sim.set_endpoint_faults(
+        Endpoint::ListServers,
+        EndpointFaults {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
     let provider = provider_for(&sim, Arc::new(Metrics::new()));
     let (addr, _stop) = common::serve(provider.clone(), ServeOptions::default()).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -565,15 +563,13 @@ async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A failing create whose error body echoes the request.
-    sim.update_faults(|f| {
-        f.endpoints.insert(
-            "create_server".into(),
-            EndpointFaults {
-                error_rate: 1.0,
-                ..Default::default()
-            },
-        );
-    });
+    sim.set_endpoint_faults(
+        Endpoint::CreateServer,
+        EndpointFaults {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
     ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
         delta: 1,
         id: "web".into(),

@@ -425,22 +425,16 @@ async fn quota_failure_is_classified() {
     assert_eq!(e.class, ErrorClass::QuotaOrCapacity, "{e}");
 }
 
-fn only(endpoint: Endpoint, f: EndpointFaults) -> Faults {
-    let mut faults = Faults::default();
-    faults.endpoints.insert(endpoint.key().to_string(), f);
-    faults
-}
-
 #[tokio::test]
 async fn fault_error_rate() {
     let sim = start_sim(8, Quota::default()).await;
-    sim.set_faults(only(
+    sim.set_endpoint_faults(
         Endpoint::ListServers,
         EndpointFaults {
             error_rate: 1.0,
             ..Default::default()
         },
-    ));
+    );
     let c = client(&sim);
     let e = c.list_servers("").await.expect_err("500s");
     assert_eq!(e.class, ErrorClass::Transient);
@@ -464,13 +458,13 @@ async fn fault_error_rate() {
 #[tokio::test]
 async fn fault_plain_text_504() {
     let sim = start_sim(9, Quota::default()).await;
-    sim.set_faults(only(
+    sim.set_endpoint_faults(
         Endpoint::ServerTags,
         EndpointFaults {
             gateway_timeout_rate: 1.0,
             ..Default::default()
         },
-    ));
+    );
     let e = client(&sim).server_tags("x").await.expect_err("504");
     assert_eq!(e.class, ErrorClass::Transient);
     assert!(e.to_string().contains("HTTP 504"), "{e}");
@@ -480,13 +474,13 @@ async fn fault_plain_text_504() {
 #[tokio::test]
 async fn fault_rate_limit() {
     let sim = start_sim(10, Quota::default()).await;
-    sim.set_faults(only(
+    sim.set_endpoint_faults(
         Endpoint::PowerOff,
         EndpointFaults {
             rate_limit_rate: 1.0,
             ..Default::default()
         },
-    ));
+    );
     let c = client_with(&sim, DEMO_SECRET, 2, Duration::from_secs(5));
     let e = c.power_off("x").await.expect_err("429");
     assert!(e.to_string().contains("HTTP 429"), "{e}");
@@ -500,13 +494,13 @@ async fn fault_rate_limit() {
 #[tokio::test]
 async fn fault_dropped_connection() {
     let sim = start_sim(11, Quota::default()).await;
-    sim.set_faults(only(
+    sim.set_endpoint_faults(
         Endpoint::ListServers,
         EndpointFaults {
             drop_rate: 1.0,
             ..Default::default()
         },
-    ));
+    );
     let e = client(&sim).list_servers("").await.expect_err("dropped");
     assert_eq!(e.class, ErrorClass::Transient, "{e}");
     assert_eq!(sim.requests(Endpoint::ListServers), 3);
@@ -515,13 +509,13 @@ async fn fault_dropped_connection() {
 #[tokio::test]
 async fn fault_latency() {
     let sim = start_sim(12, Quota::default()).await;
-    sim.set_faults(only(
+    sim.set_endpoint_faults(
         Endpoint::Queue,
         EndpointFaults {
             latency_ms: 400,
             ..Default::default()
         },
-    ));
+    );
     let c = client_with(&sim, DEMO_SECRET, 1, Duration::from_millis(100));
     let e = c.command_status(&["1".into()]).await.expect_err("too slow");
     assert!(e.to_string().contains("timed out"), "{e}");
@@ -645,15 +639,13 @@ async fn faults_are_adjustable_over_http() {
 /// Runs the same script against a fresh simulator and returns what the client saw.
 async fn scripted_run(seed: u64) -> Vec<String> {
     let sim = start_sim(seed, Quota::default()).await;
-    sim.update_faults(|f| {
-        f.endpoints.insert(
-            "server_tags".into(),
-            EndpointFaults {
-                error_rate: 0.5,
-                ..Default::default()
-            },
-        );
-    });
+    sim.set_endpoint_faults(
+        Endpoint::ServerTags,
+        EndpointFaults {
+            error_rate: 0.5,
+            ..Default::default()
+        },
+    );
     let c = client_with(&sim, DEMO_SECRET, 1, Duration::from_secs(5));
     let mut seen = Vec::new();
     for i in 0..6 {

@@ -21,8 +21,6 @@ use crate::proto::externalgrpc as pb;
 use crate::proto::externalgrpc::cloud_provider_server::{CloudProvider, CloudProviderServer};
 use crate::provider::{GroupInfo, NodeRef, Provider, ProviderError};
 
-pub use convert::template_node as encode_template_node;
-
 /// The tonic service around a [`Provider`].
 #[derive(Clone)]
 pub struct Service {

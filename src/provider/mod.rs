@@ -161,10 +161,6 @@ impl Provider {
         }
     }
 
-    pub fn config(&self) -> &CloudConfig {
-        &self.inner.config
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // Transitions never leave the state half-updated across a panic point that matters;
         // keep serving rather than poisoning every later call.

@@ -93,10 +93,6 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Base URL for a client, e.g. `http://127.0.0.1:8788`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -115,6 +111,13 @@ impl SimHandle {
 
     pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
         self.with_state(|s| f(&mut s.faults));
+    }
+
+    /// Sets the faults of one endpoint (replacing what it had).
+    pub fn set_endpoint_faults(&self, endpoint: Endpoint, faults: EndpointFaults) {
+        self.update_faults(|f| {
+            f.endpoints.insert(endpoint.key().to_string(), faults);
+        });
     }
 
     /// Requests received by one endpoint so far.
