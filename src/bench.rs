@@ -69,15 +69,6 @@ pub struct ScaleResult {
     pub peak_rss_mb: f64,
 }
 
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn group_name(i: usize) -> String {
     format!("g{i:03}")
 }
@@ -219,9 +210,31 @@ fn server_p99(metrics: &str, method: &str) -> Option<f64> {
         .map(|(le, _)| le * 1000.0)
 }
 
-fn start_serve(config: &Path) -> Result<(ChildGuard, String, String), BenchError> {
+/// A `kamatera-ca-provider serve` child process on ephemeral ports; killed when dropped.
+pub struct ServeChild {
+    pub child: Child,
+    /// The gRPC address from the "provider listening on" log line.
+    pub addr: String,
+    /// The admin server's base URL (`http://...`) from the same line.
+    pub admin: String,
+    /// That log line.
+    pub line: String,
+    /// Later log lines.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `<exe> serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 <args>` (without the
+/// Kamatera credential variables of this environment) and waits up to `wait` for the log line
+/// that names its addresses.
+pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChild, BenchError> {
     use std::io::{BufRead, BufReader};
-    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut child = Command::new(exe)
         .args([
             "serve",
@@ -230,8 +243,7 @@ fn start_serve(config: &Path) -> Result<(ChildGuard, String, String), BenchError
             "--metrics-listen",
             "127.0.0.1:0",
         ])
-        .arg("--cloud-config")
-        .arg(config)
+        .args(args)
         .env("RUST_LOG", "kamatera_ca_provider=info")
         .env_remove("KAMATERA_API_CLIENT_ID")
         .env_remove("KAMATERA_API_SECRET")
@@ -239,34 +251,48 @@ fn start_serve(config: &Path) -> Result<(ChildGuard, String, String), BenchError
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| BenchError::Setup(format!("cannot start serve: {e}")))?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| BenchError::Setup("no stderr".into()))?;
+    let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(BenchError::Setup("no stderr".into()));
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+            if tx.send(line).is_err() {
+                break;
+            }
         }
     });
-    let child = ChildGuard(child);
+    let mut serve = ServeChild {
+        child,
+        addr: String::new(),
+        admin: String::new(),
+        line: String::new(),
+        lines: rx,
+    };
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .map_err(|_| BenchError::Setup("serve did not start".into()))?;
+        // Dropping `serve` on error kills the child.
+        let line = serve.lines.recv_timeout(wait).map_err(|_| {
+            BenchError::Setup(format!(
+                "serve did not log its address within {} s",
+                wait.as_secs()
+            ))
+        })?;
         if let Some(rest) = line.split("provider listening on ").nth(1) {
-            let addr = rest
+            serve.addr = rest
                 .split([' ', ','])
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            let admin = line
+            serve.admin = line
                 .split("health and metrics on ")
                 .nth(1)
                 .unwrap_or_default()
                 .trim()
                 .to_string();
-            return Ok((child, addr, admin));
+            serve.line = line;
+            return Ok(serve);
         }
     }
 }
@@ -314,7 +340,14 @@ pub async fn run_scale(
     // Start to ready: process start until Refresh succeeds (the first listing and all tag reads
     // of the seeded servers done).
     let started = Instant::now();
-    let (child, addr, admin) = start_serve(&config)?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let config_arg = config.display().to_string();
+    let serve = spawn_serve(
+        &exe,
+        &["--cloud-config", &config_arg],
+        Duration::from_secs(120),
+    )?;
+    let (addr, admin) = (serve.addr.clone(), serve.admin.clone());
     let channel = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| BenchError::Setup(e.to_string()))?
         .connect()
@@ -517,8 +550,8 @@ pub async fn run_scale(
         increase_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
 
-    let peak_rss_mb = peak_rss_mb(child.0.id());
-    drop(child);
+    let peak_rss_mb = peak_rss_mb(serve.child.id());
+    drop(serve);
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ScaleResult {

@@ -2,10 +2,7 @@
 //! `serve` binary as a child process, and requests with the autoscaler's deadline.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kamatera_ca_provider::grpc::{self, ServeOptions};
@@ -50,67 +47,14 @@ pub fn req<T>(msg: T) -> tonic::Request<T> {
 }
 
 /// The `kamatera-ca-provider` binary as a child process; killed when dropped.
-pub struct ServeProcess {
-    pub child: Child,
-    /// The gRPC address from the "provider listening on" log line.
-    pub addr: String,
-    /// The full log line that named it.
-    pub line: String,
-    /// Later log lines.
-    pub lines: Receiver<String>,
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type ServeProcess = kamatera_ca_provider::bench::ServeChild;
 
 /// Starts `kamatera-ca-provider serve <args>` on ephemeral ports and waits for its address.
 pub fn spawn_serve(args: &[&str]) -> ServeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("KAMATERA_API_CLIENT_ID")
-        .env_remove("KAMATERA_API_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("serve did not log its address within 30 s");
-            }
-        };
-        if let Some(rest) = line.split("provider listening on ").nth(1) {
-            let addr = rest.split([' ', ',']).next().expect("address").to_string();
-            return ServeProcess {
-                child,
-                addr,
-                line,
-                lines: rx,
-            };
-        }
-    }
+    kamatera_ca_provider::bench::spawn_serve(
+        std::path::Path::new(env!("CARGO_BIN_EXE_kamatera-ca-provider")),
+        args,
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
