@@ -59,6 +59,14 @@ async fn start_sim() -> SimHandle {
 }
 
 fn provider_for(sim: &SimHandle, metrics: Arc<Metrics>) -> Provider {
+    provider_with_state(sim, metrics, None)
+}
+
+fn provider_with_state(
+    sim: &SimHandle,
+    metrics: Arc<Metrics>,
+    state_file: Option<std::path::PathBuf>,
+) -> Provider {
     let cfg = CloudConfig::parse(
         "ops.ini",
         &config_text(&sim.url(), sim::DEMO_SECRET, "ubuntu_server_24.04_64-bit"),
@@ -76,6 +84,7 @@ fn provider_for(sim: &SimHandle, metrics: Arc<Metrics>) -> Provider {
         client,
         ProviderOptions {
             reconcile_interval: Duration::from_secs(3600),
+            state_file,
             ..ProviderOptions::default()
         },
     )
@@ -719,4 +728,25 @@ async fn check_online_against_the_simulator() {
     assert!(out.contains("FAIL  account          credentials"), "{out}");
     assert!(out.contains("not logged in"), "{out}");
     assert!(!out.contains("wrong-secret"), "{out}");
+}
+
+#[tokio::test]
+async fn the_journal_is_written_only_when_in_flight_work_changes() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.json");
+    let provider = provider_with_state(&sim, Arc::new(Metrics::new()), Some(path.clone()));
+    provider.reconcile().await.expect("reconcile");
+    assert!(
+        path.exists(),
+        "the first reconcile writes the (empty) journal"
+    );
+    std::fs::remove_file(&path).expect("remove");
+    for _ in 0..3 {
+        provider.reconcile().await.expect("reconcile");
+    }
+    assert!(!path.exists(), "an idle provider does not rewrite it");
+    provider.increase_size("web", 1).await.expect("increase");
+    let text = std::fs::read_to_string(&path).expect("written before IncreaseSize answers");
+    assert!(text.contains("ops-web-"), "{text}");
 }

@@ -46,8 +46,6 @@ struct Entry {
     terminated: bool,
     command_id: Option<String>,
     command_kind: Option<String>,
-    /// Seconds spent in the current phase when written.
-    age_s: u64,
 }
 
 fn phase_str(p: Phase) -> &'static str {
@@ -93,7 +91,6 @@ pub fn render(cluster: &str, state: &State) -> String {
             terminated: i.terminated,
             command_id: i.command.as_ref().map(|c| c.id.clone()),
             command_kind: i.command.as_ref().map(|c| kind_str(c.kind).into()),
-            age_s: i.since.elapsed().as_secs(),
         })
         .collect();
     let file = File {

@@ -140,8 +140,8 @@ struct Inner {
     /// Counts finished reconciles; `refresh` waits for it to move.
     finished: watch::Sender<u64>,
     requests: Arc<Semaphore>,
-    /// Serialises journal writes; holds the state version last written.
-    journal: tokio::sync::Mutex<u64>,
+    /// Serialises journal writes; holds the state version and the text last written.
+    journal: tokio::sync::Mutex<(u64, Option<String>)>,
 }
 
 impl Provider {
@@ -156,7 +156,7 @@ impl Provider {
                 state: Mutex::new(State::default()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 finished,
-                journal: tokio::sync::Mutex::new(0),
+                journal: tokio::sync::Mutex::new((0, None)),
             }),
         }
     }
@@ -848,8 +848,8 @@ impl Provider {
         restored
     }
 
-    /// Writes the journal if the state changed since the last write (coalesced, off the
-    /// runtime's threads). No-op without a state file.
+    /// Writes the journal if the in-flight work changed since the last write (coalesced, off
+    /// the runtime's threads; an idle provider writes nothing). No-op without a state file.
     pub async fn persist(&self) -> std::result::Result<(), journal::JournalError> {
         let Some(path) = self.inner.options.state_file.clone() else {
             return Ok(());
@@ -857,7 +857,7 @@ impl Provider {
         let mut written = self.inner.journal.lock().await;
         let (version, text) = {
             let st = self.lock();
-            if st.version <= *written && *written > 0 {
+            if written.1.is_some() && st.version <= written.0 {
                 return Ok(());
             }
             (
@@ -865,7 +865,12 @@ impl Provider {
                 journal::render(&self.inner.config.cluster_name, &st),
             )
         };
-        let result = tokio::task::spawn_blocking(move || journal::write_atomic(&path, &text))
+        if written.1.as_deref() == Some(text.as_str()) {
+            written.0 = version;
+            return Ok(());
+        }
+        let to_write = text.clone();
+        let result = tokio::task::spawn_blocking(move || journal::write_atomic(&path, &to_write))
             .await
             .unwrap_or_else(|e| {
                 Err(journal::JournalError::Write {
@@ -874,7 +879,7 @@ impl Provider {
                 })
             });
         if result.is_ok() {
-            *written = version.max(1);
+            *written = (version, Some(text));
         }
         result
     }

@@ -213,7 +213,9 @@ pub struct GroupTags<'a> {
 }
 
 impl State {
+    /// Adds an instance (replacing one of the same name). Bumps the journal version.
     pub fn insert(&mut self, name: String, inst: Instance) {
+        self.version += 1;
         if let Some(old) = self.remove(&name) {
             tracing::debug!(server = %name, group = %old.group, "instance replaced");
         }
@@ -224,8 +226,10 @@ impl State {
         self.instances.insert(name, inst);
     }
 
+    /// Forgets an instance. Bumps the journal version.
     pub fn remove(&mut self, name: &str) -> Option<Instance> {
         let inst = self.instances.remove(name)?;
+        self.version += 1;
         if let Some(set) = self.by_group.get_mut(&inst.group) {
             set.remove(name);
         }
