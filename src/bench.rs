@@ -219,6 +219,8 @@ pub struct ServeChild {
     pub admin: String,
     /// That log line.
     pub line: String,
+    /// The log lines before it.
+    pub earlier: Vec<String>,
     /// Later log lines.
     pub lines: std::sync::mpsc::Receiver<String>,
 }
@@ -231,8 +233,8 @@ impl Drop for ServeChild {
 }
 
 /// Starts `<exe> serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 <args>` (without the
-/// Kamatera credential variables of this environment) and waits up to `wait` for the log line
-/// that names its addresses.
+/// Kamatera credential and Kubernetes variables of this environment: only explicit flags reach a
+/// cloud or cluster) and waits up to `wait` for the log line that names its addresses.
 pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChild, BenchError> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(exe)
@@ -247,6 +249,8 @@ pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChi
         .env("RUST_LOG", "kamatera_ca_provider=info")
         .env_remove("KAMATERA_API_CLIENT_ID")
         .env_remove("KAMATERA_API_SECRET")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -269,6 +273,7 @@ pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChi
         addr: String::new(),
         admin: String::new(),
         line: String::new(),
+        earlier: Vec::new(),
         lines: rx,
     };
     loop {
@@ -294,6 +299,7 @@ pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChi
             serve.line = line;
             return Ok(serve);
         }
+        serve.earlier.push(line);
     }
 }
 

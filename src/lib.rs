@@ -2,12 +2,14 @@
 //! `externalgrpc` protocol.
 //!
 //! Data flows one way: `grpc` (the autoscaler's view) calls `provider` (node groups and their
-//! instances), which calls `kamatera` (the cloudcli REST API). `config` feeds all of them.
+//! instances), which calls `kamatera` (the cloudcli REST API) and, when it has access, `kube`
+//! (Node taints and providerIDs). `config` feeds all of them.
 
 pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod kamatera;
+pub mod kube;
 pub mod proto;
 pub mod provider;
 pub mod sim;

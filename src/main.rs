@@ -114,6 +114,12 @@ struct ServeArgs {
     /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
+    /// Kubernetes access (removing the autoscaler's taints from parked servers' Nodes, setting
+    /// missing providerIDs). Without it: the KUBECONFIG variable, else the in-cluster service
+    /// account, else none (those features are skipped with a warning). With --simulate only this
+    /// flag is used, so a demo never touches the cluster of your current kubeconfig.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -341,16 +347,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|g| format!("{} ({}..{})", g.name, g.min_size, g.max_size))
         .collect();
-    for g in cfg
+    let kube = kamatera_ca_provider::kube::connect(args.kubeconfig.as_deref(), !args.simulate)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parking: Vec<&str> = cfg
         .node_groups
         .iter()
-        .filter(|g| g.poweroff_on_scale_down || g.poweron_on_scale_up)
-    {
-        tracing::warn!(
-            group = %g.name,
-            "poweroff-on-scale-down / poweron-on-scale-up are accepted but not implemented yet: \
-             scale-down terminates servers and scale-up creates new ones"
-        );
+        .filter(|g| g.poweroff_on_scale_down)
+        .map(|g| g.name.as_str())
+        .collect();
+    match &kube {
+        Some(k) => {
+            tracing::info!(source = %k.source(), cluster = %k.cluster_url(), "Kubernetes access")
+        }
+        None if args.simulate => tracing::info!(
+            "no Kubernetes access in a simulated run (--kubeconfig gives one): parked servers' \
+             Nodes are not touched"
+        ),
+        None if parking.is_empty() => tracing::info!(
+            "no Kubernetes access (no --kubeconfig, KUBECONFIG or in-cluster service account): \
+             node providerIDs are not set"
+        ),
+        None => tracing::warn!(
+            groups = ?parking,
+            "no Kubernetes access (no --kubeconfig, KUBECONFIG or in-cluster service account): \
+             parked servers keep the autoscaler's taints on their Nodes and take no pods when \
+             powered on again; node providerIDs are not set"
+        ),
     }
     let api_url = cfg.api_url.clone();
     let state_file = match (&args.state_file, args.simulate) {
@@ -376,6 +399,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ProviderOptions {
             state_file,
             uncertain_create_grace: Duration::from_secs(args.uncertain_create_grace_seconds),
+            kube,
             ..ProviderOptions::default()
         },
     );

@@ -1,7 +1,7 @@
 //! The deployment files: every Kubernetes document parses into its k8s-openapi type, and the
 //! invariants that make them work are checked in code (no kubectl needed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -264,7 +264,47 @@ fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
         .replace("REPLACE_ME_CLUSTER", "prod");
     CloudConfig::parse(&format!("{file}: {secret_name}/{key}"), &filled, &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));
+    check_node_access(m, d, file);
     a
+}
+
+/// The provider's ServiceAccount may get, list and patch Nodes (warm-pool taint cleanup,
+/// providerIDs) through a ClusterRole bound to it.
+fn check_node_access(m: &Manifest, d: &Deployment, file: &str) {
+    let sa = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| panic!("{file}: the provider's Deployment names its ServiceAccount"));
+    let granted: BTreeSet<String> = m
+        .cluster_role_bindings
+        .iter()
+        .filter(|b| {
+            b.subjects
+                .iter()
+                .flatten()
+                .any(|s| s.kind == "ServiceAccount" && s.name == sa)
+        })
+        .filter_map(|b| {
+            m.cluster_roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
+        })
+        .flat_map(|r| r.rules.iter().flatten())
+        .filter(|r| {
+            r.api_groups.iter().flatten().any(|g| g.is_empty())
+                && r.resources.iter().flatten().any(|x| x == "nodes")
+                && r.resource_names.is_none()
+        })
+        .flat_map(|r| r.verbs.iter().cloned())
+        .collect();
+    for verb in ["get", "list", "patch"] {
+        assert!(
+            granted.contains(verb),
+            "{file}: ServiceAccount {sa} (the provider's) cannot {verb} nodes: {granted:?}"
+        );
+    }
 }
 
 /// The RBAC names a Deployment's autoscaler needs: its lease and status ConfigMap.
@@ -576,6 +616,36 @@ fn helm_values_run_the_provider_as_a_native_sidecar() {
             .any(|m| m["mountPath"] == dir),
         "{dir} is mounted"
     );
+    // The provider's own RBAC: a ClusterRole for nodes bound to the chart's ServiceAccount.
+    let sa = v["rbac"]["serviceAccount"]["name"]
+        .as_str()
+        .expect("a fixed ServiceAccount name");
+    let objects = v["extraObjects"].as_array().expect("extraObjects");
+    let role: ClusterRole = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .map(|o| serde_json::from_value(o.clone()).expect("a ClusterRole"))
+        .expect("the provider's ClusterRole");
+    let binding: ClusterRoleBinding = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRoleBinding")
+        .map(|o| serde_json::from_value(o.clone()).expect("a ClusterRoleBinding"))
+        .expect("its binding");
+    assert_eq!(
+        Some(binding.role_ref.name.as_str()),
+        role.metadata.name.as_deref()
+    );
+    assert!(
+        binding
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.name == sa && s.namespace.as_deref() == Some("kube-system"))
+    );
+    let rule = &role.rules.as_deref().unwrap_or_default()[0];
+    assert_eq!(rule.resources.as_deref(), Some(&["nodes".to_string()][..]));
+    assert_eq!(rule.verbs, ["get", "list", "patch"]);
+
     let sc = sidecar.security_context.expect("securityContext");
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));

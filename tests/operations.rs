@@ -589,10 +589,7 @@ async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
     ca.refresh(pb::RefreshRequest {}).await.expect("refresh");
 
     let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).to_string();
-    assert!(
-        logs.contains("scale-up: creating servers"),
-        "logs were captured"
-    );
+    assert!(logs.contains("scale-up"), "logs were captured");
     assert!(logs.contains("create accepted"), "{logs}");
     for secret in [sim::DEMO_SECRET, PASSWORD, SCRIPT_MARK] {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");

@@ -27,20 +27,22 @@ pub fn render(config: &CloudConfig) -> String {
                 let mut parts = Vec::new();
                 if off {
                     parts.push(match g.poweroff_on_scale_down_max_servers {
-                        0 => "power off on scale-down (no cap)".to_string(),
-                        n => format!("power off on scale-down (keep at most {n})"),
+                        0 => "park (power off) on scale-down, no cap".to_string(),
+                        n => format!(
+                            "park (power off) on scale-down, at most {n} parked, terminate beyond"
+                        ),
                     });
                 } else {
                     parts.push("terminate on scale-down".into());
                 }
                 if on {
                     parts.push("power on parked servers on scale-up".into());
+                } else {
+                    parts.push(
+                        "parked servers are never reused (poweron-on-scale-up is off)".into(),
+                    );
                 }
-                // The warm pool is not built yet: say so rather than imply it.
-                format!(
-                    "{} [warm pool not implemented yet: scale-down terminates, scale-up creates]",
-                    parts.join(", ")
-                )
+                parts.join(", ")
             }
         };
         let labels = if g.template_labels.is_empty() {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{CommandKind, CreateStatus, Instance, Pending, Phase, State};
+use super::state::{Action, CommandKind, CreateStatus, Instance, Pending, Phase, State};
 
 const VERSION: u32 = 1;
 
@@ -46,6 +46,14 @@ struct Entry {
     terminated: bool,
     command_id: Option<String>,
     command_kind: Option<String>,
+    /// Scale-down decided to park the server (absent in older files: terminate).
+    #[serde(default)]
+    park: bool,
+    /// The power-off before parking completed.
+    #[serde(default)]
+    powered_off: bool,
+    #[serde(default)]
+    power_on_failed: bool,
 }
 
 fn phase_str(p: Phase) -> &'static str {
@@ -64,12 +72,14 @@ fn create_str(c: CreateStatus) -> &'static str {
         CreateStatus::Rejected => "rejected",
         CreateStatus::Uncertain => "uncertain",
         CreateStatus::Adopted => "adopted",
+        CreateStatus::Reused => "reused",
     }
 }
 
 fn kind_str(k: CommandKind) -> &'static str {
     match k {
         CommandKind::Create => "create",
+        CommandKind::PowerOn => "poweron",
         CommandKind::PowerOff => "poweroff",
         CommandKind::Terminate => "terminate",
     }
@@ -91,6 +101,9 @@ pub fn render(cluster: &str, state: &State) -> String {
             terminated: i.terminated,
             command_id: i.command.as_ref().map(|c| c.id.clone()),
             command_kind: i.command.as_ref().map(|c| kind_str(c.kind).into()),
+            park: i.park,
+            powered_off: i.powered_off_at.is_some(),
+            power_on_failed: i.power_on_failed,
         })
         .collect();
     let file = File {
@@ -149,14 +162,15 @@ pub struct Restored {
 
 /// Reads the journal into `state`. Entries of unknown groups are dropped. Creates that were on
 /// the wire when the process stopped become uncertain (their server may exist): they are watched,
-/// never sent again; creates that were only queued are returned to be sent.
+/// never sent again. Returned to be started: creates that were only queued, and power-ons of
+/// reused servers with no command on record (powering on is harmless to repeat).
 pub fn restore(
     path: &Path,
     cluster: &str,
     known_group: &dyn Fn(&str) -> bool,
     state: &mut State,
     now: Instant,
-) -> (Restored, Vec<String>) {
+) -> (Restored, Vec<Action>) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -217,11 +231,15 @@ pub fn restore(
         inst.server_id = e.server_id;
         inst.seen = e.seen;
         inst.terminated = e.terminated;
+        inst.park = e.park;
+        inst.powered_off_at = e.powered_off.then_some(now);
+        inst.power_on_failed = e.power_on_failed;
         inst.create = match e.create.as_str() {
             "queued" => CreateStatus::Queued,
             "accepted" => CreateStatus::Accepted,
             "rejected" => CreateStatus::Rejected,
             "adopted" => CreateStatus::Adopted,
+            "reused" => CreateStatus::Reused,
             // "sent" (on the wire at the crash) and "uncertain": the server may exist.
             _ => CreateStatus::Uncertain,
         };
@@ -229,6 +247,7 @@ pub fn restore(
             (Some(id), Some(kind)) => Some(Pending {
                 id,
                 kind: match kind {
+                    "poweron" => CommandKind::PowerOn,
                     "poweroff" => CommandKind::PowerOff,
                     "terminate" => CommandKind::Terminate,
                     _ => CommandKind::Create,
@@ -248,7 +267,19 @@ pub fn restore(
                     message: "create failed before the provider restarted".into(),
                 });
             }
-            CreateStatus::Queued if inst.phase == Phase::Creating => to_send.push(e.name.clone()),
+            CreateStatus::Queued if inst.phase == Phase::Creating => to_send.push(Action::Create {
+                name: e.name.clone(),
+                group: e.group.clone(),
+            }),
+            CreateStatus::Reused if inst.phase == Phase::Creating && inst.command.is_none() => {
+                if let Some(server_id) = inst.server_id.clone() {
+                    inst.action_in_flight = true;
+                    to_send.push(Action::PowerOn {
+                        name: e.name.clone(),
+                        server_id,
+                    });
+                }
+            }
             _ => {}
         }
         state.insert(e.name, inst);
@@ -318,9 +349,24 @@ mod tests {
             pending("8", CommandKind::PowerOff, now),
         );
         add("running", Phase::Running, CreateStatus::Adopted, None);
+        add("reused", Phase::Creating, CreateStatus::Reused, None);
+        add(
+            "parking",
+            Phase::Deleting,
+            CreateStatus::Adopted,
+            pending("9", CommandKind::PowerOff, now),
+        );
         add("other", Phase::Creating, CreateStatus::Queued, None);
         if let Some(i) = st.instances.get_mut("other") {
             i.group = "gone".into();
+        }
+        if let Some(i) = st.instances.get_mut("reused") {
+            i.server_id = Some("id-reused".into());
+            i.seen = true;
+        }
+        if let Some(i) = st.instances.get_mut("parking") {
+            i.park = true;
+            i.powered_off_at = Some(now);
         }
         st
     }
@@ -338,11 +384,23 @@ mod tests {
         assert_eq!(
             r,
             Restored {
-                instances: 4,
+                instances: 6,
                 discarded: None
             }
         );
-        assert_eq!(to_send, vec!["queued".to_string()]);
+        assert_eq!(
+            to_send,
+            vec![
+                Action::Create {
+                    name: "queued".into(),
+                    group: "g".into()
+                },
+                Action::PowerOn {
+                    name: "reused".into(),
+                    server_id: "id-reused".into()
+                }
+            ]
+        );
         assert!(
             !st.instances.contains_key("running"),
             "running servers come from tags"
@@ -367,6 +425,28 @@ mod tests {
             deleting.command.as_ref().map(|c| c.kind),
             Some(CommandKind::PowerOff)
         );
+        assert!(!deleting.park, "no park decision: terminate");
+        let parking = &st.instances["parking"];
+        assert!(parking.park && parking.powered_off_at.is_some());
+        assert_eq!(st.instances["reused"].create, CreateStatus::Reused);
+        assert!(st.instances["reused"].action_in_flight);
+    }
+
+    #[test]
+    fn files_without_warm_pool_fields_still_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "cluster": "c", "instances": [{"name": "a", "group": "g",
+              "phase": "deleting", "create": "accepted", "server_id": "1", "seen": true,
+              "terminated": false, "command_id": "5", "command_kind": "poweroff"}]}"#,
+        )
+        .expect("write");
+        let mut st = State::default();
+        let (r, _) = restore(&path, "c", &|_| true, &mut st, Instant::now());
+        assert_eq!(r.instances, 1, "{r:?}");
+        assert!(!st.instances["a"].park);
     }
 
     #[test]

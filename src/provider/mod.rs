@@ -72,6 +72,8 @@ pub struct ProviderOptions {
     pub vanish_misses: u32,
     /// The restart journal; `None` keeps in-flight intent in memory only.
     pub state_file: Option<std::path::PathBuf>,
+    /// Kubernetes access for Node cleanup on park and providerIDs; `None` skips both.
+    pub kube: Option<crate::kube::Kube>,
 }
 
 impl Default for ProviderOptions {
@@ -87,6 +89,7 @@ impl Default for ProviderOptions {
             uncertain_create_grace: Duration::from_secs(2 * 60),
             vanish_misses: 3,
             state_file: None,
+            kube: None,
         }
     }
 }
@@ -142,7 +145,13 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// Serialises journal writes; holds the state version and the text last written.
     journal: tokio::sync::Mutex<(u64, Option<String>)>,
+    /// When a providerID was last written (or tried) per node name, so the autoscaler's
+    /// every-loop NodeGroupForNode calls cause at most one attempt per node and period.
+    provider_id_attempts: Mutex<std::collections::HashMap<String, Instant>>,
 }
+
+/// How often the providerID of one node is tried again after an attempt.
+const PROVIDER_ID_RETRY: Duration = Duration::from_secs(10 * 60);
 
 impl Provider {
     pub fn new(config: CloudConfig, client: Client, options: ProviderOptions) -> Provider {
@@ -157,6 +166,7 @@ impl Provider {
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 finished,
                 journal: tokio::sync::Mutex::new((0, None)),
+                provider_id_attempts: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -198,13 +208,108 @@ impl Provider {
 
     /// The group of a node, or `None` when it is not one of ours (the autoscaler then leaves it
     /// alone). Matches by providerID, then by node name.
+    /// A node matched by name that has no providerID yet gets one (in the background, when the
+    /// provider has Kubernetes access).
     pub fn node_group_for_node(&self, node: &NodeRef) -> Option<GroupInfo> {
-        let st = self.lock();
-        let inst = self.find_instance(&st, node)?;
-        if inst.phase == Phase::Deleting && inst.terminated {
-            return None;
+        let (group, name) = {
+            let st = self.lock();
+            let inst = self.find_instance(&st, node)?;
+            if inst.phase == Phase::Deleting && inst.terminated {
+                return None;
+            }
+            (
+                self.inner.config.node_group(&inst.group).map(group_info),
+                inst.name.clone(),
+            )
+        };
+        if node.provider_id.is_empty() && group.is_some() {
+            self.set_provider_id_later(&name);
         }
-        self.inner.config.node_group(&inst.group).map(group_info)
+        group
+    }
+
+    fn set_provider_id_later(&self, name: &str) {
+        let Some(kube) = self.inner.options.kube.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut tried = self
+                .inner
+                .provider_id_attempts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if tried
+                .get(name)
+                .is_some_and(|t| now.saturating_duration_since(*t) < PROVIDER_ID_RETRY)
+            {
+                return;
+            }
+            tried.retain(|_, t| now.saturating_duration_since(*t) < PROVIDER_ID_RETRY);
+            tried.insert(name.to_string(), now);
+        }
+        let name = name.to_string();
+        let provider_id = self.provider_id(&name);
+        let metrics = self.inner.client.metrics().clone();
+        tokio::spawn(async move {
+            let kind = "provider_id";
+            match kube.set_provider_id(&name, &provider_id).await {
+                Ok(crate::kube::ProviderIdSet::Set) => {
+                    info!(node = %name, provider_id = %provider_id, "set the node's providerID");
+                    metrics.node_update(kind, "updated");
+                }
+                Ok(crate::kube::ProviderIdSet::AlreadySet(id)) => {
+                    debug!(node = %name, current = %id, "node already has a providerID");
+                    metrics.node_update(kind, "unchanged");
+                }
+                Ok(crate::kube::ProviderIdSet::NotFound) => metrics.node_update(kind, "not_found"),
+                Err(e) => {
+                    warn!(node = %name, error = %e, "cannot set the node's providerID");
+                    metrics.node_update(kind, "error");
+                }
+            }
+        });
+    }
+
+    /// Removes the autoscaler's taints from the Nodes of servers just parked, so that they are
+    /// usable when powered on again.
+    fn release_parked_nodes(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let metrics = self.inner.client.metrics().clone();
+        let Some(kube) = self.inner.options.kube.clone() else {
+            for name in names {
+                warn!(server = %name,
+                    "parked the server, but without Kubernetes access its Node keeps the autoscaler's taints: it will not take pods when powered on again unless they are removed");
+                metrics.node_update("release", "skipped");
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            for name in names {
+                let kind = "release";
+                match kube.release_node(&name).await {
+                    Ok(crate::kube::Released::Updated {
+                        removed_taints,
+                        was_unschedulable,
+                    }) => {
+                        info!(node = %name, removed_taints = ?removed_taints, was_unschedulable,
+                            "released the parked server's Node");
+                        metrics.node_update(kind, "updated");
+                    }
+                    Ok(crate::kube::Released::Unchanged) => metrics.node_update(kind, "unchanged"),
+                    Ok(crate::kube::Released::NotFound) => {
+                        debug!(node = %name, "parked server has no Node");
+                        metrics.node_update(kind, "not_found");
+                    }
+                    Err(e) => {
+                        warn!(node = %name, error = %e, "cannot remove the autoscaler's taints from the parked server's Node");
+                        metrics.node_update(kind, "error");
+                    }
+                }
+            }
+        });
     }
 
     fn find_instance<'s>(&self, st: &'s State, node: &NodeRef) -> Option<&'s Instance> {
@@ -238,8 +343,9 @@ impl Provider {
             .collect())
     }
 
-    /// Adds `delta` Creating instances at once, starts their create requests, and writes the
-    /// intent to the journal before answering.
+    /// Adds `delta` Creating instances at once and starts their cloud calls: with
+    /// `poweron-on-scale-up`, parked servers of the group are powered on first; the rest are
+    /// created. Writes the intent to the journal before answering.
     pub async fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
         let cfg = self.group(group)?;
         if delta <= 0 {
@@ -249,7 +355,7 @@ impl Provider {
         }
         let delta = u32::try_from(delta).unwrap_or(u32::MAX);
         let now = Instant::now();
-        let names = {
+        let actions = {
             let mut st = self.lock();
             let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
             let desired = current.saturating_add(delta);
@@ -259,8 +365,24 @@ impl Provider {
                     cfg.max_size
                 )));
             }
+            let mut actions = Vec::new();
+            if cfg.poweron_on_scale_up {
+                for p in st.reusable(group).into_iter().take(delta as usize) {
+                    let mut inst = Instance::creating(p.name.clone(), group.to_string(), now);
+                    inst.create = CreateStatus::Reused;
+                    inst.server_id = Some(p.id.clone());
+                    inst.power = Some(kamatera::Power::Off);
+                    inst.seen = true;
+                    inst.action_in_flight = true;
+                    st.insert(p.name.clone(), inst);
+                    actions.push(Action::PowerOn {
+                        name: p.name,
+                        server_id: p.id,
+                    });
+                }
+            }
             let mut names = Vec::new();
-            while names.len() < delta as usize {
+            while names.len() + actions.len() < delta as usize {
                 let name = kamatera::new_server_name(&cfg.server.name_prefix);
                 if st.instances.contains_key(&name) {
                     continue;
@@ -271,23 +393,43 @@ impl Provider {
                 );
                 names.push(name);
             }
-            names
+            for name in names {
+                actions.push(Action::Create {
+                    name,
+                    group: group.to_string(),
+                });
+            }
+            actions
         };
-        info!(group, delta, names = ?names, "scale-up: creating servers");
-        // Spawned before the journal write so that a dropped call (deadline) still creates.
-        for name in names {
-            self.spawn(Action::Create {
-                name,
-                group: group.to_string(),
-            });
+        let powered_on: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PowerOn { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let created: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        info!(group, delta, power_on = ?powered_on, create = ?created, "scale-up");
+        // Spawned before the journal write so that a dropped call (deadline) still runs them.
+        for a in actions {
+            self.spawn(a);
         }
         self.persist_logged().await;
         Ok(())
     }
 
     /// Deletes the given nodes of the group; fails, changing nothing, if any is not the group's.
+    /// With `poweroff-on-scale-down`, each server is decided here, once, to be parked (while the
+    /// group's parked servers plus those on their way stay under the cap) or terminated; either
+    /// way it is powered off first.
     pub async fn delete_nodes(&self, group: &str, nodes: &[NodeRef]) -> Result<()> {
-        self.group(group)?;
+        let cfg = self.group(group)?;
         let now = Instant::now();
         let mut actions = Vec::new();
         {
@@ -304,6 +446,8 @@ impl Provider {
                     }
                 }
             }
+            let cap = cfg.poweroff_on_scale_down_max_servers as usize;
+            let mut parking = st.parked_or_parking(group);
             for name in names {
                 let Some(inst) = st.instances.get_mut(&name) else {
                     continue;
@@ -313,27 +457,50 @@ impl Provider {
                 }
                 inst.phase = Phase::Deleting;
                 inst.since = now;
+                // Only a server that exists can be parked; one still being bought is terminated
+                // if it appears. A server whose power-on failed is not trusted with a second life.
+                inst.park = cfg.poweroff_on_scale_down
+                    && inst.server_id.is_some()
+                    && inst.create != CreateStatus::Rejected
+                    && !inst.power_on_failed
+                    && (cap == 0 || parking < cap);
+                if inst.park {
+                    parking += 1;
+                }
+                let off = inst
+                    .power
+                    .as_ref()
+                    .is_some_and(|p| *p != kamatera::Power::On);
                 match (&inst.server_id, inst.create) {
                     // Never bought (request refused, or its command failed and the API removed
                     // what it began): forget it now.
                     (_, CreateStatus::Rejected) => {
                         st.remove(&name);
                     }
-                    (Some(server_id), _) if inst.command.is_none() => {
+                    // Listed off already and to be parked: the next reconcile parks it.
+                    (Some(_), _) if inst.park && off => {}
+                    (Some(server_id), _) if inst.command.is_none() && !inst.action_in_flight => {
                         inst.action_in_flight = true;
-                        actions.push(Action::PowerOff {
-                            name: name.clone(),
-                            server_id: server_id.clone(),
+                        actions.push(if off {
+                            Action::Terminate {
+                                name: name.clone(),
+                                server_id: server_id.clone(),
+                            }
+                        } else {
+                            Action::PowerOff {
+                                name: name.clone(),
+                                server_id: server_id.clone(),
+                            }
                         });
                     }
-                    // Create still running or its outcome unknown: the reconcile terminates the
-                    // server if it appears.
+                    // A create or power-on still running, or a create whose outcome is unknown:
+                    // the reconcile goes on from what the listing shows.
                     _ => {}
                 }
             }
             st.version += 1;
         }
-        info!(group, nodes = nodes.len(), "scale-down: deleting nodes");
+        info!(group, nodes = nodes.len(), "scale-down");
         for _ in &actions {
             self.metrics().delete("started");
         }
@@ -457,7 +624,7 @@ impl Provider {
         let st = self.lock();
         m.group_size.clear();
         m.instances.clear();
-        m.untracked_off.clear();
+        m.parked.clear();
         m.instances_in_error.clear();
         for g in &self.inner.config.node_groups {
             let size = |kind: &str, v: usize| {
@@ -471,13 +638,11 @@ impl Provider {
             size("min", g.min_size as usize);
             size("max", g.max_size as usize);
             size("target", st.target_size(&g.name));
-            m.untracked_off
+            m.parked
                 .get_or_create(&crate::telemetry::Group {
                     group: g.name.clone(),
                 })
-                .set(
-                    i64::try_from(st.untracked_off.get(&g.name).copied().unwrap_or(0)).unwrap_or(0),
-                );
+                .set(i64::try_from(st.parked.get(&g.name).map_or(0, Vec::len)).unwrap_or(0));
             for (phase, label) in [
                 (Phase::Creating, "creating"),
                 (Phase::Running, "running"),
@@ -726,7 +891,16 @@ impl Provider {
                 Instant::now(),
             );
             let o = std::mem::take(&mut st.outcomes);
+            drop(st);
             let m = self.metrics();
+            m.parks.inc_by(o.parked.len() as u64);
+            m.power_ons
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.power_ons_failed);
+            for name in &o.parked {
+                info!(server = %name, "parked: powered off and kept for reuse");
+            }
+            self.release_parked_nodes(o.parked);
             m.creates
                 .get_or_create(&result_label("failed"))
                 .inc_by(o.creates_failed);
@@ -813,7 +987,7 @@ impl Provider {
             return Restored::default();
         };
         let cfg = &self.inner.config;
-        let (restored, to_send) = {
+        let (restored, to_start) = {
             let mut st = self.lock();
             journal::restore(
                 &path,
@@ -830,20 +1004,13 @@ impl Provider {
             None if restored.instances > 0 => info!(
                 path = %path.display(),
                 instances = restored.instances,
-                resend = to_send.len(),
+                resume = to_start.len(),
                 "resumed in-flight work from the state file"
             ),
             None => {}
         }
-        let groups: Vec<(String, String)> = {
-            let st = self.lock();
-            to_send
-                .iter()
-                .filter_map(|n| st.instances.get(n).map(|i| (n.clone(), i.group.clone())))
-                .collect()
-        };
-        for (name, group) in groups {
-            self.spawn(Action::Create { name, group });
+        for a in to_start {
+            self.spawn(a);
         }
         restored
     }
@@ -974,6 +1141,11 @@ impl Provider {
                 }
                 self.persist_logged().await;
             }
+            Action::PowerOn { name, server_id } => {
+                let result = client.power_on(&server_id).await;
+                self.after_power_on(&name, result);
+                self.persist_logged().await;
+            }
             Action::PowerOff { name, server_id } => {
                 let result = client.power_off(&server_id).await;
                 self.after_delete_step(&name, CommandKind::PowerOff, result);
@@ -983,6 +1155,46 @@ impl Provider {
                 let result = client.terminate(&server_id).await;
                 self.after_delete_step(&name, CommandKind::Terminate, result);
                 self.persist_logged().await;
+            }
+        }
+    }
+
+    fn after_power_on(&self, name: &str, result: std::result::Result<String, KamateraError>) {
+        let mut st = self.lock();
+        st.version += 1;
+        let Some(inst) = st.instances.get_mut(name) else {
+            return;
+        };
+        inst.action_in_flight = false;
+        inst.since = Instant::now();
+        match result {
+            Ok(cmd) => {
+                info!(server = %name, command = %cmd, "power-on of parked server accepted");
+                self.metrics().power_on("accepted");
+                inst.command = Some(Pending {
+                    id: cmd,
+                    kind: CommandKind::PowerOn,
+                    since: Instant::now(),
+                    unknown_since: None,
+                });
+            }
+            Err(e) if e.may_have_been_processed() => {
+                // The listing tells: running once on, POWER_ON_FAILED after the grace.
+                warn!(server = %name, error = e.detail(), "power-on outcome unknown; watching the server");
+                self.metrics().power_on("uncertain");
+            }
+            Err(e) => {
+                warn!(server = %name, error = e.detail(), "power-on refused");
+                self.metrics().power_on("rejected");
+                inst.error = Some(ErrorInfo {
+                    class: if e.is_quota() {
+                        ErrorClass::OutOfResources
+                    } else {
+                        ErrorClass::Other
+                    },
+                    code: "POWER_ON_REJECTED",
+                    message: e.safe_message().to_string(),
+                });
             }
         }
     }

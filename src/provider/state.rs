@@ -58,6 +58,8 @@ pub enum CreateStatus {
     Uncertain,
     /// Adopted from the listing (not created by this process).
     Adopted,
+    /// A parked server of the group, powered on instead of buying a new one.
+    Reused,
 }
 
 /// A command we started and still wait for.
@@ -74,6 +76,7 @@ pub struct Pending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandKind {
     Create,
+    PowerOn,
     PowerOff,
     Terminate,
 }
@@ -95,6 +98,13 @@ pub struct Instance {
     pub action_in_flight: bool,
     /// The terminate command completed.
     pub terminated: bool,
+    /// Decided when the autoscaler deletes it: keep the server powered off (parked) instead of
+    /// terminating it.
+    pub park: bool,
+    /// When the power-off of a server to park completed (the listing may still show it on).
+    pub powered_off_at: Option<Instant>,
+    /// A power-on of this reused server ended in error: never park it again.
+    pub power_on_failed: bool,
     /// Consecutive listings without the server, once it had been seen.
     pub missed: u32,
     pub error: Option<ErrorInfo>,
@@ -115,6 +125,9 @@ impl Instance {
             command: None,
             action_in_flight: false,
             terminated: false,
+            park: false,
+            powered_off_at: None,
+            power_on_failed: false,
             missed: 0,
             error: None,
             since: now,
@@ -138,6 +151,7 @@ impl Instance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Create { name: String, group: String },
+    PowerOn { name: String, server_id: String },
     PowerOff { name: String, server_id: String },
     Terminate { name: String, server_id: String },
 }
@@ -166,9 +180,10 @@ pub struct State {
     pub reconciles: u64,
     /// Command outcomes seen by `apply`, for metrics; the caller takes and resets them.
     pub outcomes: Outcomes,
-    /// Per group: servers with the group's tags that are powered off and not tracked (parked by
-    /// an earlier warm-pool provider, or left behind). Counted at every listing.
-    pub untracked_off: HashMap<String, usize>,
+    /// Per group: servers with the group's tags that are powered off and not tracked: the warm
+    /// pool (parked on scale-down, by this or an earlier provider), or servers left behind.
+    /// Rebuilt from every listing; sorted by name.
+    pub parked: HashMap<String, Vec<ParkedServer>>,
     /// Bumped on every change the journal must capture.
     pub version: u64,
 }
@@ -197,13 +212,27 @@ pub fn uncertain_error(why: &str) -> ErrorInfo {
     }
 }
 
-/// Counts of command outcomes since they were last taken.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// A powered-off server with a group's tags that the provider does not track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedServer {
+    pub id: String,
+    pub name: String,
+    /// Its tag set equals the group's exactly: the only servers power-on scale-up reuses (a
+    /// server someone tagged further is left alone).
+    pub exact: bool,
+}
+
+/// Command outcomes since they were last taken.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcomes {
     pub creates_failed: u64,
     pub creates_cancelled: u64,
     pub deletes_completed: u64,
     pub deletes_failed: u64,
+    pub power_ons_failed: u64,
+    /// Servers parked (powered off, kept) by this pass: their Nodes need the autoscaler's taints
+    /// removed.
+    pub parked: Vec<String>,
 }
 
 /// What one node group needs for membership decisions.
@@ -253,6 +282,27 @@ impl State {
             .count()
     }
 
+    /// Parked servers of the group plus the scale-downs already decided to park: what the
+    /// `poweroff-on-scale-down-max-servers` cap counts.
+    pub fn parked_or_parking(&self, group: &str) -> usize {
+        self.parked.get(group).map_or(0, Vec::len)
+            + self
+                .group_instances(group)
+                .filter(|i| i.phase == Phase::Deleting && i.park)
+                .count()
+    }
+
+    /// Parked servers power-on scale-up may take for the group (exact tag set, not yet taken).
+    pub fn reusable(&self, group: &str) -> Vec<ParkedServer> {
+        self.parked
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.exact && !self.instances.contains_key(&p.name))
+            .cloned()
+            .collect()
+    }
+
     /// Command ids to poll.
     pub fn pending_commands(&self) -> Vec<String> {
         self.instances
@@ -297,7 +347,7 @@ impl State {
                     if let Some(c) = inst.command.as_mut() {
                         c.unknown_since = None;
                     }
-                    command_result(inst, &cmd, st, &mut actions, outcomes);
+                    command_result(inst, &cmd, st, now, &mut actions, outcomes);
                 } else if unanswered.contains(&cmd.id) {
                     unknown_command(inst, &cmd, limits.unknown_command, now, &mut actions);
                 }
@@ -306,13 +356,16 @@ impl State {
         }
         for (name, why) in remove {
             tracing::debug!(server = %name, why, "instance forgotten");
+            if why == PARKED {
+                self.outcomes.parked.push(name.clone());
+            }
             self.remove(&name);
         }
 
-        self.untracked_off.clear();
+        self.parked.clear();
         // Tagged servers nobody tracks: servers created before a restart, or by an earlier
-        // instance of the provider. Powered-on ones are the group's; powered-off ones are left
-        // alone (a parked pool, handled by the warm-pool mode).
+        // instance of the provider. Powered-on ones are the group's; powered-off ones are its
+        // warm pool (parked), never adopted as running capacity.
         for s in listed {
             if self.instances.contains_key(&s.name) {
                 continue;
@@ -325,10 +378,16 @@ impl State {
                 continue;
             };
             if s.power != Power::On {
-                *self
-                    .untracked_off
+                let exact =
+                    tags.len() == group.tags.len() && tags.iter().all(|t| group.tags.contains(t));
+                self.parked
                     .entry(group.name.to_string())
-                    .or_insert(0) += 1;
+                    .or_default()
+                    .push(ParkedServer {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                        exact,
+                    });
                 continue;
             }
             let mut inst = Instance::creating(s.name.clone(), group.name.to_string(), now);
@@ -339,9 +398,15 @@ impl State {
             inst.create = CreateStatus::Adopted;
             self.insert(s.name.clone(), inst);
         }
+        for pool in self.parked.values_mut() {
+            pool.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         actions
     }
 }
+
+/// Why `step` forgets an instance whose server it parked.
+const PARKED: &str = "parked: powered off and kept for reuse";
 
 /// A command the queue does not report: after `limit`, give it up and move on from what the
 /// listing shows.
@@ -372,8 +437,17 @@ fn unknown_command(
             }
         }
         CommandKind::Create => {}
+        // `step` goes by the listing: running once on, an error after the grace otherwise.
+        CommandKind::PowerOn => inst.since = now,
+        // Listed off: the power-off did happen; `step` parks it.
+        CommandKind::PowerOff
+            if inst.park && inst.power.as_ref().is_some_and(|p| *p != Power::On) =>
+        {
+            inst.powered_off_at = Some(now);
+        }
         CommandKind::PowerOff => {
             if let Some(id) = &inst.server_id {
+                inst.park = false;
                 inst.action_in_flight = true;
                 actions.push(Action::Terminate {
                     name: inst.name.clone(),
@@ -391,6 +465,7 @@ fn command_result(
     inst: &mut Instance,
     cmd: &Pending,
     st: &CommandStatus,
+    now: Instant,
     actions: &mut Vec<Action>,
     outcomes: &mut Outcomes,
 ) {
@@ -433,8 +508,40 @@ fn command_result(
                 }
             });
         }
-        (CommandKind::PowerOff, _) => {
-            // Whether the power-off worked or not, a forced terminate finishes the job.
+        (CommandKind::PowerOn, CommandState::Complete) => {
+            // Running once the listing shows it on (see `step`).
+            inst.command = None;
+            inst.since = now;
+        }
+        (CommandKind::PowerOn, state) => {
+            inst.command = None;
+            inst.power_on_failed = true;
+            outcomes.power_ons_failed += 1;
+            inst.error = Some(ErrorInfo {
+                class: ErrorClass::Other,
+                code: "POWER_ON_FAILED",
+                message: format!(
+                    "power-on command {} of parked server {} ended {}: {}",
+                    cmd.id,
+                    inst.name,
+                    state.as_str(),
+                    first_line(&st.log)
+                ),
+            });
+        }
+        (CommandKind::PowerOff, CommandState::Complete) if inst.park => {
+            // Parked once the listing shows it off (see `step`).
+            inst.command = None;
+            inst.powered_off_at = Some(now);
+        }
+        (CommandKind::PowerOff, state) => {
+            // Whether the power-off worked or not, a forced terminate finishes the job. A server
+            // whose power-off failed is not parked: its state is unknown.
+            if inst.park {
+                tracing::warn!(server = %inst.name, command = %cmd.id, state = state.as_str(),
+                    "power-off before parking failed; terminating the server instead");
+                inst.park = false;
+            }
             inst.command = None;
             if let Some(id) = &inst.server_id {
                 inst.action_in_flight = true;
@@ -490,26 +597,55 @@ fn step(
                     inst.name
                 )));
             }
+            if server.is_none()
+                && inst.seen
+                && inst.missed >= limits.vanish_misses
+                && inst.command.is_none()
+                && inst.error.is_none()
+            {
+                // Listed once, gone since, nothing running that explains it.
+                inst.error = Some(ErrorInfo {
+                    class: ErrorClass::Other,
+                    code: "SERVER_GONE",
+                    message: format!("server {} is no longer listed", inst.name),
+                });
+            }
             if let Some(s) = server {
                 if inst.create == CreateStatus::Uncertain {
                     // The uncertain create did buy the server: it is ours after all.
                     inst.create = CreateStatus::Accepted;
                     inst.error = None;
                 }
-                let create_failed = inst.error.is_some();
-                let create_pending = matches!(
+                let failed = inst.error.is_some();
+                let starting = matches!(
                     inst.command,
                     Some(Pending {
-                        kind: CommandKind::Create,
+                        kind: CommandKind::Create | CommandKind::PowerOn,
                         ..
                     })
                 );
-                if s.power == Power::On && !create_failed {
-                    // Powered on in the listing: created, whatever the queue says.
-                    if create_pending {
+                if s.power == Power::On && !failed {
+                    // Powered on in the listing: created (or woken), whatever the queue says.
+                    if starting {
                         inst.command = None;
                     }
                     inst.set_phase(Phase::Running, now);
+                } else if inst.create == CreateStatus::Reused
+                    && !starting
+                    && !failed
+                    && !inst.action_in_flight
+                    && now.saturating_duration_since(inst.since) >= limits.uncertain_grace
+                {
+                    inst.power_on_failed = true;
+                    inst.error = Some(ErrorInfo {
+                        class: ErrorClass::Other,
+                        code: "POWER_ON_FAILED",
+                        message: format!(
+                            "parked server {} is still powered off {} s after its power-on",
+                            inst.name,
+                            limits.uncertain_grace.as_secs()
+                        ),
+                    });
                 }
             }
         }
@@ -524,10 +660,10 @@ fn step(
                 return;
             }
             match &inst.command {
-                // A create that is still running: wait for it to finish (listed powered on),
-                // whatever the queue says, then terminate below.
+                // A create or power-on that is still running: wait for it to finish (listed
+                // powered on), whatever the queue says, then go on below.
                 Some(Pending {
-                    kind: CommandKind::Create,
+                    kind: CommandKind::Create | CommandKind::PowerOn,
                     ..
                 }) => {
                     if server.is_some_and(|s| s.power == Power::On) {
@@ -548,7 +684,32 @@ fn step(
                 None => {}
             }
             match server {
-                Some(s) if !inst.terminated => {
+                Some(_) if inst.terminated => {} // terminated, listing not caught up yet
+                Some(s) if inst.park => {
+                    if s.power != Power::On {
+                        // Off in the listing: parked. Forgetting it makes it part of the
+                        // group's pool (rebuilt from the listing), invisible to the autoscaler.
+                        remove.push((inst.name.clone(), PARKED));
+                    } else if let Some(at) = inst.powered_off_at {
+                        if now.saturating_duration_since(at) >= limits.uncertain_grace {
+                            tracing::warn!(server = %inst.name,
+                                "still listed powered on long after its power-off completed; terminating it instead of parking");
+                            inst.park = false;
+                            inst.action_in_flight = true;
+                            actions.push(Action::Terminate {
+                                name: inst.name.clone(),
+                                server_id: s.id.clone(),
+                            });
+                        }
+                    } else {
+                        inst.action_in_flight = true;
+                        actions.push(Action::PowerOff {
+                            name: inst.name.clone(),
+                            server_id: s.id.clone(),
+                        });
+                    }
+                }
+                Some(s) => {
                     // A server that should go: created after its instance was cancelled, or a
                     // terminate that failed. Terminate (forced) now.
                     inst.action_in_flight = true;
@@ -557,7 +718,6 @@ fn step(
                         server_id: s.id.clone(),
                     });
                 }
-                Some(_) => {} // terminated, listing not caught up yet
                 None => {
                     let waiting_for_server =
                         inst.seen && !inst.terminated && inst.missed < limits.vanish_misses
@@ -570,7 +730,9 @@ fn step(
                                         && now.saturating_duration_since(inst.since)
                                             < limits.uncertain_watch
                                 }
-                                CreateStatus::Rejected | CreateStatus::Adopted => false,
+                                CreateStatus::Rejected
+                                | CreateStatus::Adopted
+                                | CreateStatus::Reused => false,
                             };
                     if !waiting_for_server {
                         remove.push((
@@ -752,10 +914,13 @@ mod tests {
         let names: Vec<&String> = st.instances.keys().collect();
         assert_eq!(names, vec!["ours"]);
         assert_eq!(
-            st.untracked_off.get("g"),
-            Some(&1),
-            "the parked one is counted"
+            st.parked
+                .get("g")
+                .map(|p| p.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
+            Some(vec!["parked"]),
+            "the parked one is the group's pool"
         );
+        assert!(st.parked["g"][0].exact);
         assert_eq!(st.instances["ours"].phase, Phase::Running);
     }
 
@@ -939,5 +1104,165 @@ mod uncertain_tests {
                 server_id: "id-a".into()
             }]
         );
+    }
+}
+
+#[cfg(test)]
+mod park_tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            uncertain_watch: Duration::from_secs(600),
+            unknown_command: Duration::from_secs(60),
+            uncertain_grace: Duration::from_secs(30),
+            vanish_misses: 1,
+        }
+    }
+
+    fn listed(power: Power) -> Observed {
+        Observed {
+            id: "id-a".into(),
+            name: "a".into(),
+            power,
+            tags: Some(vec!["k8sca-c".into(), "k8scang-g".into()]),
+        }
+    }
+
+    fn parking(now: Instant) -> State {
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.phase = Phase::Deleting;
+        i.create = CreateStatus::Adopted;
+        i.server_id = Some("id-a".into());
+        i.seen = true;
+        i.park = true;
+        i.command = Some(Pending {
+            id: "5".into(),
+            kind: CommandKind::PowerOff,
+            since: now,
+            unknown_since: None,
+        });
+        st.insert("a".into(), i);
+        st
+    }
+
+    fn done(id: &str, state: CommandState) -> CommandStatus {
+        CommandStatus {
+            id: id.into(),
+            state,
+            log: String::new(),
+        }
+    }
+
+    #[test]
+    fn parks_once_the_listing_shows_it_off() {
+        let now = Instant::now();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let mut st = parking(now);
+        assert_eq!(
+            st.parked_or_parking("g"),
+            1,
+            "a decided park counts at once"
+        );
+        // Complete, but the listing still says on: wait (never adopted as running).
+        let a = st.apply(
+            &[listed(Power::On)],
+            &[done("5", CommandState::Complete)],
+            &[],
+            &groups,
+            limits(),
+            now,
+        );
+        assert!(a.is_empty());
+        assert_eq!(st.instances["a"].phase, Phase::Deleting);
+        // Off: forgotten, in the group's pool, reported for Node cleanup.
+        st.apply(&[listed(Power::Off)], &[], &[], &groups, limits(), now);
+        assert!(st.instances.is_empty());
+        assert_eq!(st.outcomes.parked, vec!["a".to_string()]);
+        assert_eq!(st.reusable("g").len(), 1);
+        assert_eq!(st.parked_or_parking("g"), 1);
+    }
+
+    #[test]
+    fn a_power_off_that_never_shows_becomes_a_terminate() {
+        let now = Instant::now();
+        let mut st = parking(now);
+        st.apply(
+            &[listed(Power::On)],
+            &[done("5", CommandState::Complete)],
+            &[],
+            &[],
+            limits(),
+            now,
+        );
+        let a = st.apply(
+            &[listed(Power::On)],
+            &[],
+            &[],
+            &[],
+            limits(),
+            now + Duration::from_secs(31),
+        );
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        assert!(!st.instances["a"].park);
+    }
+
+    #[test]
+    fn a_failed_power_off_terminates_instead_of_parking() {
+        let now = Instant::now();
+        let mut st = parking(now);
+        let a = st.apply(
+            &[listed(Power::On)],
+            &[done("5", CommandState::Error)],
+            &[],
+            &[],
+            limits(),
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        assert!(!st.instances["a"].park);
+    }
+
+    #[test]
+    fn reuse_takes_only_exact_tag_sets() {
+        let now = Instant::now();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let mut st = State::default();
+        let mut extra = listed(Power::Off);
+        extra.name = "b".into();
+        extra.id = "id-b".into();
+        extra.tags = Some(vec!["k8sca-c".into(), "k8scang-g".into(), "keep".into()]);
+        st.apply(
+            &[listed(Power::Off), extra],
+            &[],
+            &[],
+            &groups,
+            limits(),
+            now,
+        );
+        assert_eq!(st.parked_or_parking("g"), 2, "both count toward the cap");
+        let names: Vec<String> = st.reusable("g").into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["a"], "a server tagged further is left alone");
     }
 }

@@ -73,6 +73,12 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindResult {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Group {
     pub group: String,
 }
@@ -116,7 +122,10 @@ pub struct Metrics {
     pub instances: Family<GroupState, Gauge>,
     pub instances_in_error: Family<GroupClass, Gauge>,
     pub pending_commands: Gauge,
-    pub untracked_off: Family<Group, Gauge>,
+    pub parked: Family<Group, Gauge>,
+    pub power_ons: Family<ResultLabel, Counter>,
+    pub parks: Counter,
+    pub node_updates: Family<KindResult, Counter>,
     pub oldest_pending_command_age: Gauge<f64, AtomicU64>,
     pub staleness: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
@@ -151,7 +160,10 @@ impl Metrics {
             instances: Family::default(),
             instances_in_error: Family::default(),
             pending_commands: Gauge::default(),
-            untracked_off: Family::default(),
+            parked: Family::default(),
+            power_ons: Family::default(),
+            parks: Counter::default(),
+            node_updates: Family::default(),
             oldest_pending_command_age: Gauge::default(),
             staleness: Gauge::default(),
             ready: Gauge::default(),
@@ -218,9 +230,24 @@ impl Metrics {
             m.instances_in_error.clone(),
         );
         registry.register(
-            "untracked_powered_off_servers",
-            "Powered-off servers with a node group's tags that the provider does not manage",
-            m.untracked_off.clone(),
+            "parked_servers",
+            "Powered-off servers with a node group's tags that the provider does not manage: the group's warm pool (parked on scale-down) or servers left behind",
+            m.parked.clone(),
+        );
+        registry.register(
+            "power_ons",
+            "Power-ons of parked servers on scale-up, by result (accepted, rejected, uncertain, failed)",
+            m.power_ons.clone(),
+        );
+        registry.register(
+            "parks",
+            "Servers parked (powered off and kept) on scale-down",
+            m.parks.clone(),
+        );
+        registry.register(
+            "kube_node_updates",
+            "Kubernetes Node updates by kind (release, provider_id) and result (updated, unchanged, not_found, error, skipped)",
+            m.node_updates.clone(),
         );
         registry.register(
             "pending_commands",
@@ -287,6 +314,23 @@ impl Metrics {
     pub fn create(&self, result: &str) {
         self.creates
             .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn power_on(&self, result: &str) {
+        self.power_ons
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn node_update(&self, kind: &str, result: &str) {
+        self.node_updates
+            .get_or_create(&KindResult {
+                kind: kind.to_string(),
                 result: result.to_string(),
             })
             .inc();

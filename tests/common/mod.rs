@@ -2,6 +2,9 @@
 //! `serve` binary as a child process, and requests with the autoscaler's deadline.
 #![allow(dead_code)]
 
+pub mod ca;
+pub mod fake_kube;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
