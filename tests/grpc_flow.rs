@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::ca::{Ca, error_code, state};
 use common::req;
 use std::time::Duration;
 
@@ -10,20 +11,18 @@ use kamatera_ca_provider::config::CloudConfig;
 use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
-use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
 use kamatera_ca_provider::proto::k8s;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
 use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, Quota, SimHandle, Timing};
 use pb::instance_status::InstanceState;
 use prost::Message;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const PREFIX: &str = "kamatera://";
 
 struct Env {
     sim: SimHandle,
-    ca: CloudProviderClient<Channel>,
+    ca: Ca,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -85,9 +84,7 @@ async fn env_with(timing: Timing, quota: Quota) -> Env {
         },
     );
     let (addr, stop) = common::serve(provider, ServeOptions::default()).await;
-    let ca = CloudProviderClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let ca = Ca::connect(addr).await;
     Env {
         sim,
         ca,
@@ -99,74 +96,28 @@ async fn env() -> Env {
     env_with(Timing::fast(), Quota::default()).await
 }
 
+impl std::ops::Deref for Env {
+    type Target = Ca;
+    fn deref(&self) -> &Ca {
+        &self.ca
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Ca {
+        &mut self.ca
+    }
+}
+
 impl Env {
-    async fn refresh(&mut self) {
-        self.ca
-            .refresh(req(pb::RefreshRequest {}))
-            .await
-            .expect("refresh");
-    }
-
-    async fn target(&mut self, group: &str) -> i32 {
-        self.ca
-            .node_group_target_size(req(pb::NodeGroupTargetSizeRequest { id: group.into() }))
-            .await
-            .expect("target size")
-            .into_inner()
-            .target_size
-    }
-
-    async fn nodes(&mut self, group: &str) -> Vec<pb::Instance> {
-        self.ca
-            .node_group_nodes(req(pb::NodeGroupNodesRequest { id: group.into() }))
-            .await
-            .expect("nodes")
-            .into_inner()
-            .instances
-    }
-
-    async fn increase(&mut self, group: &str, delta: i32) -> Result<(), tonic::Status> {
-        self.ca
-            .node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
-                delta,
-                id: group.into(),
-            }))
-            .await
-            .map(|_| ())
-    }
-
-    async fn delete(
-        &mut self,
-        group: &str,
-        nodes: Vec<pb::ExternalGrpcNode>,
-    ) -> Result<(), tonic::Status> {
-        self.ca
-            .node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
-                nodes,
-                id: group.into(),
-            }))
-            .await
-            .map(|_| ())
-    }
-
     /// Refreshes until `check` holds on the group's instances, or fails after 10 s.
-    async fn until<F>(&mut self, group: &str, what: &str, check: F) -> Vec<pb::Instance>
+    async fn until_10s<F>(&mut self, group: &str, what: &str, check: F) -> Vec<pb::Instance>
     where
         F: Fn(&[pb::Instance]) -> bool,
     {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            self.refresh().await;
-            let nodes = self.nodes(group).await;
-            if check(&nodes) {
-                return nodes;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {nodes:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.ca
+            .until(group, what, Duration::from_secs(10), check)
+            .await
     }
 
     fn sim_servers(&self) -> Vec<(String, String)> {
@@ -182,21 +133,6 @@ impl Env {
             })
             .collect()
     }
-}
-
-fn state(i: &pb::Instance) -> InstanceState {
-    i.status
-        .as_ref()
-        .and_then(|s| InstanceState::try_from(s.instance_state).ok())
-        .unwrap_or(InstanceState::Unspecified)
-}
-
-fn error_code(i: &pb::Instance) -> String {
-    i.status
-        .as_ref()
-        .and_then(|s| s.error_info.as_ref())
-        .map(|e| e.error_code.clone())
-        .unwrap_or_default()
 }
 
 fn error_class(i: &pb::Instance) -> i32 {
@@ -269,7 +205,7 @@ async fn scaling_flow() {
     // One create is rejected by the quota: OutOfResources with a stable code; the other two are
     // pending, their servers listed powered off.
     let nodes = e
-        .until("alpha", "one quota error", |n| {
+        .until_10s("alpha", "one quota error", |n| {
             n.iter().any(|i| error_code(i) == "QUOTA_EXCEEDED")
         })
         .await;
@@ -303,7 +239,7 @@ async fn scaling_flow() {
 
     // Creates complete, servers power on: Running.
     let nodes = e
-        .until("alpha", "two running", |n| {
+        .until_10s("alpha", "two running", |n| {
             count(n, InstanceState::InstanceRunning) == 2
         })
         .await;
@@ -325,7 +261,8 @@ async fn scaling_flow() {
         },
     ] {
         let g =
-            e.ca.node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
+            e.ca.rpc
+                .node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
                 .await
                 .expect("for node")
                 .into_inner()
@@ -344,7 +281,7 @@ async fn scaling_flow() {
         nodes.iter().find(|i| i.id == running).map(state),
         Some(InstanceState::InstanceDeleting)
     );
-    e.until("alpha", "deleted node to disappear", |n| {
+    e.until_10s("alpha", "deleted node to disappear", |n| {
         n.iter().all(|i| i.id != running)
     })
     .await;
@@ -367,7 +304,7 @@ async fn command_error_and_cancel_become_error_info() {
     e.sim.update_faults(|f| f.command_error_rate = 1.0);
     e.increase("alpha", 1).await.expect("increase");
     let nodes = e
-        .until("alpha", "create failed", |n| {
+        .until_10s("alpha", "create failed", |n| {
             n.iter().any(|i| error_code(i) == "CREATE_FAILED")
         })
         .await;
@@ -388,7 +325,7 @@ async fn command_error_and_cancel_become_error_info() {
         f.command_cancel_rate = 1.0;
     });
     e.increase("alpha", 1).await.expect("increase");
-    e.until("alpha", "create cancelled", |n| {
+    e.until_10s("alpha", "create cancelled", |n| {
         n.iter().any(|i| error_code(i) == "CREATE_CANCELLED")
     })
     .await;
@@ -417,7 +354,7 @@ async fn decrease_target_size_cancels_only_uncreated_capacity() {
     let mut e = env().await;
     e.refresh().await;
     e.increase("alpha", 1).await.expect("increase");
-    e.until("alpha", "one running", |n| {
+    e.until_10s("alpha", "one running", |n| {
         count(n, InstanceState::InstanceRunning) == 1
     })
     .await;
@@ -435,35 +372,38 @@ async fn decrease_target_size_cancels_only_uncreated_capacity() {
 
     // Three is more than the two not yet created: refused, nothing changes.
     let err =
-        e.ca.node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
-            delta: -3,
-            id: "alpha".into(),
-        }))
-        .await
-        .expect_err("would delete a node");
+        e.ca.rpc
+            .node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
+                delta: -3,
+                id: "alpha".into(),
+            }))
+            .await
+            .expect_err("would delete a node");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert_eq!(e.target("alpha").await, 3);
     // A positive delta is invalid.
     let err =
-        e.ca.node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
-            delta: 1,
+        e.ca.rpc
+            .node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
+                delta: 1,
+                id: "alpha".into(),
+            }))
+            .await
+            .expect_err("positive");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    e.ca.rpc
+        .node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
+            delta: -2,
             id: "alpha".into(),
         }))
         .await
-        .expect_err("positive");
-    assert_eq!(err.code(), Code::InvalidArgument);
-
-    e.ca.node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
-        delta: -2,
-        id: "alpha".into(),
-    }))
-    .await
-    .expect("decrease");
+        .expect("decrease");
     assert_eq!(e.target("alpha").await, 1);
 
     // The cancelled creates were already on the wire: their servers are terminated when they
     // appear, and the running node is untouched.
-    e.until("alpha", "cancelled capacity cleaned up", |n| n.len() == 1)
+    e.until_10s("alpha", "cancelled capacity cleaned up", |n| n.len() == 1)
         .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while e.sim_servers().len() != 1 {
@@ -522,11 +462,11 @@ async fn two_groups_share_one_listing_and_one_queue_poll() {
     let snapshot = e.sim.snapshot();
     assert_eq!(snapshot["commands"].as_array().map(Vec::len), Some(4));
 
-    e.until("alpha", "alpha running", |n| {
+    e.until_10s("alpha", "alpha running", |n| {
         count(n, InstanceState::InstanceRunning) == 2
     })
     .await;
-    e.until("beta", "beta running", |n| {
+    e.until_10s("beta", "beta running", |n| {
         count(n, InstanceState::InstanceRunning) == 2
     })
     .await;
@@ -584,7 +524,8 @@ async fn adopts_existing_tagged_servers_and_ignores_foreign_ones() {
         pb::ExternalGrpcNode::default(),
     ] {
         let g =
-            e.ca.node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
+            e.ca.rpc
+                .node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
                 .await
                 .expect("for node")
                 .into_inner()
@@ -593,7 +534,8 @@ async fn adopts_existing_tagged_servers_and_ignores_foreign_ones() {
         assert_eq!(g.id, "");
     }
     let g =
-        e.ca.node_group_for_node(req(pb::NodeGroupForNodeRequest { node: None }))
+        e.ca.rpc
+            .node_group_for_node(req(pb::NodeGroupForNodeRequest { node: None }))
             .await
             .expect("no node")
             .into_inner();
@@ -634,32 +576,36 @@ async fn bad_requests_fail_without_side_effects() {
     for (code, result) in [
         (
             Code::NotFound,
-            e.ca.node_group_target_size(req(pb::NodeGroupTargetSizeRequest { id: "nope".into() }))
+            e.ca.rpc
+                .node_group_target_size(req(pb::NodeGroupTargetSizeRequest { id: "nope".into() }))
                 .await
                 .map(|_| ()),
         ),
         (
             Code::NotFound,
-            e.ca.node_group_nodes(req(pb::NodeGroupNodesRequest { id: "".into() }))
+            e.ca.rpc
+                .node_group_nodes(req(pb::NodeGroupNodesRequest { id: "".into() }))
                 .await
                 .map(|_| ()),
         ),
         (
             Code::NotFound,
-            e.ca.node_group_template_node_info(req(pb::NodeGroupTemplateNodeInfoRequest {
-                id: "nope".into(),
-            }))
-            .await
-            .map(|_| ()),
+            e.ca.rpc
+                .node_group_template_node_info(req(pb::NodeGroupTemplateNodeInfoRequest {
+                    id: "nope".into(),
+                }))
+                .await
+                .map(|_| ()),
         ),
         (
             Code::NotFound,
-            e.ca.node_group_get_options(req(pb::NodeGroupAutoscalingOptionsRequest {
-                id: "nope".into(),
-                defaults: None,
-            }))
-            .await
-            .map(|_| ()),
+            e.ca.rpc
+                .node_group_get_options(req(pb::NodeGroupAutoscalingOptionsRequest {
+                    id: "nope".into(),
+                    defaults: None,
+                }))
+                .await
+                .map(|_| ()),
         ),
     ] {
         assert_eq!(result.expect_err("unknown group").code(), code);
@@ -675,7 +621,7 @@ async fn bad_requests_fail_without_side_effects() {
     // A delete naming one of our nodes and one foreign node changes nothing.
     e.increase("alpha", 1).await.expect("increase");
     let nodes = e
-        .until("alpha", "running", |n| {
+        .until_10s("alpha", "running", |n| {
             count(n, InstanceState::InstanceRunning) == 1
         })
         .await;
@@ -712,7 +658,8 @@ async fn bad_requests_fail_without_side_effects() {
 
     // Pricing is not configured.
     let err =
-        e.ca.pricing_node_price(req(pb::PricingNodePriceRequest::default()))
+        e.ca.rpc
+            .pricing_node_price(req(pb::PricingNodePriceRequest::default()))
             .await
             .expect_err("pricing");
     assert_eq!(err.code(), Code::Unimplemented);
@@ -723,7 +670,7 @@ async fn refresh_answers_within_the_deadline_when_kamatera_hangs() {
     let mut e = env().await;
     e.refresh().await;
     e.increase("alpha", 1).await.expect("increase");
-    e.until("alpha", "running", |n| {
+    e.until_10s("alpha", "running", |n| {
         count(n, InstanceState::InstanceRunning) == 1
     })
     .await;
@@ -737,7 +684,8 @@ async fn refresh_answers_within_the_deadline_when_kamatera_hangs() {
         },
     );
     for _ in 0..2 {
-        e.ca.refresh(req(pb::RefreshRequest {}))
+        e.ca.rpc
+            .refresh(req(pb::RefreshRequest {}))
             .await
             .expect("refresh answers in time, with the last known state");
         // Reads still answer from memory while the reconcile hangs.
@@ -760,7 +708,8 @@ async fn refresh_is_unavailable_until_kamatera_was_read_once() {
         },
     );
     let err =
-        e.ca.refresh(req(pb::RefreshRequest {}))
+        e.ca.rpc
+            .refresh(req(pb::RefreshRequest {}))
             .await
             .expect_err("no state yet");
     assert_eq!(err.code(), Code::Unavailable);
@@ -787,12 +736,13 @@ async fn refresh_is_unavailable_until_kamatera_was_read_once() {
 async fn template_node_decodes_to_the_expected_node() {
     let mut e = env().await;
     let resp =
-        e.ca.node_group_template_node_info(req(pb::NodeGroupTemplateNodeInfoRequest {
-            id: "alpha".into(),
-        }))
-        .await
-        .expect("template")
-        .into_inner();
+        e.ca.rpc
+            .node_group_template_node_info(req(pb::NodeGroupTemplateNodeInfoRequest {
+                id: "alpha".into(),
+            }))
+            .await
+            .expect("template")
+            .into_inner();
     assert!(!resp.node_bytes.is_empty(), "never an empty OK answer");
     assert_eq!(
         resp.legacy_node_info, resp.node_bytes,
@@ -860,28 +810,30 @@ async fn get_options_absent_unless_overridden() {
         ..Default::default()
     };
     let alpha =
-        e.ca.node_group_get_options(req(pb::NodeGroupAutoscalingOptionsRequest {
-            id: "alpha".into(),
-            defaults: Some(defaults),
-        }))
-        .await
-        .expect("alpha options")
-        .into_inner();
+        e.ca.rpc
+            .node_group_get_options(req(pb::NodeGroupAutoscalingOptionsRequest {
+                id: "alpha".into(),
+                defaults: Some(defaults),
+            }))
+            .await
+            .expect("alpha options")
+            .into_inner();
     assert_eq!(
         alpha.node_group_autoscaling_options, None,
         "no overrides: field absent"
     );
 
     let beta =
-        e.ca.node_group_get_options(req(pb::NodeGroupAutoscalingOptionsRequest {
-            id: "beta".into(),
-            defaults: Some(defaults),
-        }))
-        .await
-        .expect("beta options")
-        .into_inner()
-        .node_group_autoscaling_options
-        .expect("beta overrides something");
+        e.ca.rpc
+            .node_group_get_options(req(pb::NodeGroupAutoscalingOptionsRequest {
+                id: "beta".into(),
+                defaults: Some(defaults),
+            }))
+            .await
+            .expect("beta options")
+            .into_inner()
+            .node_group_autoscaling_options
+            .expect("beta overrides something");
     assert_eq!(
         beta.scale_down_utilization_threshold, 0.5,
         "defaults echoed"
@@ -917,7 +869,8 @@ async fn get_options_absent_unless_overridden() {
 async fn node_groups_and_gpu_answers() {
     let mut e = env().await;
     let groups =
-        e.ca.node_groups(req(pb::NodeGroupsRequest {}))
+        e.ca.rpc
+            .node_groups(req(pb::NodeGroupsRequest {}))
             .await
             .expect("groups")
             .into_inner()
@@ -928,18 +881,21 @@ async fn node_groups_and_gpu_answers() {
         .collect();
     assert_eq!(ids, vec![("alpha", 0, 5), ("beta", 0, 3)]);
     let label =
-        e.ca.gpu_label(req(pb::GpuLabelRequest {}))
+        e.ca.rpc
+            .gpu_label(req(pb::GpuLabelRequest {}))
             .await
             .expect("gpu label")
             .into_inner();
     assert_eq!(label.label, "");
     let types =
-        e.ca.get_available_gpu_types(req(pb::GetAvailableGpuTypesRequest {}))
+        e.ca.rpc
+            .get_available_gpu_types(req(pb::GetAvailableGpuTypesRequest {}))
             .await
             .expect("gpu types")
             .into_inner();
     assert!(types.gpu_types.is_empty());
-    e.ca.cleanup(req(pb::CleanupRequest {}))
+    e.ca.rpc
+        .cleanup(req(pb::CleanupRequest {}))
         .await
         .expect("cleanup");
 }
@@ -956,18 +912,19 @@ async fn extreme_inputs_are_refused_cleanly() {
         .expect_err("most negative delta");
     assert_eq!(err.code(), Code::InvalidArgument);
     let err =
-        e.ca.node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
-            delta: i32::MIN,
-            id: "alpha".into(),
-        }))
-        .await
-        .expect_err("huge decrease");
+        e.ca.rpc
+            .node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
+                delta: i32::MIN,
+                id: "alpha".into(),
+            }))
+            .await
+            .expect_err("huge decrease");
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // A very large delete: 20,000 foreign nodes and one real one; refused as a whole.
     e.increase("alpha", 1).await.expect("increase");
     let nodes = e
-        .until("alpha", "running", |n| {
+        .until_10s("alpha", "running", |n| {
             count(n, InstanceState::InstanceRunning) == 1
         })
         .await;
@@ -992,18 +949,19 @@ async fn extreme_inputs_are_refused_cleanly() {
         .map(|i| (format!("label-{i}"), "x".repeat(64)))
         .collect();
     let g =
-        e.ca.node_group_for_node(req(pb::NodeGroupForNodeRequest {
-            node: Some(pb::ExternalGrpcNode {
-                name: "huge".into(),
-                labels,
-                ..Default::default()
-            }),
-        }))
-        .await
-        .expect("for node")
-        .into_inner()
-        .node_group
-        .expect("present");
+        e.ca.rpc
+            .node_group_for_node(req(pb::NodeGroupForNodeRequest {
+                node: Some(pb::ExternalGrpcNode {
+                    name: "huge".into(),
+                    labels,
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("for node")
+            .into_inner()
+            .node_group
+            .expect("present");
     assert_eq!(g.id, "");
     assert_eq!(e.target("alpha").await, 1);
 }
@@ -1013,7 +971,7 @@ async fn concurrent_rpcs_while_kamatera_hangs() {
     let mut e = env().await;
     e.refresh().await;
     e.increase("alpha", 2).await.expect("increase");
-    e.until("alpha", "running", |n| {
+    e.until_10s("alpha", "running", |n| {
         count(n, InstanceState::InstanceRunning) == 2
     })
     .await;
@@ -1027,7 +985,7 @@ async fn concurrent_rpcs_while_kamatera_hangs() {
     );
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let mut ca = e.ca.clone();
+        let mut ca = e.ca.rpc.clone();
         tasks.push(tokio::spawn(async move {
             match i % 5 {
                 0 => ca.refresh(req(pb::RefreshRequest {})).await.map(|_| ()),

@@ -170,6 +170,25 @@ impl Env {
         }
     }
 
+    /// What the autoscaler does with an instance in error: deletes it through a fake node (name =
+    /// providerID = instance id); waits until the group no longer lists it.
+    async fn delete_fake_node(&mut self, group: &str, id: &str) {
+        self.ca
+            .delete(
+                group,
+                vec![pb::ExternalGrpcNode {
+                    name: id.into(),
+                    provider_id: id.into(),
+                    ..Default::default()
+                }],
+            )
+            .await
+            .expect("delete");
+        self.ca
+            .until(group, "instance gone", WAIT, |n| n.is_empty())
+            .await;
+    }
+
     fn metric(&self, series: &str) -> f64 {
         self.provider.export_gauges();
         self.metrics
@@ -433,8 +452,8 @@ async fn node_matched_by_name_gets_its_provider_id_once() {
     assert_eq!(fake.calls().len(), before);
 }
 
-#[tokio::test]
-async fn failed_power_on_is_error_info_and_that_server_is_terminated() {
+/// A parking group with one server, scaled up and down again: one parked server.
+async fn one_parked_server() -> (Env, String) {
     let mut e = env(
         Case {
             power: true,
@@ -446,6 +465,12 @@ async fn failed_power_on_is_error_info_and_that_server_is_terminated() {
     .await;
     let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
     e.scale_down_all("a").await;
+    (e, name)
+}
+
+#[tokio::test]
+async fn failed_power_on_is_error_info_and_that_server_is_terminated() {
+    let (mut e, name) = one_parked_server().await;
     assert_eq!(e.servers("a"), vec![(name.clone(), false)], "parked");
 
     // Every command now fails: the power-on of the parked server ends in error.
@@ -473,33 +498,13 @@ async fn failed_power_on_is_error_info_and_that_server_is_terminated() {
     // again but terminated.
     e.sim.update_faults(|f| f.command_error_rate = 0.0);
     let id = nodes[0].id.clone();
-    e.ca.delete(
-        "a",
-        vec![pb::ExternalGrpcNode {
-            name: id.clone(),
-            provider_id: id,
-            ..Default::default()
-        }],
-    )
-    .await
-    .expect("delete");
-    e.ca.until("a", "gone", WAIT, |n| n.is_empty()).await;
+    e.delete_fake_node("a", &id).await;
     until("terminated", || e.servers("a").is_empty()).await;
 }
 
 #[tokio::test]
 async fn a_refused_power_on_is_error_info_and_keeps_the_server_parked() {
-    let mut e = env(
-        Case {
-            power: true,
-            cap: 0,
-            groups: 1,
-        },
-        None,
-    )
-    .await;
-    let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
-    e.scale_down_all("a").await;
+    let (mut e, name) = one_parked_server().await;
     // The power-on request is refused (429 on every attempt): nothing was done to the server.
     e.sim.set_endpoint_faults(
         Endpoint::PowerOn,
@@ -517,17 +522,7 @@ async fn a_refused_power_on_is_error_info_and_keeps_the_server_parked() {
     e.sim
         .set_endpoint_faults(Endpoint::PowerOn, EndpointFaults::default());
     let id = nodes[0].id.clone();
-    e.ca.delete(
-        "a",
-        vec![pb::ExternalGrpcNode {
-            name: id.clone(),
-            provider_id: id,
-            ..Default::default()
-        }],
-    )
-    .await
-    .expect("delete");
-    e.ca.until("a", "gone", WAIT, |n| n.is_empty()).await;
+    e.delete_fake_node("a", &id).await;
     for _ in 0..3 {
         e.ca.refresh().await;
     }
