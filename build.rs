@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/externalgrpc.proto", "proto/k8s_node.proto"];
+    let files = [
+        "proto/externalgrpc.proto",
+        "proto/k8s_node.proto",
+        "proto/admin.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

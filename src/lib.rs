@@ -12,6 +12,7 @@ pub mod kamatera;
 pub mod kube;
 pub mod proto;
 pub mod provider;
+pub mod schedule;
 pub mod sim;
 pub mod telemetry;
 pub mod time;

@@ -198,6 +198,17 @@ enum ClientCall {
     },
     /// Print a node group's autoscaling options (or that the autoscaler's defaults apply).
     Options { group: String },
+    /// Hibernate a node group now (drain, remove its servers, max-size 0) until `resume`.
+    Hibernate {
+        group: String,
+        /// Delete pods that disruption budgets keep from being evicted within the drain timeout.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wake a hibernating node group (during a scheduled window: until the window closes).
+    Resume { group: String },
+    /// Show schedules and hibernation of every node group.
+    Status,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -628,6 +639,32 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         args.tls_ca,
         args.tls_server_name,
     )?;
+    if let ClientCall::Hibernate { .. } | ClientCall::Resume { .. } | ClientCall::Status = &args.call {
+        let mut admin = grpc_client::connect_admin(&args.address, tls.as_ref()).await?;
+        use kamatera_ca_provider::proto::admin as apb;
+        let groups = match &args.call {
+            ClientCall::Hibernate { group, force } => vec![
+                admin
+                    .hibernate(apb::HibernateRequest {
+                        group: group.clone(),
+                        force: *force,
+                    })
+                    .await?
+                    .into_inner(),
+            ],
+            ClientCall::Resume { group } => vec![
+                admin
+                    .resume(apb::GroupRequest {
+                        group: group.clone(),
+                    })
+                    .await?
+                    .into_inner(),
+            ],
+            _ => admin.status(apb::StatusRequest {}).await?.into_inner().groups,
+        };
+        print!("{}", grpc_client::render_status(&groups));
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut ca = grpc_client::connect(&args.address, tls.as_ref()).await?;
     match args.call {
         ClientCall::Groups => {
@@ -732,6 +769,8 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        // Admin calls were answered above.
+        ClientCall::Hibernate { .. } | ClientCall::Resume { .. } | ClientCall::Status => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
 //! Generated protobuf code: the externalgrpc service (compat superset) and the Kubernetes Node
-//! subset used for template nodes. Proto types stop at the `grpc` module.
+//! and Pod subsets, and the provider's own Admin service. Proto types stop at the `grpc` module.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -11,6 +11,11 @@ pub mod externalgrpc {
 /// `k8s.io.api.core.v1`: the fields of `Node` the provider fills in.
 pub mod k8s {
     tonic::include_proto!("k8s.io.api.core.v1");
+}
+
+/// `kamatera.provider.v1`: the provider's operator service (hibernation).
+pub mod admin {
+    tonic::include_proto!("kamatera.provider.v1");
 }
 
 /// Encoded `FileDescriptorSet` of every proto file, for server reflection.

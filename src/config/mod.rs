@@ -11,6 +11,7 @@ mod gcfg;
 mod resolve;
 mod secret;
 mod summary;
+mod windows;
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +19,7 @@ use std::path::Path;
 pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
 pub use secret::Secret;
 pub use summary::render as render_summary;
+pub use windows::DEFAULT_DRAIN_TIMEOUT;
 
 /// Environment variable that overrides `kamatera-api-client-id`.
 pub const ENV_CLIENT_ID: &str = "KAMATERA_API_CLIENT_ID";
@@ -38,6 +40,10 @@ pub struct CloudConfig {
     pub provider_id_prefix: String,
     /// Label that marks GPU nodes (`gpu-label`), answered by the GPULabel RPC; empty for none.
     pub gpu_label: String,
+    /// Time zone of `schedule` and `hibernate` cron expressions (`timezone`, default UTC).
+    pub timezone: crate::schedule::Zone,
+    /// Per-pod price model (PricingPodPrice), when node groups have prices.
+    pub pod_prices: Option<PodPrices>,
     /// Node groups, sorted by name.
     pub node_groups: Vec<NodeGroupConfig>,
 }
@@ -62,7 +68,47 @@ pub struct NodeGroupConfig {
     pub reserved_memory_mib: u32,
     /// Per-group autoscaling options; all `None` means "use the autoscaler's defaults".
     pub options: OptionOverrides,
+    /// `schedule` entries, in file order.
+    pub schedules: Vec<ScheduleEntry>,
+    /// `hibernate` entries, in file order.
+    pub hibernate: Vec<HibernateEntry>,
+    /// `price-per-hour`: what one server of the group costs per hour (PricingNodePrice).
+    pub price_per_hour: Option<Price>,
     pub server: ServerConfig,
+}
+
+/// A window during which a node group's sizes or options differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleEntry {
+    pub window: crate::schedule::Window,
+    pub min_size: Option<u32>,
+    pub max_size: Option<u32>,
+    pub options: OptionOverrides,
+    /// The entry as written, for messages.
+    pub text: String,
+}
+
+/// A window during which a node group hibernates (drained, servers gone, max-size 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HibernateEntry {
+    pub window: crate::schedule::Window,
+    /// Delete pods that could not be evicted within `drain_timeout` (PodDisruptionBudgets).
+    pub force: bool,
+    pub drain_timeout: std::time::Duration,
+    pub text: String,
+}
+
+/// A price in the account's currency (≥ 0, finite).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price(pub f64);
+
+impl Eq for Price {}
+
+/// How PricingPodPrice prices a pod: its requests times these hourly rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodPrices {
+    pub per_cpu_hour: Price,
+    pub per_gib_hour: Price,
 }
 
 /// A taint of the template node: `key=value:Effect` or `key:Effect`.

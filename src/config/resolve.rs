@@ -59,6 +59,9 @@ const GLOBAL_KEYS: &[(&str, Kind)] = &[
     ("default-monthlypackage", Kind::Str),
     ("default-script-base64", Kind::Str),
     ("gpu-label", Kind::Str),
+    ("timezone", Kind::Str),
+    ("pod-price-per-cpu-hour", Kind::Str),
+    ("pod-price-per-gib-hour", Kind::Str),
 ];
 
 const GROUP_KEYS: &[(&str, Kind)] = &[
@@ -93,6 +96,9 @@ const GROUP_KEYS: &[(&str, Kind)] = &[
     ("max-node-provision-time", Kind::Str),
     ("zero-or-max-node-scaling", Kind::Bool),
     ("ignore-daemonsets-utilization", Kind::Bool),
+    ("schedule", Kind::List),
+    ("hibernate", Kind::List),
+    ("price-per-hour", Kind::Str),
 ];
 
 static TAG_RE: LazyLock<Regex> =
@@ -224,6 +230,37 @@ pub fn resolve(
         if let Some(g) = resolve_group(name, raw, &global, &resolved, &mut problems) {
             node_groups.push(g);
         }
+    }
+
+    let priced: Vec<&str> = node_groups
+        .iter()
+        .filter(|g| g.price_per_hour.is_some())
+        .map(|g| g.name.as_str())
+        .collect();
+    let unpriced: Vec<&str> = node_groups
+        .iter()
+        .filter(|g| g.price_per_hour.is_none())
+        .map(|g| g.name.as_str())
+        .collect();
+    if !priced.is_empty() && !unpriced.is_empty() {
+        problems.add(
+            None,
+            &group_label(unpriced[0]),
+            Some("price-per-hour"),
+            format!(
+                "price-per-hour is set on {} but not on {}: the price expander needs every group's price, or none",
+                priced.join(", "),
+                unpriced.join(", ")
+            ),
+        );
+    }
+    if priced.is_empty() && resolved.pod_prices.is_some() {
+        problems.add(
+            None,
+            "global",
+            Some("pod-price-per-cpu-hour"),
+            "pod prices without node-group prices: set price-per-hour on the node groups".into(),
+        );
     }
 
     if problems.0.is_empty() {
@@ -498,6 +535,47 @@ fn resolve_global(
         .map(|(v, _)| v)
         .unwrap_or_else(|| DEFAULT_PROVIDER_ID_PREFIX.to_string());
 
+    let timezone = match r.non_empty("timezone") {
+        None => crate::schedule::Zone::utc(),
+        Some((name, line)) => crate::schedule::Zone::get(name.trim()).unwrap_or_else(|e| {
+            problems.add(Some(line), "global", Some("timezone"), e);
+            crate::schedule::Zone::utc()
+        }),
+    };
+    let mut price = |key: &str| {
+        let (v, line) = r.non_empty(key)?;
+        match parse_price(&v) {
+            Some(p) => Some(p),
+            None => {
+                problems.add(
+                    Some(line),
+                    "global",
+                    Some(key),
+                    format!("{v:?} is not a price (a number ≥ 0, e.g. 0.012)"),
+                );
+                None
+            }
+        }
+    };
+    let per_cpu = price("pod-price-per-cpu-hour");
+    let per_gib = price("pod-price-per-gib-hour");
+    let pod_prices = match (per_cpu, per_gib) {
+        (Some(c), Some(g)) => Some(super::PodPrices {
+            per_cpu_hour: c,
+            per_gib_hour: g,
+        }),
+        (None, None) => None,
+        _ => {
+            problems.add(
+                None,
+                "global",
+                Some("pod-price-per-cpu-hour"),
+                "give pod-price-per-cpu-hour and pod-price-per-gib-hour together".into(),
+            );
+            None
+        }
+    };
+
     CloudConfig {
         api_client_id,
         api_secret: Secret::new(api_secret),
@@ -509,6 +587,8 @@ fn resolve_global(
             .unwrap_or_default(),
         provider_id_prefix,
         gpu_label: r.string("gpu-label").map(|(v, _)| v).unwrap_or_default(),
+        timezone,
+        pod_prices,
         node_groups: Vec::new(),
     }
 }
@@ -928,6 +1008,32 @@ fn resolve_group(
         }),
     };
     let options = read_options(&g, &label, problems);
+    let mut schedules = Vec::new();
+    for (text, line) in g.list("schedule").map(|(_, v)| v.as_slice()).unwrap_or_default() {
+        match super::windows::parse_schedule(text, (min_size, max_size)) {
+            Ok(e) => schedules.push(e),
+            Err(e) => problems.add(Some(*line), &label, Some("schedule"), e),
+        }
+    }
+    let mut hibernate = Vec::new();
+    for (text, line) in g.list("hibernate").map(|(_, v)| v.as_slice()).unwrap_or_default() {
+        match super::windows::parse_hibernate(text) {
+            Ok(e) => hibernate.push(e),
+            Err(e) => problems.add(Some(*line), &label, Some("hibernate"), e),
+        }
+    }
+    let price_per_hour = g.non_empty("price-per-hour").and_then(|(v, line)| {
+        let p = parse_price(&v);
+        if p.is_none() {
+            problems.add(
+                Some(line),
+                &label,
+                Some("price-per-hour"),
+                format!("{v:?} is not a price (a number ≥ 0, e.g. 0.05)"),
+            );
+        }
+        p
+    });
 
     let password = pick("password", "default-password");
     let ssh_key = pick("ssh-key", "default-ssh-key");
@@ -948,6 +1054,9 @@ fn resolve_group(
         reserved_cpu_millis,
         reserved_memory_mib,
         options,
+        schedules,
+        hibernate,
+        price_per_hour,
         server: ServerConfig {
             name_prefix: name_prefix.value,
             password: Some(password.value)
@@ -1202,6 +1311,15 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         total += std::time::Duration::try_from_secs_f64(number * seconds).ok()?;
     }
     Some(total)
+}
+
+/// A price: a finite number ≥ 0.
+fn parse_price(text: &str) -> Option<super::Price> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| p.is_finite() && *p >= 0.0)
+        .map(super::Price)
 }
 
 /// `100m` (millicores) or `0.5` / `2` (cores).

@@ -15,6 +15,17 @@ pub fn render(config: &CloudConfig) -> String {
         ("filter name prefix", or_dash(&config.filter_name_prefix)),
         ("provider id prefix", config.provider_id_prefix.clone()),
         ("gpu label", or_dash(&config.gpu_label)),
+        ("time zone", config.timezone.name().to_string()),
+        (
+            "pod prices",
+            match &config.pod_prices {
+                Some(p) => format!("{} per cpu-hour, {} per GiB-hour", p.per_cpu_hour.0, p.per_gib_hour.0),
+                None if config.node_groups.iter().any(|g| g.price_per_hour.is_some()) => {
+                    "derived from the node groups' prices".into()
+                }
+                None => "-".into(),
+            },
+        ),
         ("node groups", config.node_groups.len().to_string()),
     ];
     block(&mut out, "[global]", &rows);
@@ -100,6 +111,36 @@ pub fn render(config: &CloudConfig) -> String {
                 ),
             ),
             ("options", options(&g.options)),
+            (
+                "schedules",
+                if g.schedules.is_empty() {
+                    "-".into()
+                } else {
+                    g.schedules
+                        .iter()
+                        .map(|e| e.text.clone())
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                },
+            ),
+            (
+                "hibernate",
+                if g.hibernate.is_empty() {
+                    "-".into()
+                } else {
+                    g.hibernate
+                        .iter()
+                        .map(|e| e.text.clone())
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                },
+            ),
+            (
+                "price",
+                g.price_per_hour
+                    .map(|p| format!("{} per hour", p.0))
+                    .unwrap_or_else(|| "-".into()),
+            ),
             (
                 "password",
                 if s.password.is_some() {

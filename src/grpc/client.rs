@@ -65,6 +65,49 @@ pub async fn connect(
     address: &str,
     tls: Option<&ClientTls>,
 ) -> Result<CloudProviderClient<Channel>, ClientError> {
+    Ok(CloudProviderClient::new(channel(address, tls).await?))
+}
+
+/// The provider's Admin service at `address`.
+pub async fn connect_admin(
+    address: &str,
+    tls: Option<&ClientTls>,
+) -> Result<crate::proto::admin::admin_client::AdminClient<Channel>, ClientError> {
+    Ok(crate::proto::admin::admin_client::AdminClient::new(
+        channel(address, tls).await?,
+    ))
+}
+
+/// `GROUP  PHASE  MIN  MAX  WINDOW  NEXT CHANGE` lines, then kept nodes.
+pub fn render_status(groups: &[crate::proto::admin::GroupStatus]) -> String {
+    let width = groups.iter().map(|g| g.group.len()).max().unwrap_or(5).max(5);
+    let mut out = format!(
+        "{:<width$}  {:<12}  {:>3}  {:>3}  {:<25}  WINDOW\n",
+        "GROUP", "PHASE", "MIN", "MAX", "NEXT CHANGE"
+    );
+    for g in groups {
+        let phase = if g.manual {
+            format!("{} (manual)", g.phase)
+        } else {
+            g.phase.clone()
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<12}  {:>3}  {:>3}  {:<25}  {}\n",
+            g.group,
+            phase,
+            g.min_size,
+            g.max_size,
+            if g.next_change.is_empty() { "-" } else { &g.next_change },
+            if g.window.is_empty() { "-" } else { &g.window },
+        ));
+        if !g.kept.is_empty() {
+            out.push_str(&format!("  kept (not drained): {}\n", g.kept.join(", ")));
+        }
+    }
+    out
+}
+
+async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
     let connect_err = |source| ClientError::Connect {
         address: address.to_string(),
         source,
@@ -83,8 +126,7 @@ pub async fn connect(
             .domain_name(t.server_name.clone().unwrap_or_else(|| host.to_string()));
         endpoint = endpoint.tls_config(config).map_err(connect_err)?;
     }
-    let channel = endpoint.connect().await.map_err(connect_err)?;
-    Ok(CloudProviderClient::new(channel))
+    endpoint.connect().await.map_err(connect_err)
 }
 
 /// `ID  MIN  MAX` lines.

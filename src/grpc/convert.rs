@@ -209,3 +209,121 @@ fn error_info(e: Option<&ErrorInfo>) -> pb::InstanceErrorInfo {
         },
     }
 }
+
+/// A Kubernetes quantity (`500m`, `2`, `1.5Gi`, `512M`, `1e3`) as a number of base units.
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0_f64.powi(4),
+        "Pi" => 1024.0_f64.powi(5),
+        "Ei" => 1024.0_f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(value * factor).filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// CPU cores and memory bytes a pod requests, as the scheduler counts them: the larger of the
+/// containers' sum and the largest init container, plus the pod overhead. A container without
+/// a request for a resource counts its limit.
+pub fn pod_requests(pod: &k8s::Pod) -> (f64, f64) {
+    let Some(spec) = &pod.spec else {
+        return (0.0, 0.0);
+    };
+    let of = |c: &k8s::Container, name: &str| -> f64 {
+        let r = c.resources.as_ref();
+        r.and_then(|r| r.requests.get(name))
+            .or_else(|| r.and_then(|r| r.limits.get(name)))
+            .and_then(|q| q.string.as_deref())
+            .and_then(parse_quantity)
+            .unwrap_or(0.0)
+    };
+    let total = |name: &str| {
+        let sum: f64 = spec.containers.iter().map(|c| of(c, name)).sum();
+        let init = spec
+            .init_containers
+            .iter()
+            .map(|c| of(c, name))
+            .fold(0.0, f64::max);
+        let overhead = spec
+            .overhead
+            .get(name)
+            .and_then(|q| q.string.as_deref())
+            .and_then(parse_quantity)
+            .unwrap_or(0.0);
+        sum.max(init) + overhead
+    };
+    (total("cpu"), total("memory"))
+}
+
+/// A protobuf timestamp as an instant.
+pub fn timestamp(t: &prost_types::Timestamp) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::new(t.seconds, t.nanos).ok()
+}
+
+#[cfg(test)]
+mod pricing_tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        for (text, want) in [
+            ("500m", 0.5),
+            ("2", 2.0),
+            ("1.5Gi", 1.5 * 1024.0 * 1024.0 * 1024.0),
+            ("512Mi", 512.0 * 1024.0 * 1024.0),
+            ("1G", 1e9),
+            ("1e3", 1000.0),
+            ("100k", 1e5),
+        ] {
+            assert_eq!(parse_quantity(text), Some(want), "{text}");
+        }
+        assert_eq!(parse_quantity("lots"), None);
+        assert_eq!(parse_quantity("1Zi"), None);
+    }
+
+    #[test]
+    fn requests_follow_the_scheduler() {
+        let q = |s: &str| k8s::Quantity {
+            string: Some(s.into()),
+        };
+        let container = |cpu: &str, mem: &str| k8s::Container {
+            name: Some("c".into()),
+            resources: Some(k8s::ResourceRequirements {
+                requests: [("cpu".to_string(), q(cpu)), ("memory".to_string(), q(mem))]
+                    .into_iter()
+                    .collect(),
+                limits: Default::default(),
+            }),
+        };
+        let pod = k8s::Pod {
+            metadata: None,
+            spec: Some(k8s::PodSpec {
+                containers: vec![container("250m", "256Mi"), container("250m", "256Mi")],
+                init_containers: vec![container("2", "64Mi")],
+                overhead: [("cpu".to_string(), q("100m"))].into_iter().collect(),
+            }),
+        };
+        let (cpu, mem) = pod_requests(&pod);
+        assert!((cpu - 2.1).abs() < 1e-9, "{cpu}");
+        assert_eq!(mem, 512.0 * 1024.0 * 1024.0);
+    }
+}

@@ -3,8 +3,9 @@
 //!
 //! Status codes: NotFound for an unknown node group, InvalidArgument for a bad delta or a node of
 //! another group, FailedPrecondition for a min/max violation, Unavailable while Kamatera's state
-//! has never been read, Unimplemented for pricing. Messages never carry credentials.
+//! has never been read, Unimplemented for pricing unless every node group has a price. Messages never carry credentials.
 
+mod admin;
 pub mod client;
 mod convert;
 pub mod tls;
@@ -25,16 +26,11 @@ use crate::provider::{GroupInfo, NodeRef, Provider, ProviderError};
 #[derive(Clone)]
 pub struct Service {
     provider: Provider,
-    /// The node groups never change while the process runs: built once.
-    groups: Arc<pb::NodeGroupsResponse>,
 }
 
 impl Service {
     pub fn new(provider: Provider) -> Self {
-        let groups = Arc::new(pb::NodeGroupsResponse {
-            node_groups: provider.node_groups().into_iter().map(group).collect(),
-        });
-        Service { provider, groups }
+        Service { provider }
     }
 
     /// The tonic server type, ready for `Server::add_service`.
@@ -79,6 +75,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let router = tonic::transport::Server::builder()
+        .add_service(admin::AdminService::new(provider.clone()).into_server())
         .add_service(Service::new(provider).into_server())
         .add_service(health)
         .add_service(reflection);
@@ -118,12 +115,27 @@ async fn report_health(provider: Provider, reporter: tonic_health::server::Healt
     }
 }
 
+const NO_PRICES: &str = "pricing is not configured (set price-per-hour on every node group)";
+
+/// The priced period of a pricing request.
+fn period(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> Result<(jiff::Timestamp, jiff::Timestamp), Status> {
+    let get = |t: Option<&prost_types::Timestamp>, what: &str| {
+        t.and_then(convert::timestamp)
+            .ok_or_else(|| Status::invalid_argument(format!("{what} time is missing or invalid")))
+    };
+    Ok((get(start, "start")?, get(end, "end")?))
+}
+
 fn status(e: ProviderError) -> Status {
     match &e {
         ProviderError::UnknownGroup(_) => Status::not_found(e.to_string()),
         ProviderError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         ProviderError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         ProviderError::Unavailable(_) => Status::unavailable(e.to_string()),
+        ProviderError::NotFound(_) => Status::not_found(e.to_string()),
     }
 }
 
@@ -143,6 +155,11 @@ fn node_ref(n: &pb::ExternalGrpcNode) -> NodeRef {
     NodeRef {
         provider_id: n.provider_id.clone(),
         name: n.name.clone(),
+        group_label: n
+            .labels
+            .get(crate::provider::GROUP_LABEL)
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
@@ -216,7 +233,13 @@ impl CloudProvider for Service {
         _: Request<pb::NodeGroupsRequest>,
     ) -> Result<Response<pb::NodeGroupsResponse>, Status> {
         let started = Instant::now();
-        let r = async { Ok(Response::new(pb::NodeGroupsResponse::clone(&self.groups))) }.await;
+        // Sizes follow schedules and hibernation, so they are worked out at each call.
+        let r = async {
+            Ok(Response::new(pb::NodeGroupsResponse {
+                node_groups: self.provider.node_groups().into_iter().map(group).collect(),
+            }))
+        }
+        .await;
         self.done("NodeGroups", started, r)
     }
 
@@ -244,19 +267,62 @@ impl CloudProvider for Service {
 
     async fn pricing_node_price(
         &self,
-        _: Request<pb::PricingNodePriceRequest>,
+        request: Request<pb::PricingNodePriceRequest>,
     ) -> Result<Response<pb::PricingNodePriceResponse>, Status> {
         let started = Instant::now();
-        let r = async { Err(Status::unimplemented("pricing is not configured")) }.await;
+        let r = async {
+            if !self.provider.pricing_enabled() {
+                return Err(Status::unimplemented(NO_PRICES));
+            }
+            let req = request.into_inner();
+            let node = req
+                .node
+                .as_ref()
+                .map(node_ref)
+                .ok_or_else(|| Status::invalid_argument("node is missing"))?;
+            let (start, end) = period(
+                req.start_timestamp.as_ref().or(req.legacy_start_time.as_ref()),
+                req.end_timestamp.as_ref().or(req.legacy_end_time.as_ref()),
+            )?;
+            let r = self
+                .provider
+                .node_price(&node, start, end)
+                .map(|price| pb::PricingNodePriceResponse { price });
+            logged("PricingNodePrice", false, r)
+        }
+        .await;
         self.done("PricingNodePrice", started, r)
     }
 
     async fn pricing_pod_price(
         &self,
-        _: Request<pb::PricingPodPriceRequest>,
+        request: Request<pb::PricingPodPriceRequest>,
     ) -> Result<Response<pb::PricingPodPriceResponse>, Status> {
         let started = Instant::now();
-        let r = async { Err(Status::unimplemented("pricing is not configured")) }.await;
+        let r = async {
+            if !self.provider.pricing_enabled() {
+                return Err(Status::unimplemented(NO_PRICES));
+            }
+            let req = request.into_inner();
+            let bytes = if req.pod_bytes.is_empty() {
+                &req.legacy_pod
+            } else {
+                &req.pod_bytes
+            };
+            let pod = crate::proto::k8s::Pod::decode(bytes.as_slice())
+                .map_err(|e| Status::invalid_argument(format!("pod is not a Kubernetes Pod: {e}")))?;
+            let (start, end) = period(
+                req.start_timestamp.as_ref().or(req.legacy_start_time.as_ref()),
+                req.end_timestamp.as_ref().or(req.legacy_end_time.as_ref()),
+            )?;
+            let (cpu, memory) = convert::pod_requests(&pod);
+            let r = self
+                .provider
+                .pod_price(cpu, memory, start, end)
+                .map(|price| pb::PricingPodPriceResponse { price });
+            logged("PricingPodPrice", false, r)
+        }
+        .await;
         self.done("PricingPodPrice", started, r)
     }
 

@@ -7,7 +7,10 @@
 //! - When the autoscaler's node matches a server only by name and has no providerID yet, the
 //!   providerID is set.
 //!
-//! Both are read-modify-write with the Node's resourceVersion as precondition (a JSON merge patch
+//! - Hibernation drains a node group: cordon, evict pods (respecting PodDisruptionBudgets:
+//!   the API answers 429 while a budget forbids it), delete them only when forced.
+//!
+//! Node writes are read-modify-write with the Node's resourceVersion as precondition (a JSON merge patch
 //! carrying `metadata.resourceVersion`), retried a bounded number of times on a conflict. Where the
 //! access comes from: `--kubeconfig` / `KUBECONFIG`, else the in-cluster service account, else
 //! none (the features are then skipped with a warning; the autoscaler never sees an error).
@@ -15,8 +18,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
@@ -32,14 +35,14 @@ pub enum KubeError {
     Kubeconfig { path: String, message: String },
     #[error("cannot build a Kubernetes client: {0}")]
     Client(String),
-    #[error("Kubernetes API answered {code} for node {node}: {message}")]
+    #[error("Kubernetes API answered {code} for {object}: {message}")]
     Api {
-        node: String,
+        object: String,
         code: u16,
         message: String,
     },
-    #[error("Kubernetes API request for node {node} failed: {message}")]
-    Request { node: String, message: String },
+    #[error("Kubernetes API request for {object} failed: {message}")]
+    Request { object: String, message: String },
     #[error("node {node} kept changing under us ({attempts} conflicting updates); giving up")]
     Conflicts { node: String, attempts: u32 },
 }
@@ -105,6 +108,7 @@ pub enum ProviderIdSet {
 /// A Kubernetes client limited to what the provider does with Nodes.
 #[derive(Clone)]
 pub struct Kube {
+    client: kube::Client,
     nodes: Api<Node>,
     source: Source,
     cluster_url: String,
@@ -189,7 +193,8 @@ impl Kube {
         let client =
             kube::Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))?;
         Ok(Kube {
-            nodes: Api::all(client),
+            nodes: Api::all(client.clone()),
+            client,
             source,
             cluster_url,
             retry: ConflictRetry::default(),
@@ -287,7 +292,7 @@ impl Kube {
             let node = match self.nodes.get_opt(name).await {
                 Ok(Some(n)) => n,
                 Ok(None) => return Ok(Outcome::NotFound),
-                Err(e) => return Err(api_error(name, e)),
+                Err(e) => return Err(api_error(&format!("node {name}"), e)),
             };
             let Some((mut patch, result)) = change(&node) else {
                 return Ok(Outcome::NoChange(Box::new(node)));
@@ -316,7 +321,7 @@ impl Kube {
                         attempts,
                     });
                 }
-                Err(e) => return Err(api_error(name, e)),
+                Err(e) => return Err(api_error(&format!("node {name}"), e)),
             }
         }
         Err(KubeError::Conflicts {
@@ -326,21 +331,129 @@ impl Kube {
     }
 }
 
+/// A pod a drain has to move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    /// Already being deleted: wait for it, do not evict again.
+    pub terminating: bool,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What an eviction request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eviction {
+    Evicted,
+    /// A PodDisruptionBudget does not allow it now (HTTP 429); try again later.
+    Blocked(String),
+    /// The pod is gone already.
+    Gone,
+}
+
+impl Kube {
+    /// Marks the Node unschedulable (`on`) or schedulable again. `false` when there is no
+    /// such Node.
+    pub async fn cordon(&self, name: &str, on: bool) -> Result<bool, KubeError> {
+        let r = self
+            .read_modify_write(name, |node| {
+                let now = node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false);
+                (now != on).then(|| {
+                    (
+                        json!({ "spec": { "unschedulable": if on { json!(true) } else { Value::Null } } }),
+                        (),
+                    )
+                })
+            })
+            .await?;
+        Ok(!matches!(r, Outcome::NotFound))
+    }
+
+    /// The pods on a node that a drain must move: not DaemonSet pods, not static (mirror) pods,
+    /// not finished ones.
+    pub async fn pods_to_evict(&self, node: &str) -> Result<Vec<PodRef>, KubeError> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let list = pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .map_err(|e| api_error(&format!("pods on node {node}"), e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| {
+                let daemon = p
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.kind == "DaemonSet");
+                let mirror = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+                let finished = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+                !daemon && !mirror && !finished
+            })
+            .map(|p| PodRef {
+                namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                name: p.metadata.name.clone().unwrap_or_default(),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+            .collect())
+    }
+
+    /// Asks the API to evict a pod (the eviction honours PodDisruptionBudgets).
+    pub async fn evict(&self, pod: &PodRef) -> Result<Eviction, KubeError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        match api.evict(&pod.name, &EvictParams::default()).await {
+            Ok(_) => Ok(Eviction::Evicted),
+            Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(s.message.clone())),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(Eviction::Gone),
+            Err(e) => Err(api_error(&format!("pod {pod}"), e)),
+        }
+    }
+
+    /// Deletes a pod outright (a forced drain: budgets are not asked).
+    pub async fn delete_pod(&self, pod: &PodRef) -> Result<(), KubeError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        match api.delete(&pod.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(api_error(&format!("pod {pod}"), e)),
+        }
+    }
+}
+
 enum Outcome<T> {
     Written(T),
     NoChange(Box<Node>),
     NotFound,
 }
 
-fn api_error(node: &str, e: kube::Error) -> KubeError {
+/// `object` names what the request was about, e.g. `node w-1` or `pod ns/web-0`.
+fn api_error(object: &str, e: kube::Error) -> KubeError {
     match e {
         kube::Error::Api(s) => KubeError::Api {
-            node: node.to_string(),
+            object: object.to_string(),
             code: s.code,
             message: s.message.clone(),
         },
         other => KubeError::Request {
-            node: node.to_string(),
+            object: object.to_string(),
             message: other.to_string(),
         },
     }

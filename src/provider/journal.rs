@@ -14,7 +14,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Action, CommandKind, CreateStatus, Instance, Pending, Phase, State};
+use super::state::{
+    Action, CommandKind, CreateStatus, GroupHibernation, HibernationPhase, Instance, Pending,
+    Phase, State,
+};
+use super::windows::Manual;
 
 const VERSION: u32 = 1;
 
@@ -33,6 +37,23 @@ struct File {
     version: u32,
     cluster: String,
     instances: Vec<Entry>,
+    /// Hibernation of node groups (absent in older files: every group awake).
+    #[serde(default)]
+    groups: Vec<GroupEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct GroupEntry {
+    name: String,
+    /// `awake`, `draining` or `hibernating`.
+    phase: String,
+    /// Unix seconds the phase began.
+    since: Option<i64>,
+    manual_hibernate: bool,
+    manual_force: bool,
+    /// Unix seconds until which a manual resume holds.
+    resumed_until: Option<i64>,
+    kept: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -106,10 +127,31 @@ pub fn render(cluster: &str, state: &State) -> String {
             power_on_failed: i.power_on_failed,
         })
         .collect();
+    let groups = state
+        .hibernation
+        .iter()
+        .map(|(name, h)| {
+            let (phase, since) = match h.phase {
+                HibernationPhase::Awake => ("awake", None),
+                HibernationPhase::Draining { since } => ("draining", Some(since.as_second())),
+                HibernationPhase::Hibernating { since } => ("hibernating", Some(since.as_second())),
+            };
+            GroupEntry {
+                name: name.clone(),
+                phase: phase.into(),
+                since,
+                manual_hibernate: h.manual.hibernate,
+                manual_force: h.manual.force,
+                resumed_until: h.manual.resumed_until.map(|t| t.as_second()),
+                kept: h.kept.clone(),
+            }
+        })
+        .collect();
     let file = File {
         version: VERSION,
         cluster: cluster.to_string(),
         instances,
+        groups,
     };
     serde_json::to_string_pretty(&file).unwrap_or_default()
 }
@@ -218,6 +260,34 @@ pub fn restore(
     }
     let mut to_send = Vec::new();
     let mut restored = 0;
+    let at = |s: Option<i64>| {
+        s.and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .unwrap_or_else(jiff::Timestamp::now)
+    };
+    for g in file.groups {
+        if !known_group(&g.name) {
+            continue;
+        }
+        let phase = match g.phase.as_str() {
+            "draining" => HibernationPhase::Draining { since: at(g.since) },
+            "hibernating" => HibernationPhase::Hibernating { since: at(g.since) },
+            _ => HibernationPhase::Awake,
+        };
+        state.hibernation.insert(
+            g.name,
+            GroupHibernation {
+                manual: Manual {
+                    hibernate: g.manual_hibernate,
+                    force: g.manual_force,
+                    resumed_until: g
+                        .resumed_until
+                        .and_then(|s| jiff::Timestamp::from_second(s).ok()),
+                },
+                phase,
+                kept: g.kept,
+            },
+        );
+    }
     for e in file.instances {
         if !known_group(&e.group) {
             continue;

@@ -11,9 +11,11 @@
 //! - Kamatera is the truth for what exists (both tags = membership); the provider is the truth
 //!   for what is in flight.
 
+mod hibernate;
 mod journal;
 mod state;
 mod template;
+mod windows;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,7 +27,9 @@ use tracing::{debug, info, warn};
 use crate::config::{CloudConfig, NodeGroupConfig, OptionOverrides};
 use crate::kamatera::{self, Client, CommandStatus, CreateServer, KamateraError};
 
-pub use state::{CreateStatus, ErrorClass, ErrorInfo, Phase};
+pub use state::{CreateStatus, ErrorClass, ErrorInfo, GroupHibernation, HibernationPhase, Phase};
+pub use hibernate::HibernationStatus;
+pub use windows::{InForce, Manual};
 pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
 
 pub use journal::{Restored, probe as probe_state_file};
@@ -42,6 +46,38 @@ pub enum ProviderError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Where the provider reads the time for schedules (tests set it).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(jiff::Timestamp::now))
+    }
+
+    pub fn new(f: impl Fn() -> jiff::Timestamp + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ProviderError>;
@@ -74,6 +110,12 @@ pub struct ProviderOptions {
     pub state_file: Option<std::path::PathBuf>,
     /// Kubernetes access for Node cleanup on park and providerIDs; `None` skips both.
     pub kube: Option<crate::kube::Kube>,
+    /// The time schedules are evaluated at.
+    pub clock: Clock,
+    /// How often a drain looks at the pods left on its nodes.
+    pub drain_poll: Duration,
+    /// How often the hibernation controller checks the windows.
+    pub hibernation_tick: Duration,
 }
 
 impl Default for ProviderOptions {
@@ -90,6 +132,9 @@ impl Default for ProviderOptions {
             vanish_misses: 3,
             state_file: None,
             kube: None,
+            clock: Clock::system(),
+            drain_poll: Duration::from_secs(5),
+            hibernation_tick: Duration::from_secs(1),
         }
     }
 }
@@ -116,6 +161,8 @@ pub struct InstanceView {
 pub struct NodeRef {
     pub provider_id: String,
     pub name: String,
+    /// Its `kamatera.com/node-group` label, if any (template nodes carry it).
+    pub group_label: String,
 }
 
 /// What one reconcile pass did, for logs and tests.
@@ -148,6 +195,8 @@ struct Inner {
     /// When a providerID was last written (or tried) per node name, so the autoscaler's
     /// every-loop NodeGroupForNode calls cause at most one attempt per node and period.
     provider_id_attempts: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Node groups with a drain task running.
+    draining: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// How often the providerID of one node is tried again after an attempt.
@@ -167,6 +216,7 @@ impl Provider {
                 finished,
                 journal: tokio::sync::Mutex::new((0, None)),
                 provider_id_attempts: Mutex::new(std::collections::HashMap::new()),
+                draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
     }
@@ -197,13 +247,54 @@ impl Provider {
             .unwrap_or(provider_id)
     }
 
+    /// The node groups with the sizes in force now (schedules and hibernation applied).
     pub fn node_groups(&self) -> Vec<GroupInfo> {
         self.inner
             .config
             .node_groups
             .iter()
-            .map(group_info)
+            .map(|g| self.group_info(g))
             .collect()
+    }
+
+    /// What the group's schedule and hibernation say now.
+    pub fn in_force(&self, group: &str) -> Result<InForce> {
+        Ok(self.in_force_for(self.group(group)?))
+    }
+
+    fn in_force_for(&self, g: &NodeGroupConfig) -> InForce {
+        let manual = self
+            .lock()
+            .hibernation
+            .get(&g.name)
+            .map(|h| h.manual.clone())
+            .unwrap_or_default();
+        windows::in_force(
+            g,
+            &self.inner.config.timezone,
+            self.inner.options.clock.now(),
+            &manual,
+        )
+    }
+
+    fn group_info(&self, g: &NodeGroupConfig) -> GroupInfo {
+        if g.schedules.is_empty() && g.hibernate.is_empty() && !self.has_hibernation(&g.name) {
+            return GroupInfo {
+                id: g.name.clone(),
+                min_size: g.min_size,
+                max_size: g.max_size,
+            };
+        }
+        let f = self.in_force_for(g);
+        GroupInfo {
+            id: g.name.clone(),
+            min_size: f.min_size,
+            max_size: f.max_size,
+        }
+    }
+
+    fn has_hibernation(&self, group: &str) -> bool {
+        self.lock().hibernation.contains_key(group)
     }
 
     /// The group of a node, or `None` when it is not one of ours (the autoscaler then leaves it
@@ -217,11 +308,9 @@ impl Provider {
             if inst.phase == Phase::Deleting && inst.terminated {
                 return None;
             }
-            (
-                self.inner.config.node_group(&inst.group).map(group_info),
-                inst.name.clone(),
-            )
+            (self.inner.config.node_group(&inst.group), inst.name.clone())
         };
+        let group = group.map(|g| self.group_info(g));
         if node.provider_id.is_empty() && group.is_some() {
             self.set_provider_id_later(&name);
         }
@@ -355,14 +444,22 @@ impl Provider {
         }
         let delta = u32::try_from(delta).unwrap_or(u32::MAX);
         let now = Instant::now();
+        let in_force = self.group_info(cfg);
         let actions = {
             let mut st = self.lock();
             let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
             let desired = current.saturating_add(delta);
-            if desired > cfg.max_size {
+            if desired > in_force.max_size {
+                let why = if self.in_force_for_locked(&st, cfg).hibernate {
+                    " (the node group is hibernating)"
+                } else if in_force.max_size != cfg.max_size {
+                    " (max-size of the schedule in force)"
+                } else {
+                    ""
+                };
                 return Err(ProviderError::FailedPrecondition(format!(
-                    "size increase is too large: current {current}, desired {desired}, max {}",
-                    cfg.max_size
+                    "size increase is too large: current {current}, desired {desired}, max {}{why}",
+                    in_force.max_size
                 )));
             }
             let mut actions = Vec::new();
@@ -570,8 +667,89 @@ impl Provider {
         Ok(template::build(self.group(group)?))
     }
 
+    /// The group's options in force now (a schedule window may override some).
     pub fn options(&self, group: &str) -> Result<OptionOverrides> {
-        Ok(self.group(group)?.options)
+        let g = self.group(group)?;
+        if g.schedules.is_empty() {
+            return Ok(g.options);
+        }
+        Ok(self.in_force_for(g).options)
+    }
+
+    fn in_force_for_locked(&self, st: &State, g: &NodeGroupConfig) -> InForce {
+        let manual = st
+            .hibernation
+            .get(&g.name)
+            .map(|h| h.manual.clone())
+            .unwrap_or_default();
+        windows::in_force(
+            g,
+            &self.inner.config.timezone,
+            self.inner.options.clock.now(),
+            &manual,
+        )
+    }
+
+    /// True when every node group has a `price-per-hour` (pricing answers are on).
+    pub fn pricing_enabled(&self) -> bool {
+        let groups = &self.inner.config.node_groups;
+        !groups.is_empty() && groups.iter().all(|g| g.price_per_hour.is_some())
+    }
+
+    /// What running `node` from `start` to `end` costs: its group's `price-per-hour` times the
+    /// hours. The group comes from the node's `kamatera.com/node-group` label (template nodes),
+    /// else from the instance it matches.
+    pub fn node_price(&self, node: &NodeRef, start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
+        let hours = hours_between(start, end)?;
+        let group = if !node.group_label.is_empty() {
+            self.inner.config.node_group(&node.group_label)
+        } else {
+            let st = self.lock();
+            self.find_instance(&st, node)
+                .and_then(|i| self.inner.config.node_group(&i.group))
+        };
+        let g = group.ok_or_else(|| {
+            ProviderError::NotFound(format!(
+                "node {:?} (provider ID {:?}) is not in any node group",
+                node.name, node.provider_id
+            ))
+        })?;
+        let price = g.price_per_hour.ok_or_else(|| {
+            ProviderError::FailedPrecondition(format!("node group {} has no price-per-hour", g.name))
+        })?;
+        Ok(price.0 * hours)
+    }
+
+    /// What running a pod that requests `cpu` cores and `memory_bytes` costs from `start` to
+    /// `end`: `pod-price-per-cpu-hour` / `pod-price-per-gib-hour`, or rates derived from the
+    /// cheapest node group (half of its hourly price per core, half per GiB).
+    pub fn pod_price(&self, cpu: f64, memory_bytes: f64, start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
+        let hours = hours_between(start, end)?;
+        let (per_cpu, per_gib) = self.pod_rates();
+        let gib = memory_bytes / (1024.0 * 1024.0 * 1024.0);
+        Ok((cpu.max(0.0) * per_cpu + gib.max(0.0) * per_gib) * hours)
+    }
+
+    /// The hourly price of one core and of one GiB for pods.
+    pub fn pod_rates(&self) -> (f64, f64) {
+        let cfg = &self.inner.config;
+        if let Some(p) = cfg.pod_prices {
+            return (p.per_cpu_hour.0, p.per_gib_hour.0);
+        }
+        let mut per_cpu = f64::INFINITY;
+        let mut per_gib = f64::INFINITY;
+        for g in &cfg.node_groups {
+            let Some(price) = g.price_per_hour else { continue };
+            let cores = f64::from(g.server.cpu_cores().max(1));
+            let gib = (f64::from(g.server.ram_mb) / 1024.0).max(1.0 / 1024.0);
+            per_cpu = per_cpu.min(price.0 / 2.0 / cores);
+            per_gib = per_gib.min(price.0 / 2.0 / gib);
+        }
+        if per_cpu.is_finite() && per_gib.is_finite() {
+            (per_cpu, per_gib)
+        } else {
+            (0.0, 0.0)
+        }
     }
 
     pub fn gpu_label(&self) -> &str {
@@ -618,13 +796,33 @@ impl Provider {
         self.inner.finished.subscribe()
     }
 
-    /// Fills the state gauges (sizes, instances by state, errors, commands, staleness).
+    /// Fills the state gauges (sizes, instances by state, errors, commands, staleness,
+    /// schedules and hibernation).
     pub fn export_gauges(&self) {
         let m = self.metrics();
+        let timed: Vec<(String, InForce, u8)> = self
+            .inner
+            .config
+            .node_groups
+            .iter()
+            .filter(|g| !g.schedules.is_empty() || !g.hibernate.is_empty() || self.has_hibernation(&g.name))
+            .map(|g| {
+                let phase = self
+                    .lock()
+                    .hibernation
+                    .get(&g.name)
+                    .map(|h| u8::from(&h.phase))
+                    .unwrap_or(0);
+                (g.name.clone(), self.in_force_for(g), phase)
+            })
+            .collect();
         let st = self.lock();
         m.group_size.clear();
         m.instances.clear();
         m.parked.clear();
+        m.schedule_window.clear();
+        m.hibernation_state.clear();
+        m.next_transition.clear();
         m.instances_in_error.clear();
         for g in &self.inner.config.node_groups {
             let size = |kind: &str, v: usize| {
@@ -638,6 +836,23 @@ impl Provider {
             size("min", g.min_size as usize);
             size("max", g.max_size as usize);
             size("target", st.target_size(&g.name));
+            if let Some((_, f, phase)) = timed.iter().find(|(n, _, _)| *n == g.name) {
+                // Sizes in force (schedules, hibernation) next to the configured ones.
+                size("min_in_force", f.min_size as usize);
+                size("max_in_force", f.max_size as usize);
+                let label = crate::telemetry::Group {
+                    group: g.name.clone(),
+                };
+                m.schedule_window
+                    .get_or_create(&label)
+                    .set(f.schedule.map_or(0, |i| i as i64 + 1));
+                m.hibernation_state
+                    .get_or_create(&label)
+                    .set(i64::from(*phase));
+                m.next_transition
+                    .get_or_create(&label)
+                    .set(f.next_change.map_or(0, |t| t.as_second()));
+            }
             m.parked
                 .get_or_create(&crate::telemetry::Group {
                     group: g.name.clone(),
@@ -744,15 +959,27 @@ impl Provider {
         // A reconcile is running: its result is what the waiter gets.
     }
 
-    /// Reconciles on `reconcile_interval` until the returned task is aborted.
+    /// Reconciles on `reconcile_interval`, and runs the hibernation controller every
+    /// `hibernation_tick` once Kamatera was read, until the returned task is aborted.
     pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
         let p = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(p.inner.options.reconcile_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut hib = tokio::time::interval(p.inner.options.hibernation_tick);
+            hib.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                let _ = p.reconcile().await;
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let _ = p.reconcile().await;
+                    }
+                    _ = hib.tick() => {
+                        // Drains need the instances: only after the first listing.
+                        if p.ready() {
+                            p.control_hibernation().await;
+                        }
+                    }
+                }
             }
         })
     }
@@ -1245,10 +1472,13 @@ fn result_label(r: &str) -> crate::telemetry::ResultLabel {
     crate::telemetry::ResultLabel { result: r.into() }
 }
 
-fn group_info(g: &NodeGroupConfig) -> GroupInfo {
-    GroupInfo {
-        id: g.name.clone(),
-        min_size: g.min_size,
-        max_size: g.max_size,
+/// Hours from `start` to `end`; an end before the start is the caller's mistake.
+fn hours_between(start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
+    let d = end.duration_since(start);
+    if d.is_negative() {
+        return Err(ProviderError::InvalidArgument(format!(
+            "end time {end} is before start time {start}"
+        )));
     }
+    Ok(d.as_secs_f64() / 3600.0)
 }

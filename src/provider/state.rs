@@ -166,6 +166,25 @@ pub struct Observed {
     pub tags: Option<Vec<String>>,
 }
 
+/// Where a node group's hibernation stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HibernationPhase {
+    #[default]
+    Awake,
+    /// Cordoning and evicting, then removing the servers.
+    Draining { since: jiff::Timestamp },
+    Hibernating { since: jiff::Timestamp },
+}
+
+/// A node group's hibernation: manual controls and the phase reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupHibernation {
+    pub manual: super::windows::Manual,
+    pub phase: HibernationPhase,
+    /// Nodes that could not be drained in time (without `force`): kept running, uncordoned.
+    pub kept: Vec<String>,
+}
+
 /// Everything the provider knows, keyed by server name (the providerID is prefix + name).
 /// Add and remove instances only through [`State::insert`] and [`State::remove`], which keep the
 /// per-group index that makes every read a lookup, not a scan.
@@ -184,6 +203,8 @@ pub struct State {
     /// pool (parked on scale-down, by this or an earlier provider), or servers left behind.
     /// Rebuilt from every listing; sorted by name.
     pub parked: HashMap<String, Vec<ParkedServer>>,
+    /// Per node group with any hibernation state; absent = awake, no manual controls.
+    pub hibernation: BTreeMap<String, GroupHibernation>,
     /// Bumped on every change the journal must capture.
     pub version: u64,
 }

@@ -126,6 +126,9 @@ pub struct Metrics {
     pub power_ons: Family<ResultLabel, Counter>,
     pub parks: Counter,
     pub node_updates: Family<KindResult, Counter>,
+    pub schedule_window: Family<Group, Gauge>,
+    pub hibernation_state: Family<Group, Gauge>,
+    pub next_transition: Family<Group, Gauge>,
     pub oldest_pending_command_age: Gauge<f64, AtomicU64>,
     pub staleness: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
@@ -164,6 +167,9 @@ impl Metrics {
             power_ons: Family::default(),
             parks: Counter::default(),
             node_updates: Family::default(),
+            schedule_window: Family::default(),
+            hibernation_state: Family::default(),
+            next_transition: Family::default(),
             oldest_pending_command_age: Gauge::default(),
             staleness: Gauge::default(),
             ready: Gauge::default(),
@@ -248,6 +254,21 @@ impl Metrics {
             "kube_node_updates",
             "Kubernetes Node updates by kind (release, provider_id) and result (updated, unchanged, not_found, error, skipped)",
             m.node_updates.clone(),
+        );
+        registry.register(
+            "schedule_window",
+            "The schedule entry in force per node group (1 = the first in the file; 0 = none)",
+            m.schedule_window.clone(),
+        );
+        registry.register(
+            "hibernation_state",
+            "Hibernation per node group: 0 awake, 1 draining, 2 hibernating",
+            m.hibernation_state.clone(),
+        );
+        registry.register(
+            "next_transition_timestamp_seconds",
+            "When a node group's schedule or hibernation next changes (Unix seconds; 0 = never)",
+            m.next_transition.clone(),
         );
         registry.register(
             "pending_commands",
