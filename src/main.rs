@@ -639,7 +639,9 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         args.tls_ca,
         args.tls_server_name,
     )?;
-    if let ClientCall::Hibernate { .. } | ClientCall::Resume { .. } | ClientCall::Status = &args.call {
+    if let ClientCall::Hibernate { .. } | ClientCall::Resume { .. } | ClientCall::Status =
+        &args.call
+    {
         let mut admin = grpc_client::connect_admin(&args.address, tls.as_ref()).await?;
         use kamatera_ca_provider::proto::admin as apb;
         let groups = match &args.call {
@@ -660,7 +662,13 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                     .await?
                     .into_inner(),
             ],
-            _ => admin.status(apb::StatusRequest {}).await?.into_inner().groups,
+            _ => {
+                admin
+                    .status(apb::StatusRequest {})
+                    .await?
+                    .into_inner()
+                    .groups
+            }
         };
         print!("{}", grpc_client::render_status(&groups));
         return Ok(ExitCode::SUCCESS);

@@ -1078,3 +1078,99 @@ fn credentials_must_be_header_safe() {
         "the secret is not echoed"
     );
 }
+
+#[test]
+fn schedules_hibernation_and_time_zone() {
+    let cfg = ok(&format!(
+        "{BASE}timezone = Europe/Berlin\n\n[nodegroup \"ng\"]\nmax-size = 5\n\
+         schedule = \"cron=0 8 * * 1-5; duration=10h; min-size=2\"\n\
+         schedule = \"cron=30 8 * * 1-5; duration=1h; max-size=4\"\n\
+         hibernate = \"cron=0 20 * * 5; duration=60h; force=true\"\n"
+    ));
+    assert_eq!(cfg.timezone.name(), "Europe/Berlin");
+    let g = &cfg.node_groups[0];
+    assert_eq!(g.schedules.len(), 2);
+    assert_eq!(g.schedules[0].min_size, Some(2));
+    assert_eq!(g.hibernate.len(), 1);
+    assert!(g.hibernate[0].force);
+    assert_eq!(ok(&with_group("")).timezone.name(), "UTC", "default");
+
+    // `;` starts a comment: an unquoted entry is cut short, and the error says so.
+    single(
+        &with_group("schedule = cron=0 8 * * *; duration=1h; min-size=2\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("schedule"),
+        "duration=... is missing (quote the whole entry",
+    );
+    single(
+        &with_group("hibernate = \"cron=0 25 * * *; duration=1h\"\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("hibernate"),
+        "cron hour field \"25\": 25 is outside 0-23",
+    );
+    single(
+        &with_group("max-size = 3\nschedule = \"cron=0 8 * * *; duration=1h; min-size=5\"\n"),
+        14,
+        "nodegroup \"ng\"",
+        Some("schedule"),
+        "min-size 5 is above max-size 3 while the window is open",
+    );
+    single(
+        &format!("{BASE}timezone = Mars/Olympus_Mons\n\n[nodegroup \"ng\"]\n"),
+        11,
+        "global",
+        Some("timezone"),
+        "unknown time zone \"Mars/Olympus_Mons\"",
+    );
+}
+
+#[test]
+fn prices_are_all_or_nothing() {
+    let two = |a: &str, b: &str| {
+        format!("{BASE}\n[nodegroup \"a\"]\n{a}\n[nodegroup \"b\"]\nname-prefix = b\n{b}\n")
+    };
+    let cfg = ok(&two("price-per-hour = 0.05", "price-per-hour = 0.1"));
+    assert_eq!(
+        cfg.node_groups
+            .iter()
+            .map(|g| g.price_per_hour.map(|p| p.0))
+            .collect::<Vec<_>>(),
+        [Some(0.05), Some(0.1)]
+    );
+    let ps = problems(&two("price-per-hour = 0.05", ""));
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert!(
+        ps[0]
+            .message
+            .contains("price-per-hour is set on a but not on b"),
+        "{}",
+        ps[0]
+    );
+    single(
+        &with_group("price-per-hour = -1\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("price-per-hour"),
+        "\"-1\" is not a price",
+    );
+    let ps = problems(&format!(
+        "{BASE}pod-price-per-cpu-hour = 0.01\n\n[nodegroup \"ng\"]\nprice-per-hour = 0.05\n"
+    ));
+    assert!(
+        ps[0]
+            .message
+            .contains("give pod-price-per-cpu-hour and pod-price-per-gib-hour together"),
+        "{ps:#?}"
+    );
+    let ps = problems(&format!(
+        "{BASE}pod-price-per-cpu-hour = 0.01\npod-price-per-gib-hour = 0.002\n\n[nodegroup \"ng\"]\n"
+    ));
+    assert!(
+        ps[0]
+            .message
+            .contains("pod prices without node-group prices"),
+        "{ps:#?}"
+    );
+}

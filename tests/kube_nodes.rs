@@ -216,3 +216,48 @@ async fn no_kubeconfig_means_no_access() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn drain_primitives_cordon_list_evict_delete() {
+    use common::fake_kube::FakePod;
+    use kamatera_ca_provider::kube::Eviction;
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = client(&fake, &dir).await;
+    fake.add_node("w-6", &[], false, "");
+    let pod = |name: &str, owner: Option<&str>, blocked: bool| FakePod {
+        namespace: "apps".into(),
+        name: name.into(),
+        node: "w-6".into(),
+        owner: owner.map(str::to_string),
+        blocked,
+    };
+    fake.add_pod(pod("web", Some("ReplicaSet"), false));
+    fake.add_pod(pod("db", None, true));
+    fake.add_pod(pod("agent", Some("DaemonSet"), false));
+    fake.add_pod(FakePod {
+        node: "elsewhere".into(),
+        ..pod("other", None, false)
+    });
+
+    assert!(k.cordon("w-6", true).await.expect("cordon"));
+    assert!(fake.unschedulable("w-6"));
+    let pods = k.pods_to_evict("w-6").await.expect("list");
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["web", "db"],
+        "DaemonSet pods and other nodes' pods are not drained"
+    );
+    assert_eq!(k.evict(&pods[0]).await.expect("evict"), Eviction::Evicted);
+    assert!(matches!(
+        k.evict(&pods[1]).await.expect("blocked"),
+        Eviction::Blocked(_)
+    ));
+    assert_eq!(k.evict(&pods[0]).await.expect("again"), Eviction::Gone);
+    k.delete_pod(&pods[1]).await.expect("delete");
+    assert_eq!(fake.pods(), ["apps/agent", "apps/other"]);
+    assert!(k.cordon("w-6", false).await.expect("uncordon"));
+    assert!(!fake.unschedulable("w-6"));
+    assert!(!k.cordon("missing", true).await.expect("no node"));
+}

@@ -268,8 +268,31 @@ fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
     a
 }
 
-/// The provider's ServiceAccount may get, list and patch Nodes (warm-pool taint cleanup,
-/// providerIDs) through a ClusterRole bound to it.
+/// What the provider does in the cluster: warm pool and providerIDs (nodes), hibernation drains
+/// (cordon, list, evict, forced delete).
+const PROVIDER_NEEDS: [&str; 6] = [
+    "get nodes",
+    "list nodes",
+    "patch nodes",
+    "list pods",
+    "create pods/eviction",
+    "delete pods",
+];
+
+/// `verb resource` pairs a rule grants on the core API group, for any object name.
+fn core_grants(r: &k8s_openapi::api::rbac::v1::PolicyRule) -> Vec<String> {
+    if !r.api_groups.iter().flatten().any(|g| g.is_empty()) || r.resource_names.is_some() {
+        return Vec::new();
+    }
+    r.resources
+        .iter()
+        .flatten()
+        .flat_map(|res| r.verbs.iter().map(move |v| format!("{v} {res}")))
+        .collect()
+}
+
+/// The provider's ServiceAccount may do what the provider does in the cluster (warm-pool taint
+/// cleanup, providerIDs, hibernation drains) through ClusterRoles bound to it.
 fn check_node_access(m: &Manifest, d: &Deployment, file: &str) {
     let sa = d
         .spec
@@ -292,17 +315,12 @@ fn check_node_access(m: &Manifest, d: &Deployment, file: &str) {
                 .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
         })
         .flat_map(|r| r.rules.iter().flatten())
-        .filter(|r| {
-            r.api_groups.iter().flatten().any(|g| g.is_empty())
-                && r.resources.iter().flatten().any(|x| x == "nodes")
-                && r.resource_names.is_none()
-        })
-        .flat_map(|r| r.verbs.iter().cloned())
+        .flat_map(core_grants)
         .collect();
-    for verb in ["get", "list", "patch"] {
+    for need in PROVIDER_NEEDS {
         assert!(
-            granted.contains(verb),
-            "{file}: ServiceAccount {sa} (the provider's) cannot {verb} nodes: {granted:?}"
+            granted.contains(need),
+            "{file}: ServiceAccount {sa} (the provider's) cannot {need}: {granted:?}"
         );
     }
 }
@@ -642,9 +660,13 @@ fn helm_values_run_the_provider_as_a_native_sidecar() {
             .flatten()
             .any(|s| s.name == sa && s.namespace.as_deref() == Some("kube-system"))
     );
-    let rule = &role.rules.as_deref().unwrap_or_default()[0];
-    assert_eq!(rule.resources.as_deref(), Some(&["nodes".to_string()][..]));
-    assert_eq!(rule.verbs, ["get", "list", "patch"]);
+    let granted: BTreeSet<String> = role.rules.iter().flatten().flat_map(core_grants).collect();
+    for need in PROVIDER_NEEDS {
+        assert!(
+            granted.contains(need),
+            "helm values: cannot {need}: {granted:?}"
+        );
+    }
 
     let sc = sidecar.security_context.expect("securityContext");
     assert_eq!(sc.run_as_non_root, Some(true));

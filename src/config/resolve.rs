@@ -1009,14 +1009,22 @@ fn resolve_group(
     };
     let options = read_options(&g, &label, problems);
     let mut schedules = Vec::new();
-    for (text, line) in g.list("schedule").map(|(_, v)| v.as_slice()).unwrap_or_default() {
+    for (text, line) in g
+        .list("schedule")
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_default()
+    {
         match super::windows::parse_schedule(text, (min_size, max_size)) {
             Ok(e) => schedules.push(e),
             Err(e) => problems.add(Some(*line), &label, Some("schedule"), e),
         }
     }
     let mut hibernate = Vec::new();
-    for (text, line) in g.list("hibernate").map(|(_, v)| v.as_slice()).unwrap_or_default() {
+    for (text, line) in g
+        .list("hibernate")
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_default()
+    {
         match super::windows::parse_hibernate(text) {
             Ok(e) => hibernate.push(e),
             Err(e) => problems.add(Some(*line), &label, Some("hibernate"), e),

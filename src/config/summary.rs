@@ -19,8 +19,15 @@ pub fn render(config: &CloudConfig) -> String {
         (
             "pod prices",
             match &config.pod_prices {
-                Some(p) => format!("{} per cpu-hour, {} per GiB-hour", p.per_cpu_hour.0, p.per_gib_hour.0),
-                None if config.node_groups.iter().any(|g| g.price_per_hour.is_some()) => {
+                Some(p) => format!(
+                    "{} per cpu-hour, {} per GiB-hour",
+                    p.per_cpu_hour.0, p.per_gib_hour.0
+                ),
+                None if config
+                    .node_groups
+                    .iter()
+                    .any(|g| g.price_per_hour.is_some()) =>
+                {
                     "derived from the node groups' prices".into()
                 }
                 None => "-".into(),

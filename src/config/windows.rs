@@ -10,7 +10,12 @@ use crate::schedule::{Cron, MAX_WINDOW, Window, entry_pairs};
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 fn window(pairs: &[(String, String)]) -> Result<Window, String> {
-    let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     // `;` starts a comment in the INI file: an unquoted entry loses everything after its first
     // `;`, which shows up here as a missing key.
     let hint = if pairs.len() <= 1 {
@@ -176,11 +181,20 @@ mod tests {
             ("cron=0 8 * * *; min-size=3", "duration=... is missing"),
             ("duration=1h; min-size=3", "cron=... is missing"),
             ("cron=0 8 * * *; duration=1h", "changes nothing"),
-            ("cron=0 8 * * *; duration=1h; min-size=20", "above max-size 10"),
-            ("cron=0 8 * * *; duration=1h; size=3", "unknown key \"size\""),
+            (
+                "cron=0 8 * * *; duration=1h; min-size=20",
+                "above max-size 10",
+            ),
+            (
+                "cron=0 8 * * *; duration=1h; size=3",
+                "unknown key \"size\"",
+            ),
             ("cron=0 8 * *; duration=1h; min-size=3", "needs 5 fields"),
             ("cron=0 8 * * *; duration=20d; min-size=3", "not a duration"),
-            ("cron=0 8 * * *; duration=400h; min-size=3", "longer than 14 days"),
+            (
+                "cron=0 8 * * *; duration=400h; min-size=3",
+                "longer than 14 days",
+            ),
             ("cron=0 8 * * *; duration=1h; min-size=-1", "not a number"),
         ] {
             let e = parse_schedule(bad, (0, 10)).expect_err(bad);

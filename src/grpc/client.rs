@@ -80,7 +80,12 @@ pub async fn connect_admin(
 
 /// `GROUP  PHASE  MIN  MAX  WINDOW  NEXT CHANGE` lines, then kept nodes.
 pub fn render_status(groups: &[crate::proto::admin::GroupStatus]) -> String {
-    let width = groups.iter().map(|g| g.group.len()).max().unwrap_or(5).max(5);
+    let width = groups
+        .iter()
+        .map(|g| g.group.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let mut out = format!(
         "{:<width$}  {:<12}  {:>3}  {:>3}  {:<25}  WINDOW\n",
         "GROUP", "PHASE", "MIN", "MAX", "NEXT CHANGE"
@@ -97,7 +102,11 @@ pub fn render_status(groups: &[crate::proto::admin::GroupStatus]) -> String {
             phase,
             g.min_size,
             g.max_size,
-            if g.next_change.is_empty() { "-" } else { &g.next_change },
+            if g.next_change.is_empty() {
+                "-"
+            } else {
+                &g.next_change
+            },
             if g.window.is_empty() { "-" } else { &g.window },
         ));
         if !g.kept.is_empty() {

@@ -281,7 +281,9 @@ impl CloudProvider for Service {
                 .map(node_ref)
                 .ok_or_else(|| Status::invalid_argument("node is missing"))?;
             let (start, end) = period(
-                req.start_timestamp.as_ref().or(req.legacy_start_time.as_ref()),
+                req.start_timestamp
+                    .as_ref()
+                    .or(req.legacy_start_time.as_ref()),
                 req.end_timestamp.as_ref().or(req.legacy_end_time.as_ref()),
             )?;
             let r = self
@@ -309,10 +311,13 @@ impl CloudProvider for Service {
             } else {
                 &req.pod_bytes
             };
-            let pod = crate::proto::k8s::Pod::decode(bytes.as_slice())
-                .map_err(|e| Status::invalid_argument(format!("pod is not a Kubernetes Pod: {e}")))?;
+            let pod = crate::proto::k8s::Pod::decode(bytes.as_slice()).map_err(|e| {
+                Status::invalid_argument(format!("pod is not a Kubernetes Pod: {e}"))
+            })?;
             let (start, end) = period(
-                req.start_timestamp.as_ref().or(req.legacy_start_time.as_ref()),
+                req.start_timestamp
+                    .as_ref()
+                    .or(req.legacy_start_time.as_ref()),
                 req.end_timestamp.as_ref().or(req.legacy_end_time.as_ref()),
             )?;
             let (cpu, memory) = convert::pod_requests(&pod);

@@ -189,6 +189,9 @@ impl Kube {
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(15));
         config.write_timeout = Some(Duration::from_secs(15));
+        // Our callers retry on their own schedule; an eviction's 429 (a disruption budget) must
+        // come back at once, not after the client's backoff.
+        config.default_retry = false;
         let cluster_url = config.cluster_url.to_string();
         let client =
             kube::Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))?;

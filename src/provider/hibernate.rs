@@ -131,7 +131,10 @@ impl Provider {
                         start.push((g.name.clone(), f.hibernate_entry));
                     }
                 }
-                (false, HibernationPhase::Draining { .. } | HibernationPhase::Hibernating { .. }) => {
+                (
+                    false,
+                    HibernationPhase::Draining { .. } | HibernationPhase::Hibernating { .. },
+                ) => {
                     let entry = st.hibernation.entry(g.name.clone()).or_default();
                     entry.phase = HibernationPhase::Awake;
                     let kept = std::mem::take(&mut entry.kept);
@@ -221,7 +224,12 @@ impl Provider {
     /// Drains the group's nodes and removes their servers, unless the hibernation is called off
     /// meanwhile.
     async fn hibernate_group(&self, group: &str, force: bool, timeout: Duration) {
-        info!(group, force, timeout_s = timeout.as_secs(), "hibernating: draining the node group");
+        info!(
+            group,
+            force,
+            timeout_s = timeout.as_secs(),
+            "hibernating: draining the node group"
+        );
         // Capacity not bought yet is simply cancelled.
         let (nodes, unbought) = {
             let st = self.lock();
@@ -248,15 +256,20 @@ impl Provider {
                     .await
             }
             None if force => {
-                warn!(group, "no Kubernetes access: hibernating without draining (force)");
+                warn!(
+                    group,
+                    "no Kubernetes access: hibernating without draining (force)"
+                );
                 Drained {
                     drained: nodes,
                     ..Drained::default()
                 }
             }
             None => {
-                warn!(group,
-                    "no Kubernetes access: cannot drain, so the servers are kept (hibernate with force=true to remove them undrained); the group stays at max-size 0");
+                warn!(
+                    group,
+                    "no Kubernetes access: cannot drain, so the servers are kept (hibernate with force=true to remove them undrained); the group stays at max-size 0"
+                );
                 Drained {
                     kept: nodes,
                     ..Drained::default()

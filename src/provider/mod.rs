@@ -27,10 +27,10 @@ use tracing::{debug, info, warn};
 use crate::config::{CloudConfig, NodeGroupConfig, OptionOverrides};
 use crate::kamatera::{self, Client, CommandStatus, CreateServer, KamateraError};
 
-pub use state::{CreateStatus, ErrorClass, ErrorInfo, GroupHibernation, HibernationPhase, Phase};
 pub use hibernate::HibernationStatus;
-pub use windows::{InForce, Manual};
+pub use state::{CreateStatus, ErrorClass, ErrorInfo, GroupHibernation, HibernationPhase, Phase};
 pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
+pub use windows::{InForce, Manual};
 
 pub use journal::{Restored, probe as probe_state_file};
 use state::{Action, CommandKind, GroupTags, Instance, Limits, Observed, Pending, State};
@@ -699,7 +699,12 @@ impl Provider {
     /// What running `node` from `start` to `end` costs: its group's `price-per-hour` times the
     /// hours. The group comes from the node's `kamatera.com/node-group` label (template nodes),
     /// else from the instance it matches.
-    pub fn node_price(&self, node: &NodeRef, start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
+    pub fn node_price(
+        &self,
+        node: &NodeRef,
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+    ) -> Result<f64> {
         let hours = hours_between(start, end)?;
         let group = if !node.group_label.is_empty() {
             self.inner.config.node_group(&node.group_label)
@@ -715,7 +720,10 @@ impl Provider {
             ))
         })?;
         let price = g.price_per_hour.ok_or_else(|| {
-            ProviderError::FailedPrecondition(format!("node group {} has no price-per-hour", g.name))
+            ProviderError::FailedPrecondition(format!(
+                "node group {} has no price-per-hour",
+                g.name
+            ))
         })?;
         Ok(price.0 * hours)
     }
@@ -723,7 +731,13 @@ impl Provider {
     /// What running a pod that requests `cpu` cores and `memory_bytes` costs from `start` to
     /// `end`: `pod-price-per-cpu-hour` / `pod-price-per-gib-hour`, or rates derived from the
     /// cheapest node group (half of its hourly price per core, half per GiB).
-    pub fn pod_price(&self, cpu: f64, memory_bytes: f64, start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
+    pub fn pod_price(
+        &self,
+        cpu: f64,
+        memory_bytes: f64,
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+    ) -> Result<f64> {
         let hours = hours_between(start, end)?;
         let (per_cpu, per_gib) = self.pod_rates();
         let gib = memory_bytes / (1024.0 * 1024.0 * 1024.0);
@@ -739,7 +753,9 @@ impl Provider {
         let mut per_cpu = f64::INFINITY;
         let mut per_gib = f64::INFINITY;
         for g in &cfg.node_groups {
-            let Some(price) = g.price_per_hour else { continue };
+            let Some(price) = g.price_per_hour else {
+                continue;
+            };
             let cores = f64::from(g.server.cpu_cores().max(1));
             let gib = (f64::from(g.server.ram_mb) / 1024.0).max(1.0 / 1024.0);
             per_cpu = per_cpu.min(price.0 / 2.0 / cores);
@@ -805,7 +821,9 @@ impl Provider {
             .config
             .node_groups
             .iter()
-            .filter(|g| !g.schedules.is_empty() || !g.hibernate.is_empty() || self.has_hibernation(&g.name))
+            .filter(|g| {
+                !g.schedules.is_empty() || !g.hibernate.is_empty() || self.has_hibernation(&g.name)
+            })
             .map(|g| {
                 let phase = self
                     .lock()

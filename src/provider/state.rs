@@ -172,8 +172,12 @@ pub enum HibernationPhase {
     #[default]
     Awake,
     /// Cordoning and evicting, then removing the servers.
-    Draining { since: jiff::Timestamp },
-    Hibernating { since: jiff::Timestamp },
+    Draining {
+        since: jiff::Timestamp,
+    },
+    Hibernating {
+        since: jiff::Timestamp,
+    },
 }
 
 /// A node group's hibernation: manual controls and the phase reached.

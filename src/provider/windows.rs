@@ -3,9 +3,10 @@
 //!
 //! Rules:
 //! - Outside every window the group's own `min-size`, `max-size` and options apply.
-//! - Several `schedule` windows open at once: the one that opened last wins; on a tie, the one
-//!   written later in the file. Its `min-size` / `max-size` / options replace the group's; what
-//!   it does not set stays the group's.
+//! - Open `schedule` windows layer over the group's own values: each size or option comes from
+//!   the window that opened last among those that set it (on a tie, the one written later in the
+//!   file); what no open window sets is the group's. Should the layered min exceed the layered
+//!   max, max wins.
 //! - Hibernation (a `hibernate` window, or `client hibernate`) beats every schedule: min 0, max 0.
 //!   `client resume` during a hibernate window ends hibernation until that window closes.
 
@@ -31,7 +32,8 @@ pub struct InForce {
     pub min_size: u32,
     pub max_size: u32,
     pub options: OptionOverrides,
-    /// Index (in file order) of the `schedule` entry in force.
+    /// Index (in file order) of the `schedule` entry with the highest priority among the open
+    /// ones.
     pub schedule: Option<usize>,
     /// The group should be hibernating now.
     pub hibernate: bool,
@@ -49,23 +51,24 @@ pub fn in_force(g: &NodeGroupConfig, zone: &Zone, t: Timestamp, manual: &Manual)
         }
     };
 
-    let mut winner: Option<(Timestamp, usize)> = None;
+    let mut open: Vec<(Timestamp, usize)> = Vec::new();
     for (i, e) in g.schedules.iter().enumerate() {
         consider(e.window.next_change(t, zone));
-        if let Some((start, _)) = e.window.open_at(t, zone)
-            && winner.is_none_or(|(s, _)| start >= s)
-        {
-            winner = Some((start, i));
+        if let Some((start, _)) = e.window.open_at(t, zone) {
+            open.push((start, i));
         }
     }
-    let schedule = winner.map(|(_, i)| i);
+    // Lowest priority first: earlier start, then earlier in the file.
+    open.sort();
+    let schedule = open.last().map(|(_, i)| *i);
     let (mut min_size, mut max_size, mut options) = (g.min_size, g.max_size, g.options);
-    if let Some(i) = schedule {
-        let e = &g.schedules[i];
+    for (_, i) in &open {
+        let e = &g.schedules[*i];
         min_size = e.min_size.unwrap_or(min_size);
         max_size = e.max_size.unwrap_or(max_size);
         options = overlay(options, e.options);
     }
+    min_size = min_size.min(max_size);
 
     let resumed = manual.resumed_until.is_some_and(|u| t < u);
     if let Some(u) = manual.resumed_until.filter(|u| t < *u) {
@@ -95,7 +98,11 @@ pub fn in_force(g: &NodeGroupConfig, zone: &Zone, t: Timestamp, manual: &Manual)
 }
 
 /// The end of the hibernate window open at `t` (for `client resume`: until when it holds).
-pub fn open_hibernate_end(entries: &[HibernateEntry], zone: &Zone, t: Timestamp) -> Option<Timestamp> {
+pub fn open_hibernate_end(
+    entries: &[HibernateEntry],
+    zone: &Zone,
+    t: Timestamp,
+) -> Option<Timestamp> {
     entries
         .iter()
         .filter_map(|e| e.window.open_at(t, zone).map(|(_, end)| end))
@@ -110,10 +117,14 @@ fn overlay(base: OptionOverrides, top: OptionOverrides) -> OptionOverrides {
         scale_down_gpu_utilization_threshold: top
             .scale_down_gpu_utilization_threshold
             .or(base.scale_down_gpu_utilization_threshold),
-        scale_down_unneeded_time: top.scale_down_unneeded_time.or(base.scale_down_unneeded_time),
+        scale_down_unneeded_time: top
+            .scale_down_unneeded_time
+            .or(base.scale_down_unneeded_time),
         scale_down_unready_time: top.scale_down_unready_time.or(base.scale_down_unready_time),
         max_node_provision_time: top.max_node_provision_time.or(base.max_node_provision_time),
-        zero_or_max_node_scaling: top.zero_or_max_node_scaling.or(base.zero_or_max_node_scaling),
+        zero_or_max_node_scaling: top
+            .zero_or_max_node_scaling
+            .or(base.zero_or_max_node_scaling),
         ignore_daemonsets_utilization: top
             .ignore_daemonsets_utilization
             .or(base.ignore_daemonsets_utilization),
@@ -154,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn later_start_wins_then_file_order() {
+    fn open_windows_layer_by_start_then_file_order() {
         let cfg = config(
             "schedule = \"cron=0 8 * * *; duration=10h; min-size=3\"\n\
              schedule = \"cron=30 8 * * *; duration=1h; min-size=5; max-size=8\"\n\
@@ -162,11 +173,11 @@ mod tests {
             "Europe/Berlin",
         );
         assert_eq!(sizes(&cfg, "2026-11-23T07:59"), (1, 5, None, false));
-        // Two windows opened at 08:00: the later entry wins (max 6, min from the group).
-        assert_eq!(sizes(&cfg, "2026-11-23T08:00"), (1, 6, Some(2), false));
-        // The peak opened later: it wins.
+        // Two windows opened at 08:00: min from the first, max from the later entry.
+        assert_eq!(sizes(&cfg, "2026-11-23T08:00"), (3, 6, Some(2), false));
+        // The peak opened later: its values win.
         assert_eq!(sizes(&cfg, "2026-11-23T08:30"), (5, 8, Some(1), false));
-        assert_eq!(sizes(&cfg, "2026-11-23T09:30"), (1, 6, Some(2), false));
+        assert_eq!(sizes(&cfg, "2026-11-23T09:30"), (3, 6, Some(2), false));
         assert_eq!(sizes(&cfg, "2026-11-23T10:00"), (3, 5, Some(0), false));
         assert_eq!(sizes(&cfg, "2026-11-23T18:00"), (1, 5, None, false));
     }

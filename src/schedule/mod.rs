@@ -26,8 +26,9 @@ pub struct Zone {
 
 impl Zone {
     pub fn get(name: &str) -> Result<Zone, String> {
-        let tz = TimeZone::get(name)
-            .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin or UTC)"))?;
+        let tz = TimeZone::get(name).map_err(|_| {
+            format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin or UTC)")
+        })?;
         Ok(Zone {
             name: name.to_string(),
             tz,
@@ -355,7 +356,10 @@ mod tests {
         };
         let eight = at(&z, "2026-11-21T08:00");
         assert_eq!(
-            w.open_at(eight.checked_sub(SignedDuration::from_secs(1)).expect("t"), &z),
+            w.open_at(
+                eight.checked_sub(SignedDuration::from_secs(1)).expect("t"),
+                &z
+            ),
             None
         );
         let (s, e) = w.open_at(eight, &z).expect("open at its start");

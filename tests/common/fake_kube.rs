@@ -1,6 +1,7 @@
 //! A fake Kubernetes API server: serves Nodes by name (GET), applies JSON merge patches (PATCH)
 //! with the resourceVersion precondition the real API server enforces, records every request,
-//! and can answer the next PATCHes with 409 Conflict.
+//! and can answer the next PATCHes with 409 Conflict. Pods: listed by node (field selector),
+//! evicted (429 while a "disruption budget" blocks the pod), deleted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,9 +23,22 @@ pub struct Recorded {
     pub body: Option<Value>,
 }
 
+/// A pod of the fake, as the test sets it up.
+#[derive(Debug, Clone)]
+pub struct FakePod {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    /// Kind of its owner (`DaemonSet`, `ReplicaSet`), if any.
+    pub owner: Option<String>,
+    /// Evictions answer 429, as when a PodDisruptionBudget allows no disruption.
+    pub blocked: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     nodes: HashMap<String, Value>,
+    pods: Vec<FakePod>,
     log: Vec<Recorded>,
     conflicts: u32,
     version: u64,
@@ -44,6 +58,15 @@ impl FakeKube {
             .route(
                 "/api/v1/nodes/{name}",
                 axum::routing::get(get_node).patch(patch_node),
+            )
+            .route("/api/v1/pods", axum::routing::get(list_pods))
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}/eviction",
+                axum::routing::post(evict_pod),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}",
+                axum::routing::delete(delete_pod),
             )
             .fallback(fallback)
             .with_state(inner.clone());
@@ -93,6 +116,31 @@ impl FakeKube {
             "spec": spec,
         });
         g.nodes.insert(name.to_string(), node);
+    }
+
+    pub fn add_pod(&self, pod: FakePod) {
+        self.lock().pods.push(pod);
+    }
+
+    /// `namespace/name` of the pods still there, in order.
+    pub fn pods(&self) -> Vec<String> {
+        self.lock()
+            .pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
+    }
+
+    /// Lets evictions of a blocked pod through (its budget allows a disruption again).
+    pub fn unblock(&self, name: &str) {
+        for p in self.lock().pods.iter_mut().filter(|p| p.name == name) {
+            p.blocked = false;
+        }
+    }
+
+    pub fn unschedulable(&self, node: &str) -> bool {
+        self.node(node)
+            .is_some_and(|n| n["spec"]["unschedulable"] == json!(true))
     }
 
     pub fn node(&self, name: &str) -> Option<Value> {
@@ -273,6 +321,112 @@ async fn patch_node(
     merge(node, &patch);
     node["metadata"]["resourceVersion"] = json!(next);
     ok(node)
+}
+
+fn pod_json(p: &FakePod) -> Value {
+    let mut meta =
+        json!({"name": p.name, "namespace": p.namespace, "uid": format!("uid-{}", p.name)});
+    if let Some(kind) = &p.owner {
+        meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": "owner",
+            "uid": "owner-uid", "controller": true}]);
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+           "spec": {"nodeName": p.node, "containers": [{"name": "c", "image": "busybox"}]},
+           "status": {"phase": "Running"}})
+}
+
+async fn list_pods(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    record(&mut g, &Method::GET, uri.to_string(), &headers, &[]);
+    let query = uri.query().unwrap_or_default().replace("%3D", "=");
+    let node = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fieldSelector="))
+        .and_then(|f| f.strip_prefix("spec.nodeName="))
+        .map(str::to_string);
+    let items: Vec<Value> = g
+        .pods
+        .iter()
+        .filter(|p| node.as_ref().is_none_or(|n| *n == p.node))
+        .map(pod_json)
+        .collect();
+    ok(
+        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}),
+    )
+}
+
+async fn evict_pod(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    record(
+        &mut g,
+        &Method::POST,
+        format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"),
+        &headers,
+        &body,
+    );
+    let Some(i) = g
+        .pods
+        .iter()
+        .position(|p| p.namespace == ns && p.name == name)
+    else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+        );
+    };
+    if g.pods[i].blocked {
+        return status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+        );
+    }
+    g.pods.remove(i);
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+            .to_string(),
+    )
+        .into_response()
+}
+
+async fn delete_pod(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    record(
+        &mut g,
+        &Method::DELETE,
+        format!("/api/v1/namespaces/{ns}/pods/{name}"),
+        &headers,
+        &[],
+    );
+    let Some(i) = g
+        .pods
+        .iter()
+        .position(|p| p.namespace == ns && p.name == name)
+    else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+        );
+    };
+    let p = g.pods.remove(i);
+    ok(&pod_json(&p))
 }
 
 async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
