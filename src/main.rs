@@ -386,6 +386,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
              powered on again; node providerIDs are not set"
         ),
     }
+    for g in &cfg.node_groups {
+        if g.schedules
+            .iter()
+            .any(|e| e.min_size.is_some_and(|m| m > g.min_size))
+        {
+            tracing::info!(group = %g.name,
+                "a schedule raises min-size: the autoscaler adds nodes for it only with --enforce-node-group-min-size=true");
+        }
+        if !g.hibernate.is_empty() && kube.is_none() {
+            tracing::warn!(group = %g.name,
+                "hibernate windows without Kubernetes access: nodes cannot be drained (force=true removes servers undrained; otherwise they are kept)");
+        }
+    }
     let api_url = cfg.api_url.clone();
     let state_file = match (&args.state_file, args.simulate) {
         (Some(p), _) => Some(p.clone()),

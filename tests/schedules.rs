@@ -337,6 +337,24 @@ fn pod_bytes(containers: &[(&str, &str)]) -> Vec<u8> {
     .encode_to_vec()
 }
 
+impl Env {
+    async fn node_price(&mut self, r: pb::PricingNodePriceRequest) -> Result<f64, tonic::Status> {
+        self.ca
+            .rpc
+            .pricing_node_price(req(r))
+            .await
+            .map(|r| r.into_inner().price)
+    }
+
+    async fn pod_price(&mut self, r: pb::PricingPodPriceRequest) -> Result<f64, tonic::Status> {
+        self.ca
+            .rpc
+            .pricing_pod_price(req(r))
+            .await
+            .map(|r| r.into_inner().price)
+    }
+}
+
 fn ts(s: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
         seconds: s,
@@ -354,18 +372,15 @@ async fn pricing_answers_when_every_group_has_a_price() {
     let names = e.scale_up(1).await;
     let start = 1_800_000_000;
     // A real node (by providerID), two hours, the current fields.
-    let price =
-        e.ca.rpc
-            .pricing_node_price(req(pb::PricingNodePriceRequest {
-                node: Some(ca::node(&format!("{PREFIX}{}", names[0]), PREFIX)),
-                start_timestamp: ts(start),
-                end_timestamp: ts(start + 7200),
-                ..Default::default()
-            }))
-            .await
-            .expect("node price")
-            .into_inner()
-            .price;
+    let price = e
+        .node_price(pb::PricingNodePriceRequest {
+            node: Some(ca::node(&format!("{PREFIX}{}", names[0]), PREFIX)),
+            start_timestamp: ts(start),
+            end_timestamp: ts(start + 7200),
+            ..Default::default()
+        })
+        .await
+        .expect("node price");
     assert!((price - 0.08).abs() < 1e-12, "{price}");
     // A template node (the autoscaler's option for scaling up), by label, legacy fields (≤ 1.34).
     let template = pb::ExternalGrpcNode {
@@ -375,111 +390,97 @@ async fn pricing_answers_when_every_group_has_a_price() {
             .collect(),
         ..Default::default()
     };
-    let price =
-        e.ca.rpc
-            .pricing_node_price(req(pb::PricingNodePriceRequest {
-                node: Some(template.clone()),
-                legacy_start_time: ts(start),
-                legacy_end_time: ts(start + 1800),
-                ..Default::default()
-            }))
-            .await
-            .expect("template price")
-            .into_inner()
-            .price;
+    let price = e
+        .node_price(pb::PricingNodePriceRequest {
+            node: Some(template.clone()),
+            legacy_start_time: ts(start),
+            legacy_end_time: ts(start + 1800),
+            ..Default::default()
+        })
+        .await
+        .expect("template price");
     assert!((price - 0.02).abs() < 1e-12, "{price}");
     // A pod: derived rates are half the group's price per core (2) and half per GiB (4):
     // 0.01 per core-hour, 0.005 per GiB-hour. 1.5 cores and 2 GiB for one hour.
-    let price =
-        e.ca.rpc
-            .pricing_pod_price(req(pb::PricingPodPriceRequest {
-                pod_bytes: pod_bytes(&[("1", "1Gi"), ("500m", "1Gi")]),
-                start_timestamp: ts(start),
-                end_timestamp: ts(start + 3600),
-                ..Default::default()
-            }))
-            .await
-            .expect("pod price")
-            .into_inner()
-            .price;
+    let price = e
+        .pod_price(pb::PricingPodPriceRequest {
+            pod_bytes: pod_bytes(&[("1", "1Gi"), ("500m", "1Gi")]),
+            start_timestamp: ts(start),
+            end_timestamp: ts(start + 3600),
+            ..Default::default()
+        })
+        .await
+        .expect("pod price");
     assert!(
         (price - (1.5 * 0.01 + 2.0 * 0.005)).abs() < 1e-12,
         "{price}"
     );
     // Legacy pod field.
-    let legacy =
-        e.ca.rpc
-            .pricing_pod_price(req(pb::PricingPodPriceRequest {
-                legacy_pod: pod_bytes(&[("1", "1Gi"), ("500m", "1Gi")]),
-                legacy_start_time: ts(start),
-                legacy_end_time: ts(start + 3600),
-                ..Default::default()
-            }))
-            .await
-            .expect("legacy pod price")
-            .into_inner()
-            .price;
+    let legacy = e
+        .pod_price(pb::PricingPodPriceRequest {
+            legacy_pod: pod_bytes(&[("1", "1Gi"), ("500m", "1Gi")]),
+            legacy_start_time: ts(start),
+            legacy_end_time: ts(start + 3600),
+            ..Default::default()
+        })
+        .await
+        .expect("legacy pod price");
     assert_eq!(legacy, price);
 
     // Bad input: clear errors.
-    let err =
-        e.ca.rpc
-            .pricing_node_price(req(pb::PricingNodePriceRequest {
-                node: Some(template.clone()),
-                start_timestamp: ts(start + 10),
-                end_timestamp: ts(start),
-                ..Default::default()
-            }))
-            .await
-            .expect_err("end before start");
+    let err = e
+        .node_price(pb::PricingNodePriceRequest {
+            node: Some(template.clone()),
+            start_timestamp: ts(start + 10),
+            end_timestamp: ts(start),
+            ..Default::default()
+        })
+        .await
+        .expect_err("end before start");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message().contains("is before start time"),
         "{}",
         err.message()
     );
-    let err =
-        e.ca.rpc
-            .pricing_node_price(req(pb::PricingNodePriceRequest {
-                node: Some(pb::ExternalGrpcNode {
-                    name: "stranger".into(),
-                    provider_id: "aws:///stranger".into(),
-                    ..Default::default()
-                }),
-                start_timestamp: ts(start),
-                end_timestamp: ts(start + 10),
+    let err = e
+        .node_price(pb::PricingNodePriceRequest {
+            node: Some(pb::ExternalGrpcNode {
+                name: "stranger".into(),
+                provider_id: "aws:///stranger".into(),
                 ..Default::default()
-            }))
-            .await
-            .expect_err("foreign node");
+            }),
+            start_timestamp: ts(start),
+            end_timestamp: ts(start + 10),
+            ..Default::default()
+        })
+        .await
+        .expect_err("foreign node");
     assert_eq!(err.code(), Code::NotFound);
-    let err =
-        e.ca.rpc
-            .pricing_pod_price(req(pb::PricingPodPriceRequest {
-                pod_bytes: vec![0xff, 0xff, 0xff],
-                start_timestamp: ts(start),
-                end_timestamp: ts(start + 10),
-                ..Default::default()
-            }))
-            .await
-            .expect_err("not a pod");
+    let err = e
+        .pod_price(pb::PricingPodPriceRequest {
+            pod_bytes: vec![0xff, 0xff, 0xff],
+            start_timestamp: ts(start),
+            end_timestamp: ts(start + 10),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not a pod");
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
 async fn pricing_is_unimplemented_without_prices() {
     let mut e = env(Setup::default()).await;
-    let err =
-        e.ca.rpc
-            .pricing_node_price(req(pb::PricingNodePriceRequest::default()))
-            .await
-            .expect_err("no prices");
+    let err = e
+        .node_price(pb::PricingNodePriceRequest::default())
+        .await
+        .expect_err("no prices");
     assert_eq!(err.code(), Code::Unimplemented);
-    let err =
-        e.ca.rpc
-            .pricing_pod_price(req(pb::PricingPodPriceRequest::default()))
-            .await
-            .expect_err("no prices");
+    let err = e
+        .pod_price(pb::PricingPodPriceRequest::default())
+        .await
+        .expect_err("no prices");
     assert_eq!(err.code(), Code::Unimplemented);
 }
 

@@ -249,12 +249,48 @@ impl Provider {
 
     /// The node groups with the sizes in force now (schedules and hibernation applied).
     pub fn node_groups(&self) -> Vec<GroupInfo> {
+        // One look at the manual controls for all groups; groups without windows or controls
+        // answer their configured sizes without evaluating anything.
+        let manual: std::collections::BTreeMap<String, Manual> = {
+            let st = self.lock();
+            st.hibernation
+                .iter()
+                .map(|(k, v)| (k.clone(), v.manual.clone()))
+                .collect()
+        };
+        let now = self.inner.options.clock.now();
         self.inner
             .config
             .node_groups
             .iter()
-            .map(|g| self.group_info(g))
+            .map(|g| self.info_at(g, manual.get(&g.name), now))
             .collect()
+    }
+
+    /// The group's sizes at `now`; configured ones unless windows or manual controls exist.
+    fn info_at(
+        &self,
+        g: &NodeGroupConfig,
+        manual: Option<&Manual>,
+        now: jiff::Timestamp,
+    ) -> GroupInfo {
+        let (min_size, max_size) =
+            if g.schedules.is_empty() && g.hibernate.is_empty() && manual.is_none() {
+                (g.min_size, g.max_size)
+            } else {
+                let f = windows::in_force(
+                    g,
+                    &self.inner.config.timezone,
+                    now,
+                    manual.unwrap_or(&Manual::default()),
+                );
+                (f.min_size, f.max_size)
+            };
+        GroupInfo {
+            id: g.name.clone(),
+            min_size,
+            max_size,
+        }
     }
 
     /// What the group's schedule and hibernation say now.
@@ -263,34 +299,16 @@ impl Provider {
     }
 
     fn in_force_for(&self, g: &NodeGroupConfig) -> InForce {
+        self.in_force_for_locked(&self.lock(), g)
+    }
+
+    fn group_info(&self, g: &NodeGroupConfig) -> GroupInfo {
         let manual = self
             .lock()
             .hibernation
             .get(&g.name)
-            .map(|h| h.manual.clone())
-            .unwrap_or_default();
-        windows::in_force(
-            g,
-            &self.inner.config.timezone,
-            self.inner.options.clock.now(),
-            &manual,
-        )
-    }
-
-    fn group_info(&self, g: &NodeGroupConfig) -> GroupInfo {
-        if g.schedules.is_empty() && g.hibernate.is_empty() && !self.has_hibernation(&g.name) {
-            return GroupInfo {
-                id: g.name.clone(),
-                min_size: g.min_size,
-                max_size: g.max_size,
-            };
-        }
-        let f = self.in_force_for(g);
-        GroupInfo {
-            id: g.name.clone(),
-            min_size: f.min_size,
-            max_size: f.max_size,
-        }
+            .map(|h| h.manual.clone());
+        self.info_at(g, manual.as_ref(), self.inner.options.clock.now())
     }
 
     fn has_hibernation(&self, group: &str) -> bool {
