@@ -157,6 +157,42 @@ impl Cron {
     }
 }
 
+impl Cron {
+    /// The latest firing at or before `t` and after `floor`; the search walks back day by day
+    /// only as far as `floor`, so it costs the same for `* * * * *` as for a daily entry.
+    pub fn last_at_or_before(
+        &self,
+        t: Timestamp,
+        zone: &Zone,
+        floor: Timestamp,
+    ) -> Option<Timestamp> {
+        let local = t.to_zoned(zone.tz.clone()).datetime();
+        let stop = floor.to_zoned(zone.tz.clone()).date().yesterday().ok()?;
+        let mut day = local.date();
+        while day >= stop {
+            if self.day_matches(day) {
+                for h in (0..24).rev().filter(|h| self.hours & (1 << h) != 0) {
+                    for m in (0..60).rev().filter(|m| self.minutes & (1u64 << m) != 0) {
+                        let civil: DateTime = day.at(h as i8, m as i8, 0, 0);
+                        if civil > local {
+                            continue;
+                        }
+                        let Ok(z) = civil.to_zoned(zone.tz.clone()) else {
+                            continue;
+                        };
+                        let at = z.timestamp();
+                        if at <= t {
+                            return (at > floor).then_some(at);
+                        }
+                    }
+                }
+            }
+            day = day.yesterday().ok()?;
+        }
+        None
+    }
+}
+
 /// One `field` of a cron expression as a bit set over `lo..=hi`.
 fn field(text: &str, lo: u32, hi: u32, names: &[&str], what: &str) -> Result<u64, String> {
     let bad = |why: &str| format!("cron {what} field {text:?}: {why}");
@@ -225,20 +261,11 @@ impl Window {
     /// ends (a later firing before then opens the next occurrence).
     pub fn open_at(&self, t: Timestamp, zone: &Zone) -> Option<(Timestamp, Timestamp)> {
         let d = SignedDuration::try_from(self.duration).ok()?;
-        let mut f = self.cron.next_after(t.checked_sub(d).ok()?, zone)?;
-        if f > t {
-            return None;
-        }
-        let mut last = f;
-        while let Some(n) = self.cron.next_after(f, zone) {
-            if n > t {
-                break;
-            }
-            last = n;
-            f = n;
-        }
+        let last = self
+            .cron
+            .last_at_or_before(t, zone, t.checked_sub(d).ok()?)?;
         let end = last.checked_add(d).ok()?;
-        Some((last, end))
+        (end > t).then_some((last, end))
     }
 
     /// The next time this window's state may change after `t`: the end of the open occurrence
@@ -380,6 +407,28 @@ mod tests {
         assert_eq!(s, at(&z, "2026-11-21T11:00"));
         assert_eq!(e, at(&z, "2026-11-21T12:30"));
         assert_eq!(w.next_change(t, &z), Some(at(&z, "2026-11-21T12:00")));
+    }
+
+    #[test]
+    fn every_minute_for_two_weeks_is_cheap_and_right() {
+        let z = Zone::get("America/New_York").expect("zone");
+        let w = Window {
+            cron: Cron::parse("* * * * *").expect("cron"),
+            duration: MAX_WINDOW,
+        };
+        let t = at(&z, "2026-11-01T01:30")
+            .checked_add(SignedDuration::from_secs(17))
+            .expect("t");
+        let (start, end) = w.open_at(t, &z).expect("always open");
+        assert_eq!(local(&z, start), "2026-11-01 01:30 EDT");
+        assert_eq!(
+            end.duration_since(start),
+            SignedDuration::try_from(MAX_WINDOW).expect("d")
+        );
+        assert_eq!(
+            w.next_change(t, &z).map(|n| local(&z, n)),
+            Some("2026-11-01 01:31 EDT".to_string())
+        );
     }
 
     #[test]
