@@ -269,8 +269,9 @@ fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
 }
 
 /// What the provider does in the cluster: warm pool and providerIDs (nodes), hibernation drains
-/// (cordon, list, evict, forced delete).
-const PROVIDER_NEEDS: [&str; 6] = [
+/// (cordon, list, evict, forced delete), Events about Nodes.
+const PROVIDER_NEEDS: [&str; 7] = [
+    "create events",
     "get nodes",
     "list nodes",
     "patch nodes",

@@ -513,6 +513,14 @@ fn register(fake: &FakeKube, names: &[String]) {
     }
 }
 
+async fn until_true(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 const DEV_NIGHTS: &str =
     "hibernate = \"cron=0 20 * * 1-5; duration=12h; force=true; drain-timeout=1s\"";
 
@@ -568,6 +576,32 @@ async fn hibernation_drains_removes_servers_and_resumes_at_the_window_end() {
     assert!(!calls.iter().any(|c| c.contains("agent-")), "{calls:?}");
     assert_eq!(fake.pods(), ["apps/agent-0", "apps/agent-1"]);
     assert!(e.ca.nodes("dev").await.is_empty());
+    // What happened shows on the Nodes (kubectl describe node).
+    // (Posted in the background, so their order is not asserted.)
+    let sorted = |node: &str| {
+        let mut r = fake.event_reasons(node);
+        r.sort();
+        r
+    };
+    until_true("events posted", || {
+        sorted(&names[0])
+            == [
+                "EvictionBlocked",
+                "Hibernating",
+                "HibernationDrained",
+                "HibernationForced",
+            ]
+            && sorted(&names[1]) == ["Hibernating", "HibernationDrained"]
+    })
+    .await;
+    assert!(
+        fake.events()
+            .iter()
+            .all(|(_, r, t)| (t == "Warning")
+                == (r == "EvictionBlocked" || r == "HibernationForced")),
+        "{:?}",
+        fake.events()
+    );
 
     // 08:00 next day: the window closes, sizes come back, the autoscaler can refill.
     e.at("2026-11-24T08:00");
@@ -601,6 +635,11 @@ async fn without_force_undrainable_nodes_are_kept_and_uncordoned() {
         fake.pods().contains(&"apps/web-0".to_string()),
         "never deleted without force"
     );
+    until_true("kept event", || {
+        fake.event_reasons(&names[0])
+            .contains(&"HibernationKept".to_string())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -394,6 +394,8 @@ async fn parked_nodes_lose_the_autoscalers_taints_terminated_ones_are_left_alone
         e.metric("kamatera_ca_kube_node_updates_total{kind=\"release\",result=\"updated\"}"),
         1.0
     );
+    until("parked event", || fake.event_reasons(&parked) == ["Parked"]).await;
+    assert!(fake.event_reasons(&terminated).is_empty());
 
     // Powered on again, it is the group's and schedulable.
     let again = e.scale_up("a", 1).await;

@@ -18,8 +18,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
@@ -438,6 +439,54 @@ impl Kube {
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             Err(e) => Err(api_error(&format!("pod {pod}"), e)),
         }
+    }
+}
+
+/// Component name on the Events the provider posts.
+pub const EVENT_SOURCE: &str = "kamatera-ca-provider";
+
+impl Kube {
+    /// Posts an Event about a Node (in the `default` namespace, where events of cluster-scoped
+    /// objects go), so `kubectl describe node` shows what the provider did to it.
+    pub async fn node_event(
+        &self,
+        node: &str,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
+        let now = Time(jiff::Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{node}.")),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                uid: Some(node.to_string()),
+                ..ObjectReference::default()
+            },
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            source: Some(EventSource {
+                component: Some(EVENT_SOURCE.into()),
+                host: None,
+            }),
+            reporting_component: Some(EVENT_SOURCE.into()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        api.create(&PostParams::default(), &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error(&format!("event for node {node}"), e))
     }
 }
 

@@ -174,8 +174,21 @@ impl Provider {
                 };
                 tokio::spawn(async move {
                     for n in names {
-                        if let Err(e) = kube.cordon(&n, false).await {
-                            warn!(node = %n, error = %e, "cannot uncordon the node after hibernation");
+                        match kube.cordon(&n, false).await {
+                            Ok(true) => {
+                                let _ = kube
+                                    .node_event(
+                                        &n,
+                                        false,
+                                        "HibernationOver",
+                                        "node group awake: node uncordoned",
+                                    )
+                                    .await;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                warn!(node = %n, error = %e, "cannot uncordon the node after hibernation")
+                            }
                         }
                     }
                 });
@@ -281,6 +294,14 @@ impl Provider {
             return;
         }
         if !result.drained.is_empty() {
+            for n in &result.drained {
+                self.node_event(
+                    n,
+                    false,
+                    "HibernationDrained",
+                    format!("node group {group} hibernates: node drained, its server removed"),
+                );
+            }
             let refs: Vec<NodeRef> = result
                 .drained
                 .iter()
@@ -326,7 +347,15 @@ impl Provider {
             if let Err(e) = kube.cordon(n, true).await {
                 warn!(node = %n, error = %e, "cannot cordon the node");
             }
+            self.node_event(
+                n,
+                false,
+                "Hibernating",
+                format!("node group {group} hibernates: node cordoned, pods being evicted"),
+            );
         }
+        // One event per blocked pod and drain, not one per retry.
+        let mut reported = BTreeSet::new();
         let mut pending: Vec<String> = nodes.to_vec();
         loop {
             if !self.wants_hibernation(group) {
@@ -342,7 +371,17 @@ impl Provider {
                         for p in pods.iter().filter(|p| !p.terminating) {
                             match kube.evict(p).await {
                                 Ok(Eviction::Blocked(why)) => {
-                                    info!(pod = %p, node = %n, why, "eviction blocked by a disruption budget; retrying")
+                                    info!(pod = %p, node = %n, why, "eviction blocked by a disruption budget; retrying");
+                                    if reported.insert(p.to_string()) {
+                                        self.node_event(
+                                            n,
+                                            true,
+                                            "EvictionBlocked",
+                                            format!(
+                                                "pod {p}: {why} (retrying until the drain timeout)"
+                                            ),
+                                        );
+                                    }
                                 }
                                 Ok(_) => {}
                                 Err(e) => warn!(pod = %p, error = %e, "eviction failed; retrying"),
@@ -371,11 +410,24 @@ impl Provider {
                             }
                         }
                         warn!(node = %n, "drain timed out: remaining pods deleted (force)");
+                        self.node_event(
+                            &n,
+                            true,
+                            "HibernationForced",
+                            "drain timed out: remaining pods deleted (force=true)".into(),
+                        );
                         out.drained.push(n);
                     }
                 } else {
                     for n in pending {
                         warn!(node = %n, "drain timed out: the node keeps running (no force)");
+                        self.node_event(
+                            &n,
+                            true,
+                            "HibernationKept",
+                            "drain timed out: node kept running and uncordoned (force=false)"
+                                .into(),
+                        );
                         if let Err(e) = kube.cordon(&n, false).await {
                             warn!(node = %n, error = %e, "cannot uncordon the node");
                         }

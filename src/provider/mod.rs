@@ -378,6 +378,19 @@ impl Provider {
         });
     }
 
+    /// Posts an Event on a Node, best effort (no Kubernetes access: nothing; failures: debug log).
+    fn node_event(&self, node: &str, warning: bool, reason: &'static str, message: String) {
+        let Some(kube) = self.inner.options.kube.clone() else {
+            return;
+        };
+        let node = node.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = kube.node_event(&node, warning, reason, &message).await {
+                debug!(node = %node, reason, error = %e, "cannot post the event");
+            }
+        });
+    }
+
     /// Removes the autoscaler's taints from the Nodes of servers just parked, so that they are
     /// usable when powered on again.
     fn release_parked_nodes(&self, names: Vec<String>) {
@@ -404,6 +417,14 @@ impl Provider {
                         info!(node = %name, removed_taints = ?removed_taints, was_unschedulable,
                             "released the parked server's Node");
                         metrics.node_update(kind, "updated");
+                        let _ = kube
+                            .node_event(
+                                &name,
+                                false,
+                                "Parked",
+                                "server powered off and kept for reuse; the autoscaler's taints were removed",
+                            )
+                            .await;
                     }
                     Ok(crate::kube::Released::Unchanged) => metrics.node_update(kind, "unchanged"),
                     Ok(crate::kube::Released::NotFound) => {

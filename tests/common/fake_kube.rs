@@ -39,6 +39,8 @@ pub struct FakePod {
 struct Inner {
     nodes: HashMap<String, Value>,
     pods: Vec<FakePod>,
+    /// (node, reason, type) of the Events posted.
+    events: Vec<(String, String, String)>,
     log: Vec<Recorded>,
     conflicts: u32,
     version: u64,
@@ -67,6 +69,10 @@ impl FakeKube {
             .route(
                 "/api/v1/namespaces/{ns}/pods/{name}",
                 axum::routing::delete(delete_pod),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/events",
+                axum::routing::post(post_event),
             )
             .fallback(fallback)
             .with_state(inner.clone());
@@ -116,6 +122,20 @@ impl FakeKube {
             "spec": spec,
         });
         g.nodes.insert(name.to_string(), node);
+    }
+
+    /// (node, reason, type) of every Event posted, in order.
+    pub fn events(&self) -> Vec<(String, String, String)> {
+        self.lock().events.clone()
+    }
+
+    /// Reasons of the Events posted about one node, in order.
+    pub fn event_reasons(&self, node: &str) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter(|(n, _, _)| n == node)
+            .map(|(_, r, _)| r)
+            .collect()
     }
 
     pub fn add_pod(&self, pod: FakePod) {
@@ -427,6 +447,39 @@ async fn delete_pod(
     };
     let p = g.pods.remove(i);
     ok(&pod_json(&p))
+}
+
+async fn post_event(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    record(
+        &mut g,
+        &Method::POST,
+        format!("/api/v1/namespaces/{ns}/events"),
+        &headers,
+        &body,
+    );
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let field = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    g.events.push((
+        field(&event["involvedObject"]["name"]),
+        field(&event["reason"]),
+        field(&event["type"]),
+    ));
+    let n = g.events.len();
+    event["metadata"]["name"] = json!(format!("{}{n}", field(&event["metadata"]["generateName"])));
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        event.to_string(),
+    )
+        .into_response()
 }
 
 async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
