@@ -206,13 +206,14 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 impl Service {
-    /// Records the answer of `method` in the metrics.
-    fn done<T>(
+    /// Runs one RPC and records its answer and duration in the metrics.
+    async fn measured<T>(
         &self,
         method: &'static str,
-        started: Instant,
-        r: Result<Response<T>, Status>,
+        rpc: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let r = rpc.await;
         let code = match &r {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
@@ -232,23 +233,20 @@ impl CloudProvider for Service {
         &self,
         _: Request<pb::NodeGroupsRequest>,
     ) -> Result<Response<pb::NodeGroupsResponse>, Status> {
-        let started = Instant::now();
         // Sizes follow schedules and hibernation, so they are worked out at each call.
-        let r = async {
+        self.measured("NodeGroups", async {
             Ok(Response::new(pb::NodeGroupsResponse {
                 node_groups: self.provider.node_groups().into_iter().map(group).collect(),
             }))
-        }
-        .await;
-        self.done("NodeGroups", started, r)
+        })
+        .await
     }
 
     async fn node_group_for_node(
         &self,
         request: Request<pb::NodeGroupForNodeRequest>,
     ) -> Result<Response<pb::NodeGroupForNodeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupForNode", async {
             let req = request.into_inner();
             let node = req.node.as_ref().map(node_ref).unwrap_or_default();
             // Not ours: an empty group (id ""), never an error.
@@ -260,17 +258,15 @@ impl CloudProvider for Service {
             );
             debug!(rpc = "NodeGroupForNode", node = %node.name, provider_id = %node.provider_id, group = ?node_group.as_ref().map(|g| &g.id));
             Ok(Response::new(pb::NodeGroupForNodeResponse { node_group }))
-        }
-        .await;
-        self.done("NodeGroupForNode", started, r)
+        })
+        .await
     }
 
     async fn pricing_node_price(
         &self,
         request: Request<pb::PricingNodePriceRequest>,
     ) -> Result<Response<pb::PricingNodePriceResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("PricingNodePrice", async {
             if !self.provider.pricing_enabled() {
                 return Err(Status::unimplemented(NO_PRICES));
             }
@@ -291,17 +287,15 @@ impl CloudProvider for Service {
                 .node_price(&node, start, end)
                 .map(|price| pb::PricingNodePriceResponse { price });
             logged("PricingNodePrice", false, r)
-        }
-        .await;
-        self.done("PricingNodePrice", started, r)
+        })
+        .await
     }
 
     async fn pricing_pod_price(
         &self,
         request: Request<pb::PricingPodPriceRequest>,
     ) -> Result<Response<pb::PricingPodPriceResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("PricingPodPrice", async {
             if !self.provider.pricing_enabled() {
                 return Err(Status::unimplemented(NO_PRICES));
             }
@@ -326,55 +320,50 @@ impl CloudProvider for Service {
                 .pod_price(cpu, memory, start, end)
                 .map(|price| pb::PricingPodPriceResponse { price });
             logged("PricingPodPrice", false, r)
-        }
-        .await;
-        self.done("PricingPodPrice", started, r)
+        })
+        .await
     }
 
     async fn gpu_label(
         &self,
         _: Request<pb::GpuLabelRequest>,
     ) -> Result<Response<pb::GpuLabelResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("GPULabel", async {
             Ok(Response::new(pb::GpuLabelResponse {
                 label: self.provider.gpu_label().to_string(),
             }))
-        }
-        .await;
-        self.done("GPULabel", started, r)
+        })
+        .await
     }
 
     async fn get_available_gpu_types(
         &self,
         _: Request<pb::GetAvailableGpuTypesRequest>,
     ) -> Result<Response<pb::GetAvailableGpuTypesResponse>, Status> {
-        let started = Instant::now();
-        let r = async { Ok(Response::new(pb::GetAvailableGpuTypesResponse::default())) }.await;
-        self.done("GetAvailableGPUTypes", started, r)
+        self.measured("GetAvailableGPUTypes", async {
+            Ok(Response::new(pb::GetAvailableGpuTypesResponse::default()))
+        })
+        .await
     }
 
     async fn cleanup(
         &self,
         _: Request<pb::CleanupRequest>,
     ) -> Result<Response<pb::CleanupResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("Cleanup", async {
             // The autoscaler is exiting; this server outlives it and keeps its in-flight work, so a
             // restarted autoscaler finds the same state.
             info!(rpc = "Cleanup", "the autoscaler is shutting down");
             Ok(Response::new(pb::CleanupResponse {}))
-        }
-        .await;
-        self.done("Cleanup", started, r)
+        })
+        .await
     }
 
     async fn refresh(
         &self,
         _: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("Refresh", async {
             let r = self
                 .provider
                 .refresh()
@@ -384,17 +373,15 @@ impl CloudProvider for Service {
                 warn!(rpc = "Refresh", error = %e, "cannot serve yet");
             }
             logged("Refresh", false, r.map(|()| pb::RefreshResponse {}))
-        }
-        .await;
-        self.done("Refresh", started, r)
+        })
+        .await
     }
 
     async fn node_group_target_size(
         &self,
         request: Request<pb::NodeGroupTargetSizeRequest>,
     ) -> Result<Response<pb::NodeGroupTargetSizeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupTargetSize", async {
             let req = request.into_inner();
             let r = self
                 .provider
@@ -403,17 +390,15 @@ impl CloudProvider for Service {
                     target_size: i32::try_from(n).unwrap_or(i32::MAX),
                 });
             logged("NodeGroupTargetSize", false, r)
-        }
-        .await;
-        self.done("NodeGroupTargetSize", started, r)
+        })
+        .await
     }
 
     async fn node_group_increase_size(
         &self,
         request: Request<pb::NodeGroupIncreaseSizeRequest>,
     ) -> Result<Response<pb::NodeGroupIncreaseSizeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupIncreaseSize", async {
             let req = request.into_inner();
             let span = info_span!("NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
             info!(rpc = "NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
@@ -424,17 +409,15 @@ impl CloudProvider for Service {
                 .await
                 .map(|()| pb::NodeGroupIncreaseSizeResponse {});
             logged("NodeGroupIncreaseSize", true, r)
-        }
-        .await;
-        self.done("NodeGroupIncreaseSize", started, r)
+        })
+        .await
     }
 
     async fn node_group_delete_nodes(
         &self,
         request: Request<pb::NodeGroupDeleteNodesRequest>,
     ) -> Result<Response<pb::NodeGroupDeleteNodesResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupDeleteNodes", async {
             let req = request.into_inner();
             let nodes: Vec<NodeRef> = req.nodes.iter().map(node_ref).collect();
             let span = info_span!("NodeGroupDeleteNodes", group = %req.id, nodes = nodes.len());
@@ -450,17 +433,15 @@ impl CloudProvider for Service {
                 .await
                 .map(|()| pb::NodeGroupDeleteNodesResponse {});
             logged("NodeGroupDeleteNodes", true, r)
-        }
-        .await;
-        self.done("NodeGroupDeleteNodes", started, r)
+        })
+        .await
     }
 
     async fn node_group_decrease_target_size(
         &self,
         request: Request<pb::NodeGroupDecreaseTargetSizeRequest>,
     ) -> Result<Response<pb::NodeGroupDecreaseTargetSizeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupDecreaseTargetSize", async {
             let req = request.into_inner();
             info!(rpc = "NodeGroupDecreaseTargetSize", group = %req.id, delta = req.delta);
             let r = self
@@ -469,17 +450,15 @@ impl CloudProvider for Service {
                 .await
                 .map(|()| pb::NodeGroupDecreaseTargetSizeResponse {});
             logged("NodeGroupDecreaseTargetSize", true, r)
-        }
-        .await;
-        self.done("NodeGroupDecreaseTargetSize", started, r)
+        })
+        .await
     }
 
     async fn node_group_nodes(
         &self,
         request: Request<pb::NodeGroupNodesRequest>,
     ) -> Result<Response<pb::NodeGroupNodesResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupNodes", async {
             let req = request.into_inner();
             let r = self
                 .provider
@@ -488,17 +467,15 @@ impl CloudProvider for Service {
                     instances: list.iter().map(convert::instance).collect(),
                 });
             logged("NodeGroupNodes", false, r)
-        }
-        .await;
-        self.done("NodeGroupNodes", started, r)
+        })
+        .await
     }
 
     async fn node_group_template_node_info(
         &self,
         request: Request<pb::NodeGroupTemplateNodeInfoRequest>,
     ) -> Result<Response<pb::NodeGroupTemplateNodeInfoResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupTemplateNodeInfo", async {
             let req = request.into_inner();
             let r = self.provider.template_node(&req.id).map(|t| {
                 let bytes = convert::template_node(&t).encode_to_vec();
@@ -509,17 +486,15 @@ impl CloudProvider for Service {
                 }
             });
             logged("NodeGroupTemplateNodeInfo", false, r)
-        }
-        .await;
-        self.done("NodeGroupTemplateNodeInfo", started, r)
+        })
+        .await
     }
 
     async fn node_group_get_options(
         &self,
         request: Request<pb::NodeGroupAutoscalingOptionsRequest>,
     ) -> Result<Response<pb::NodeGroupAutoscalingOptionsResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
+        self.measured("NodeGroupGetOptions", async {
             let req = request.into_inner();
             let r =
                 self.provider
@@ -528,8 +503,7 @@ impl CloudProvider for Service {
                         node_group_autoscaling_options: convert::options(&o, req.defaults.as_ref()),
                     });
             logged("NodeGroupGetOptions", false, r)
-        }
-        .await;
-        self.done("NodeGroupGetOptions", started, r)
+        })
+        .await
     }
 }
