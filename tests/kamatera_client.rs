@@ -50,6 +50,22 @@ fn server_config() -> ServerConfig {
     }
 }
 
+/// Answers `times` requests to `endpoint` with `status` and a JSON body (the count is checked
+/// when the server drops).
+async fn answer(
+    server: &MockServer,
+    endpoint: &str,
+    status: u16,
+    body: serde_json::Value,
+    times: u64,
+) {
+    Mock::given(path(endpoint))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
 fn requests_to(reqs: &[Request], p: &str) -> usize {
     reqs.iter().filter(|r| r.url.path() == p).count()
 }
@@ -147,14 +163,14 @@ async fn server_tags_by_id_in_both_field_spellings() {
 #[tokio::test]
 async fn server_tags_500_is_retried_then_fails() {
     let server = MockServer::start().await;
-    Mock::given(path("/server/tags"))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .set_body_json(json!({"message": "Failed to run command method (serverTags)"})),
-        )
-        .expect(4)
-        .mount(&server)
-        .await;
+    answer(
+        &server,
+        "/server/tags",
+        500,
+        json!({"message": "Failed to run command method (serverTags)"}),
+        4,
+    )
+    .await;
     let err = client(&server).server_tags("x").await.expect_err("500");
     assert_eq!(err.class, ErrorClass::Transient);
     assert!(
@@ -253,14 +269,14 @@ async fn create_accepts_every_id_shape() {
 async fn create_is_never_retried_on_500_or_timeout() {
     let cfg = server_config();
     let server = MockServer::start().await;
-    Mock::given(path("/service/server"))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .set_body_json(json!({"message": "Failed to run command method (createServer)"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer(
+        &server,
+        "/service/server",
+        500,
+        json!({"message": "Failed to run command method (createServer)"}),
+        1,
+    )
+    .await;
     let err = client(&server)
         .create_server(CreateServer {
             name: "n-00000000000",
@@ -435,14 +451,14 @@ async fn mutating_call_retries_when_the_connection_never_opened() {
 #[tokio::test]
 async fn not_found_is_classified_and_not_retried() {
     let server = MockServer::start().await;
-    Mock::given(path("/service/server/terminate"))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .set_body_json(json!({"message": "No servers found (name='x')"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer(
+        &server,
+        "/service/server/terminate",
+        500,
+        json!({"message": "No servers found (name='x')"}),
+        1,
+    )
+    .await;
     let err = client(&server).terminate("x").await.expect_err("not found");
     assert_eq!(err.class, ErrorClass::NotFound);
 }
@@ -625,14 +641,14 @@ async fn reads_retry_on_timeout() {
 #[tokio::test]
 async fn client_errors_are_not_retried() {
     let server = MockServer::start().await;
-    Mock::given(path("/service/servers"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .set_body_json(json!({"message": "missing required flag (name)"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer(
+        &server,
+        "/service/servers",
+        400,
+        json!({"message": "missing required flag (name)"}),
+        1,
+    )
+    .await;
     let err = client(&server).list_servers("").await.expect_err("400");
     assert_eq!(err.class, ErrorClass::InvalidRequest);
     assert!(
@@ -645,22 +661,23 @@ async fn client_errors_are_not_retried() {
 async fn auth_failures_in_every_shape() {
     // 401 with the JSON-in-a-string body of the create endpoint.
     let server = MockServer::start().await;
-    Mock::given(path("/service/server/poweron"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(
-            json!({"message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}"}),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer(
+        &server,
+        "/service/server/poweron",
+        401,
+        json!({"message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}"}),
+        1,
+    )
+    .await;
     // 200 with an errors object, as proxied GETs answer.
-    Mock::given(path("/service/servers"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"errors": [{"code": 1, "info": "you are not logged in"}]})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer(
+        &server,
+        "/service/servers",
+        200,
+        json!({"errors": [{"code": 1, "info": "you are not logged in"}]}),
+        1,
+    )
+    .await;
     // A bare 403.
     Mock::given(path("/service/queue"))
         .respond_with(ResponseTemplate::new(403))
