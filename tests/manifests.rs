@@ -295,26 +295,9 @@ fn core_grants(r: &k8s_openapi::api::rbac::v1::PolicyRule) -> Vec<String> {
 /// The provider's ServiceAccount may do what the provider does in the cluster (warm-pool taint
 /// cleanup, providerIDs, hibernation drains) through ClusterRoles bound to it.
 fn check_node_access(m: &Manifest, d: &Deployment, file: &str) {
-    let sa = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| panic!("{file}: the provider's Deployment names its ServiceAccount"));
-    let granted: BTreeSet<String> = m
-        .cluster_role_bindings
-        .iter()
-        .filter(|b| {
-            b.subjects
-                .iter()
-                .flatten()
-                .any(|s| s.kind == "ServiceAccount" && s.name == sa)
-        })
-        .filter_map(|b| {
-            m.cluster_roles
-                .iter()
-                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
-        })
+    let sa = service_account(d, file);
+    let granted: BTreeSet<String> = bound_cluster_roles(m, &sa)
+        .into_iter()
         .flat_map(|r| r.rules.iter().flatten())
         .flat_map(core_grants)
         .collect();
@@ -324,6 +307,28 @@ fn check_node_access(m: &Manifest, d: &Deployment, file: &str) {
             "{file}: ServiceAccount {sa} (the provider's) cannot {need}: {granted:?}"
         );
     }
+}
+
+/// The ServiceAccount a Deployment's pods run as.
+fn service_account(d: &Deployment, file: &str) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| panic!("{file}: the Deployment names its ServiceAccount"))
+}
+
+/// The ClusterRoles bound to a ServiceAccount.
+fn bound_cluster_roles<'m>(m: &'m Manifest, sa: &str) -> Vec<&'m ClusterRole> {
+    m.cluster_role_bindings
+        .iter()
+        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == sa))
+        .filter_map(|b| {
+            m.cluster_roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
+        })
+        .collect()
 }
 
 /// The RBAC names a Deployment's autoscaler needs: its lease and status ConfigMap.
@@ -336,12 +341,7 @@ fn check_rbac(m: &Manifest, d: &Deployment, file: &str) -> (String, String) {
     let status = flag(&a, "--status-config-map-name")
         .unwrap_or("cluster-autoscaler-status")
         .to_string();
-    let sa = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.service_account_name.clone())
-        .expect("serviceAccountName");
+    let sa = service_account(d, file);
     assert!(
         m.service_accounts
             .iter()
@@ -358,18 +358,8 @@ fn check_rbac(m: &Manifest, d: &Deployment, file: &str) -> (String, String) {
                 && r.verbs.iter().any(|v| v == verb)
         })
     };
-    let bound_cluster_roles: Vec<&ClusterRole> = m
-        .cluster_role_bindings
-        .iter()
-        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == sa))
-        .filter_map(|b| {
-            m.cluster_roles
-                .iter()
-                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
-        })
-        .collect();
     assert!(
-        bound_cluster_roles.iter().any(|r| allows(
+        bound_cluster_roles(m, &sa).iter().any(|r| allows(
             r.rules.as_deref().unwrap_or_default(),
             "leases",
             &lease,
