@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -75,6 +75,7 @@ impl FakeKube {
                 axum::routing::post(post_event),
             )
             .fallback(fallback)
+            .layer(axum::middleware::from_fn_with_state(inner.clone(), record))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -243,32 +244,36 @@ fn ok(node: &Value) -> Response {
         .into_response()
 }
 
-fn record(inner: &mut Inner, method: &Method, path: String, headers: &HeaderMap, body: &[u8]) {
-    inner.log.push(Recorded {
-        method: method.to_string(),
-        path,
-        content_type: headers
+/// Records every request (method, path, content type, JSON body) before it is handled.
+async fn record(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    inner.lock().expect("lock").log.push(Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        content_type: parts
+            .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string(),
-        body: serde_json::from_slice(body).ok(),
+        body: serde_json::from_slice(&bytes).ok(),
     });
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
-async fn get_node(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let mut g = inner.lock().expect("lock");
-    record(
-        &mut g,
-        &Method::GET,
-        format!("/api/v1/nodes/{name}"),
-        &headers,
-        &[],
-    );
+async fn get_node(State(inner): State<Arc<Mutex<Inner>>>, Path(name): Path<String>) -> Response {
+    let g = inner.lock().expect("lock");
     match g.nodes.get(&name) {
         Some(n) => ok(n),
         None => status(
@@ -282,17 +287,9 @@ async fn get_node(
 async fn patch_node(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let mut g = inner.lock().expect("lock");
-    record(
-        &mut g,
-        &Method::PATCH,
-        format!("/api/v1/nodes/{name}"),
-        &headers,
-        &body,
-    );
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
     };
@@ -355,13 +352,8 @@ fn pod_json(p: &FakePod) -> Value {
            "status": {"phase": "Running"}})
 }
 
-async fn list_pods(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    let mut g = inner.lock().expect("lock");
-    record(&mut g, &Method::GET, uri.to_string(), &headers, &[]);
+async fn list_pods(State(inner): State<Arc<Mutex<Inner>>>, uri: axum::http::Uri) -> Response {
+    let g = inner.lock().expect("lock");
     let query = uri.query().unwrap_or_default().replace("%3D", "=");
     let node = query
         .split('&')
@@ -382,17 +374,8 @@ async fn list_pods(
 async fn evict_pod(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
 ) -> Response {
     let mut g = inner.lock().expect("lock");
-    record(
-        &mut g,
-        &Method::POST,
-        format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"),
-        &headers,
-        &body,
-    );
     let Some(i) = g
         .pods
         .iter()
@@ -424,16 +407,8 @@ async fn evict_pod(
 async fn delete_pod(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
     let mut g = inner.lock().expect("lock");
-    record(
-        &mut g,
-        &Method::DELETE,
-        format!("/api/v1/namespaces/{ns}/pods/{name}"),
-        &headers,
-        &[],
-    );
     let Some(i) = g
         .pods
         .iter()
@@ -449,20 +424,8 @@ async fn delete_pod(
     ok(&pod_json(&p))
 }
 
-async fn post_event(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn post_event(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Response {
     let mut g = inner.lock().expect("lock");
-    record(
-        &mut g,
-        &Method::POST,
-        format!("/api/v1/namespaces/{ns}/events"),
-        &headers,
-        &body,
-    );
     let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
     };
