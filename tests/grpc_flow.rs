@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use kamatera_ca_provider::config::CloudConfig;
 use kamatera_ca_provider::grpc::ServeOptions;
-use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::proto::k8s;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
@@ -66,12 +65,7 @@ ignore-daemonsets-utilization = true
 async fn env_with(timing: Timing, quota: Quota) -> Env {
     let sim = common::start_sim(timing, quota).await;
     let cfg = CloudConfig::parse("test.ini", &config_text(&sim.url()), &|_| None).expect("config");
-    let client = Client::new(ClientSettings {
-        retry: RetryPolicy::immediate(2),
-        timeout: Duration::from_secs(10),
-        ..ClientSettings::from_config(&cfg)
-    })
-    .expect("client");
+    let client = common::test_client(&cfg, Default::default());
     let provider = Provider::new(
         cfg,
         client,

@@ -13,7 +13,6 @@ use common::req;
 use jiff::Timestamp;
 use kamatera_ca_provider::config::CloudConfig;
 use kamatera_ca_provider::grpc::ServeOptions;
-use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::admin as apb;
 use kamatera_ca_provider::proto::admin::admin_client::AdminClient;
 use kamatera_ca_provider::proto::externalgrpc as pb;
@@ -127,12 +126,7 @@ async fn env(s: Setup<'_>) -> Env {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let clock = TestClock::at(&cfg, s.start);
-    let client = Client::new(ClientSettings {
-        retry: RetryPolicy::immediate(2),
-        timeout: Duration::from_secs(10),
-        ..ClientSettings::from_config(&cfg)
-    })
-    .expect("client");
+    let client = common::test_client(&cfg, Default::default());
     let provider = Provider::new(
         cfg.clone(),
         client,

@@ -16,7 +16,6 @@ use common::ca::{self, Ca};
 use common::fake_kube::FakeKube;
 use kamatera_ca_provider::config::CloudConfig;
 use kamatera_ca_provider::grpc::ServeOptions;
-use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
 use kamatera_ca_provider::sim::{Endpoint, EndpointFaults, Quota, SimHandle, Timing};
@@ -84,13 +83,7 @@ async fn env(case: Case, kube: Option<kamatera_ca_provider::kube::Kube>) -> Env 
     let cfg =
         CloudConfig::parse("wp.ini", &config_text(&sim.url(), case), &|_| None).expect("config");
     let metrics = Arc::new(Metrics::new());
-    let client = Client::new(ClientSettings {
-        retry: RetryPolicy::immediate(2),
-        timeout: Duration::from_secs(10),
-        metrics: metrics.clone(),
-        ..ClientSettings::from_config(&cfg)
-    })
-    .expect("client");
+    let client = common::test_client(&cfg, metrics.clone());
     let provider = Provider::new(
         cfg,
         client,

@@ -42,6 +42,22 @@ pub async fn serve(
     (addr, tx)
 }
 
+/// A Kamatera client for a provider under test: the config's API and credentials, two quick
+/// attempts, a 10 s timeout, metrics into `metrics`.
+pub fn test_client(
+    cfg: &kamatera_ca_provider::config::CloudConfig,
+    metrics: std::sync::Arc<kamatera_ca_provider::telemetry::Metrics>,
+) -> kamatera_ca_provider::kamatera::Client {
+    use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
+    Client::new(ClientSettings {
+        retry: RetryPolicy::immediate(2),
+        timeout: Duration::from_secs(10),
+        metrics,
+        ..ClientSettings::from_config(cfg)
+    })
+    .expect("client")
+}
+
 /// A request with the autoscaler's default 5 s deadline.
 pub fn req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
