@@ -483,13 +483,15 @@ impl Provider {
         }
         let delta = u32::try_from(delta).unwrap_or(u32::MAX);
         let now = Instant::now();
-        let in_force = self.group_info(cfg);
         let actions = {
             let mut st = self.lock();
+            // Evaluated under the same lock as the target size, so a hibernate request cannot
+            // slip in between.
+            let in_force = self.in_force_for_locked(&st, cfg);
             let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
             let desired = current.saturating_add(delta);
             if desired > in_force.max_size {
-                let why = if self.in_force_for_locked(&st, cfg).hibernate {
+                let why = if in_force.hibernate {
                     " (the node group is hibernating)"
                 } else if in_force.max_size != cfg.max_size {
                     " (max-size of the schedule in force)"

@@ -780,6 +780,18 @@ fn first_line(log: &str) -> String {
     line.chars().take(200).collect()
 }
 
+/// Limits for the state-machine tests: watch and grace in seconds, the rest fixed (unreported
+/// commands given up after 60 s, one missed listing is proof).
+#[cfg(test)]
+fn test_limits(watch: u64, grace: u64) -> Limits {
+    Limits {
+        uncertain_watch: Duration::from_secs(watch),
+        unknown_command: Duration::from_secs(60),
+        uncertain_grace: Duration::from_secs(grace),
+        vanish_misses: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,12 +831,7 @@ mod tests {
             name: "g",
             tags: &tags,
         }];
-        let w = Limits {
-            uncertain_watch: Duration::from_secs(60),
-            unknown_command: Duration::from_secs(60),
-            uncertain_grace: Duration::from_secs(60),
-            vanish_misses: 1,
-        };
+        let w = test_limits(60, 60);
 
         // Listed off while the command runs: still creating.
         let a = st.apply(
@@ -884,12 +891,7 @@ mod tests {
             ],
             &[],
             &[],
-            Limits {
-                uncertain_watch: Duration::from_secs(60),
-                unknown_command: Duration::from_secs(60),
-                uncertain_grace: Duration::from_secs(60),
-                vanish_misses: 1,
-            },
+            test_limits(60, 60),
             now,
         );
         let e = |n: &str| st.instances[n].error.clone().expect("error info");
@@ -928,12 +930,7 @@ mod tests {
             &[],
             &[],
             &groups,
-            Limits {
-                uncertain_watch: Duration::from_secs(60),
-                unknown_command: Duration::from_secs(60),
-                uncertain_grace: Duration::from_secs(60),
-                vanish_misses: 1,
-            },
+            test_limits(60, 60),
             now,
         );
         let names: Vec<&String> = st.instances.keys().collect();
@@ -963,12 +960,7 @@ mod tests {
             unknown_since: None,
         });
         st.insert("a".into(), i);
-        let w = Limits {
-            uncertain_watch: Duration::from_secs(60),
-            unknown_command: Duration::from_secs(60),
-            uncertain_grace: Duration::from_secs(60),
-            vanish_misses: 1,
-        };
+        let w = test_limits(60, 60);
         // Listed off, create still running (or the queue does not know it): wait.
         assert!(
             st.apply(&[listed("a", Power::Off, &[])], &[], &[], &[], w, now)
@@ -1003,12 +995,7 @@ mod tests {
         i.create = CreateStatus::Uncertain;
         i.phase = Phase::Deleting;
         st.insert("a".into(), i);
-        let w = Limits {
-            uncertain_watch: Duration::from_secs(60),
-            unknown_command: Duration::from_secs(60),
-            uncertain_grace: Duration::from_secs(60),
-            vanish_misses: 1,
-        };
+        let w = test_limits(60, 60);
         assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
         assert!(st.instances.contains_key("a"), "watched");
         // The server shows up late: terminated.
@@ -1034,15 +1021,6 @@ mod tests {
 mod uncertain_tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits {
-            uncertain_watch: Duration::from_secs(600),
-            unknown_command: Duration::from_secs(60),
-            uncertain_grace: Duration::from_secs(30),
-            vanish_misses: 1,
-        }
-    }
-
     #[test]
     fn uncertain_create_is_adopted_when_its_server_appears() {
         let now = Instant::now();
@@ -1050,7 +1028,14 @@ mod uncertain_tests {
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Uncertain;
         st.insert("a".into(), i);
-        st.apply(&[], &[], &[], &[], limits(), now + Duration::from_secs(5));
+        st.apply(
+            &[],
+            &[],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(5),
+        );
         assert!(
             st.instances["a"].error.is_none(),
             "within the grace: no error yet"
@@ -1066,7 +1051,7 @@ mod uncertain_tests {
             &[],
             &[],
             &[],
-            limits(),
+            test_limits(600, 30),
             now + Duration::from_secs(10),
         );
         assert_eq!(st.instances["a"].phase, Phase::Running);
@@ -1080,7 +1065,14 @@ mod uncertain_tests {
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Uncertain;
         st.insert("a".into(), i);
-        st.apply(&[], &[], &[], &[], limits(), now + Duration::from_secs(31));
+        st.apply(
+            &[],
+            &[],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(31),
+        );
         let e = st.instances["a"]
             .error
             .clone()
@@ -1111,7 +1103,7 @@ mod uncertain_tests {
         }];
         let unanswered = ["9".to_string()];
         assert!(
-            st.apply(&listed, &[], &unanswered, &[], limits(), now)
+            st.apply(&listed, &[], &unanswered, &[], test_limits(600, 30), now)
                 .is_empty()
         );
         let a = st.apply(
@@ -1119,7 +1111,7 @@ mod uncertain_tests {
             &[],
             &unanswered,
             &[],
-            limits(),
+            test_limits(600, 30),
             now + Duration::from_secs(61),
         );
         assert_eq!(
@@ -1135,15 +1127,6 @@ mod uncertain_tests {
 #[cfg(test)]
 mod park_tests {
     use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            uncertain_watch: Duration::from_secs(600),
-            unknown_command: Duration::from_secs(60),
-            uncertain_grace: Duration::from_secs(30),
-            vanish_misses: 1,
-        }
-    }
 
     fn listed(power: Power) -> Observed {
         Observed {
@@ -1200,13 +1183,20 @@ mod park_tests {
             &[done("5", CommandState::Complete)],
             &[],
             &groups,
-            limits(),
+            test_limits(600, 30),
             now,
         );
         assert!(a.is_empty());
         assert_eq!(st.instances["a"].phase, Phase::Deleting);
         // Off: forgotten, in the group's pool, reported for Node cleanup.
-        st.apply(&[listed(Power::Off)], &[], &[], &groups, limits(), now);
+        st.apply(
+            &[listed(Power::Off)],
+            &[],
+            &[],
+            &groups,
+            test_limits(600, 30),
+            now,
+        );
         assert!(st.instances.is_empty());
         assert_eq!(st.outcomes.parked, vec!["a".to_string()]);
         assert_eq!(st.reusable("g").len(), 1);
@@ -1222,7 +1212,7 @@ mod park_tests {
             &[done("5", CommandState::Complete)],
             &[],
             &[],
-            limits(),
+            test_limits(600, 30),
             now,
         );
         let a = st.apply(
@@ -1230,7 +1220,7 @@ mod park_tests {
             &[],
             &[],
             &[],
-            limits(),
+            test_limits(600, 30),
             now + Duration::from_secs(31),
         );
         assert_eq!(
@@ -1252,7 +1242,7 @@ mod park_tests {
             &[done("5", CommandState::Error)],
             &[],
             &[],
-            limits(),
+            test_limits(600, 30),
             now,
         );
         assert_eq!(
@@ -1283,7 +1273,7 @@ mod park_tests {
             &[],
             &[],
             &groups,
-            limits(),
+            test_limits(600, 30),
             now,
         );
         assert_eq!(st.parked_or_parking("g"), 2, "both count toward the cap");
