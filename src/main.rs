@@ -114,8 +114,8 @@ struct ServeArgs {
     /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
-    /// Kubernetes access (removing the autoscaler's taints from parked servers' Nodes, setting
-    /// missing providerIDs). Without it: the KUBECONFIG variable, else the in-cluster service
+    /// Kubernetes access (labelling the provider's nodes as their templates promise, deleting
+    /// Nodes of terminated and parked servers, draining hibernating groups). Without it: the KUBECONFIG variable, else the in-cluster service
     /// account, else none (those features are skipped with a warning). With --simulate only this
     /// flag is used, so a demo never touches the cluster of your current kubeconfig.
     #[arg(long, value_name = "FILE")]
@@ -279,10 +279,22 @@ fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(cfg) => {
             print!("{}", config::render_summary(&cfg));
+            print_warnings(&cfg);
             println!("\n{}: OK", path.display());
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// The label and taint warnings after the summary (a valid config may still need a look).
+fn print_warnings(cfg: &CloudConfig) {
+    let warnings = config::label_warnings(cfg);
+    if !warnings.is_empty() {
+        println!();
+    }
+    for w in warnings {
+        println!("warning: {w}");
     }
 }
 
@@ -292,6 +304,7 @@ async fn check_online(path: PathBuf) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     print!("{}", config::render_summary(&cfg));
+    print_warnings(&cfg);
     let client = kamatera::Client::new(kamatera::ClientSettings::from_config(&cfg))
         .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
     println!("\nonline checks against {}:", cfg.api_url);
@@ -368,23 +381,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|g| g.name.as_str())
         .collect();
     match &kube {
-        Some(k) => {
-            tracing::info!(source = %k.source(), cluster = %k.cluster_url(), "Kubernetes access")
-        }
+        Some(k) => tracing::info!(
+            source = %k.source(),
+            cluster = %k.cluster_url(),
+            "Kubernetes access: nodes of the provider's servers get their template's labels, and \
+             Nodes of terminated and parked servers are deleted"
+        ),
         None if args.simulate => tracing::info!(
-            "no Kubernetes access in a simulated run (--kubeconfig gives one): parked servers' \
-             Nodes are not touched"
+            "no Kubernetes access in a simulated run (--kubeconfig gives one): Nodes are not \
+             touched, and templates promise only the labels the join scripts set"
         ),
         None if parking.is_empty() => tracing::info!(
             "no Kubernetes access (no --kubeconfig, KUBECONFIG or in-cluster service account): \
-             node providerIDs are not set"
+             templates promise only the labels the join scripts set; Nodes of terminated \
+             servers are not deleted"
         ),
         None => tracing::warn!(
             groups = ?parking,
             "no Kubernetes access (no --kubeconfig, KUBECONFIG or in-cluster service account): \
-             parked servers keep the autoscaler's taints on their Nodes and take no pods when \
-             powered on again; node providerIDs are not set"
+             parked servers' Nodes stay NotReady in the cluster (the autoscaler counts them as \
+             unready and registered); templates promise only the labels the join scripts set"
         ),
+    }
+    for w in config::label_warnings(&cfg) {
+        tracing::warn!("{w}");
     }
     for g in &cfg.node_groups {
         if g.schedules
@@ -489,6 +509,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     let background = provider.start_background();
+    let node_controller = provider.start_node_controller();
     let provider_for_flush = provider.clone();
     let server = tokio::spawn(grpc::serve(
         provider,
@@ -500,6 +521,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     background.abort();
+    if let Some(n) = node_controller {
+        n.abort();
+    }
     if let Some(w) = tls_watcher {
         w.abort();
     }

@@ -84,3 +84,41 @@ fn missing_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn says_where_each_label_comes_from_and_warns_about_taints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("labels.ini");
+    std::fs::write(
+        &path,
+        "[global]\nkamatera-api-client-id = a\nkamatera-api-secret = s\ncluster-name = c\n\
+         default-datacenter = EU\ndefault-image = i\ndefault-network = name=wan\n\n\
+         [nodegroup \"batch\"]\ncpu = 4B\nram = 8192\ndisk = size=50\nmax-size = 3\n\
+         template-label = team=data\ntemplate-label = node-role.kubernetes.io/batch=\n\
+         template-taint = dedicated=batch:NoSchedule\n\n\
+         [nodegroup \"web\"]\ncpu = 2B\nram = 4096\ndisk = size=20\nmax-size = 3\n",
+    )
+    .expect("write");
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for expected in [
+        "labels: kubelet      kubernetes.io/os kubernetes.io/arch kubernetes.io/hostname",
+        "labels: provider     kamatera.com/node-group=batch node-role.kubernetes.io/batch= node.kubernetes.io/instance-type=4B-8192 team=data topology.kubernetes.io/region=EU (added to the group's nodes when the provider has Kubernetes access)",
+        "labels: join script  kamatera.com/node-group=batch node-role.kubernetes.io/batch= team=data (all the template promises beyond the kubelet's without Kubernetes access)",
+        "join script          NODE_LABELS=\"kamatera.com/node-group=batch,node-role.kubernetes.io/batch=,team=data\" NODE_TAINTS=\"dedicated=batch:NoSchedule\"",
+        "join script          NODE_LABELS=\"kamatera.com/node-group=web\" NODE_TAINTS=\"\"",
+        "warning: [nodegroup \"batch\"] template-taint: the provider cannot add taints after a node joins (pods land first), so the join script must register dedicated=batch:NoSchedule (NODE_TAINTS); check it",
+        "warning: [nodegroup \"batch\"] template-label node-role.kubernetes.io/batch: the kubelet refuses",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("warning:").count(),
+        2,
+        "web has none:\n{stdout}"
+    );
+}

@@ -102,7 +102,7 @@ async fn without_kubernetes_access_a_parking_group_is_warned_about_once() {
     assert_eq!(warnings.len(), 1, "{:?}", serve.earlier);
     assert!(
         warnings[0].contains("WARN")
-            && warnings[0].contains("parked servers keep the autoscaler's taints")
+            && warnings[0].contains("parked servers' Nodes stay NotReady")
             && warnings[0].contains("warm"),
         "{}",
         warnings[0]

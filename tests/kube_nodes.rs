@@ -1,16 +1,18 @@
-//! Kubernetes access against a fake API server (an HTTP server in the test that serves and
-//! records Node GET/PATCH): only the autoscaler's taints are removed, conflicts are retried within
-//! a bound, providerIDs are set only where empty, and no access means no calls and no errors.
+//! Kubernetes access against a fake API server (an HTTP server in the test that serves, records
+//! and enforces resourceVersion on Node GET/PATCH/DELETE): labels are only added, never changed;
+//! a conflicting Node or one of another server is left alone; Nodes of gone servers are deleted
+//! only when tied to the server and not Ready; conflicts are retried within a bound; no access
+//! means no calls and no errors.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::fake_kube::FakeKube;
-use kamatera_ca_provider::kube::{self, ConflictRetry, Kube, ProviderIdSet, Released};
-
-const TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
-const CANDIDATE: &str = "DeletionCandidateOfClusterAutoscaler";
+use kamatera_ca_provider::kube::{
+    self, Completed, Completion, ConflictRetry, Kube, NodeDeletion, Tie,
+};
 
 async fn client(fake: &FakeKube, dir: &tempfile::TempDir) -> Kube {
     kamatera_ca_provider::kamatera::install_crypto_provider();
@@ -23,42 +25,62 @@ async fn client(fake: &FakeKube, dir: &tempfile::TempDir) -> Kube {
         })
 }
 
+fn tie(server: &str) -> Tie {
+    Tie {
+        server: server.into(),
+        provider_id: format!("kamatera://{server}"),
+    }
+}
+
+fn wanted() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("kamatera.com/node-group".to_string(), "workers".to_string()),
+        (
+            "node.kubernetes.io/instance-type".to_string(),
+            "2B-4096".to_string(),
+        ),
+        (
+            "topology.kubernetes.io/region".to_string(),
+            "EU".to_string(),
+        ),
+        ("team".to_string(), "data".to_string()),
+    ])
+}
+
 #[tokio::test]
-async fn release_removes_only_the_autoscalers_taints() {
+async fn completing_a_node_adds_only_what_is_missing_in_one_conditional_patch() {
     let fake = FakeKube::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let k = client(&fake, &dir).await;
-    fake.add_node(
-        "w-1",
-        &[
-            ("dedicated", "NoSchedule"),
-            (TO_BE_DELETED, "NoSchedule"),
-            ("node.kubernetes.io/unreachable", "NoExecute"),
-            (CANDIDATE, "PreferNoSchedule"),
-        ],
-        true,
-        "kamatera://w-1",
-    );
+    // What a join script registers: the group label, no providerID.
+    fake.register("w-1", "", &[("kamatera.com/node-group", "workers")]);
     let before = fake.node("w-1").expect("node");
 
-    let r = k.release_node("w-1").await.expect("release");
+    let r = k
+        .complete_node("w-1", &tie("w-1"), &wanted())
+        .await
+        .expect("complete");
     assert_eq!(
         r,
-        Released::Updated {
-            removed_taints: vec![TO_BE_DELETED.into(), CANDIDATE.into()],
-            was_unschedulable: true
+        Completed::Added {
+            labels: vec![
+                "node.kubernetes.io/instance-type".into(),
+                "team".into(),
+                "topology.kubernetes.io/region".into()
+            ],
+            provider_id: true
         }
     );
+    let labels = fake.labels("w-1");
+    for (k, v) in wanted() {
+        assert_eq!(labels.get(&k), Some(&v), "{k}");
+    }
     assert_eq!(
-        fake.taint_keys("w-1"),
-        ["dedicated", "node.kubernetes.io/unreachable"],
-        "other taints kept, in order"
+        labels["kubernetes.io/hostname"], "w-1",
+        "existing labels kept"
     );
     let after = fake.node("w-1").expect("node");
-    assert!(after["spec"].get("unschedulable").is_none());
     assert_eq!(after["spec"]["providerID"], "kamatera://w-1");
-    assert_eq!(after["spec"]["taints"][0], before["spec"]["taints"][0]);
-    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
 
     assert_eq!(
         fake.calls(),
@@ -71,27 +93,82 @@ async fn release_removes_only_the_autoscalers_taints() {
         body["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
         "the write is conditional on the version read"
     );
-    assert!(body["spec"].get("providerID").is_none(), "{body}");
+    assert!(
+        body["metadata"]["labels"]
+            .get("kamatera.com/node-group")
+            .is_none(),
+        "a label the node has is not written again: {body}"
+    );
 
-    // Nothing left to remove: read, no write.
+    // Nothing left to add: read, no write.
     assert_eq!(
-        k.release_node("w-1").await.expect("again"),
-        Released::Unchanged
+        k.complete_node("w-1", &tie("w-1"), &wanted())
+            .await
+            .expect("again"),
+        Completed::Unchanged(Completion::Complete)
     );
     assert_eq!(fake.calls().len(), 3);
 }
 
 #[tokio::test]
-async fn release_retries_conflicts_then_gives_up_changing_nothing() {
+async fn a_conflicting_or_foreign_node_is_left_alone() {
     let fake = FakeKube::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let k = client(&fake, &dir).await;
-    fake.add_node("w-2", &[(TO_BE_DELETED, "NoSchedule")], false, "");
+    fake.register("w-2", "kamatera://w-2", &[("team", "web")]);
+    fake.register("w-3", "rke2://w-3", &[]);
+    fake.register("w-4", "kamatera://other", &[]);
+    let before: Vec<_> = ["w-2", "w-3", "w-4"]
+        .iter()
+        .map(|n| fake.node(n).expect("node"))
+        .collect();
+
+    assert_eq!(
+        k.complete_node("w-2", &tie("w-2"), &wanted())
+            .await
+            .expect("conflict"),
+        Completed::Unchanged(Completion::Conflict {
+            key: "team".into(),
+            have: "web".into(),
+            want: "data".into()
+        })
+    );
+    for n in ["w-3", "w-4"] {
+        let r = k
+            .complete_node(n, &tie(n), &wanted())
+            .await
+            .expect("not tied");
+        assert!(
+            matches!(&r, Completed::Unchanged(Completion::NotTied(why)) if why.contains("providerID")),
+            "{r:?}"
+        );
+    }
+    let after: Vec<_> = ["w-2", "w-3", "w-4"]
+        .iter()
+        .map(|n| fake.node(n).expect("node"))
+        .collect();
+    assert_eq!(before, after, "nothing changed");
+    assert!(
+        fake.calls().iter().all(|c| c.starts_with("GET ")),
+        "{:?}",
+        fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn writes_retry_conflicts_then_give_up_changing_nothing() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = client(&fake, &dir).await;
+    fake.add_node("w-2", &[], false, "kamatera://w-2");
 
     fake.conflict_next(2);
-    let r = k.release_node("w-2").await.expect("third try wins");
-    assert!(matches!(r, Released::Updated { .. }), "{r:?}");
-    assert!(fake.taint_keys("w-2").is_empty());
+    let r = k
+        .complete_node("w-2", &tie("w-2"), &wanted())
+        .await
+        .expect("third try wins");
+    assert!(matches!(r, Completed::Added { .. }), "{r:?}");
+    assert_eq!(fake.labels("w-2")["team"], "data");
     assert_eq!(
         fake.calls(),
         [
@@ -104,14 +181,81 @@ async fn release_retries_conflicts_then_gives_up_changing_nothing() {
         ]
     );
 
-    fake.add_node("w-3", &[(CANDIDATE, "PreferNoSchedule")], false, "");
+    fake.add_node("w-3", &[], false, "kamatera://w-3");
+    let before = fake.labels("w-3");
     fake.conflict_next(5);
-    let e = k.release_node("w-3").await.expect_err("bounded");
+    let e = k
+        .complete_node("w-3", &tie("w-3"), &wanted())
+        .await
+        .expect_err("bounded");
     assert_eq!(
         e.to_string(),
         "node w-3 kept changing under us (3 conflicting updates); giving up"
     );
-    assert_eq!(fake.taint_keys("w-3"), [CANDIDATE], "unchanged");
+    assert_eq!(fake.labels("w-3"), before, "unchanged");
+}
+
+#[tokio::test]
+async fn a_gone_servers_node_is_deleted_only_when_tied_and_not_ready() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = client(&fake, &dir).await;
+    fake.register("gone-1", "kamatera://gone-1", &[]);
+    fake.add_node("other", &[], false, "kamatera://somebody-else");
+    fake.add_node("rke", &[], false, "rke2://rke");
+
+    // Its kubelet still reports Ready: kept.
+    assert_eq!(
+        k.delete_gone_node("gone-1", &tie("gone-1"))
+            .await
+            .expect("ready"),
+        NodeDeletion::StillReady
+    );
+    assert!(fake.node("gone-1").is_some());
+    // Quiet now: deleted, with the uid and version read as preconditions.
+    fake.set_ready("gone-1", false);
+    let read = fake.node("gone-1").expect("node");
+    assert_eq!(
+        k.delete_gone_node("gone-1", &tie("gone-1"))
+            .await
+            .expect("delete"),
+        NodeDeletion::Deleted
+    );
+    assert!(fake.node("gone-1").is_none());
+    let delete = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "DELETE")
+        .expect("a delete");
+    let body = delete.body.expect("delete options");
+    assert_eq!(body["preconditions"]["uid"], read["metadata"]["uid"]);
+    assert_eq!(
+        body["preconditions"]["resourceVersion"],
+        read["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        k.delete_gone_node("gone-1", &tie("gone-1"))
+            .await
+            .expect("again"),
+        NodeDeletion::NotFound
+    );
+
+    // Named like the server but another's: never deleted.
+    for (node, server) in [("other", "other"), ("rke", "rke")] {
+        let r = k
+            .delete_gone_node(node, &tie(server))
+            .await
+            .expect("not tied");
+        assert!(matches!(r, NodeDeletion::NotTied(_)), "{r:?}");
+    }
+    assert_eq!(fake.node_names(), ["other", "rke"]);
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.starts_with("DELETE"))
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -120,56 +264,22 @@ async fn missing_node_is_not_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let k = client(&fake, &dir).await;
     assert_eq!(
-        k.release_node("never-joined").await.expect("ok"),
-        Released::NotFound
-    );
-    assert_eq!(
-        k.set_provider_id("never-joined", "kamatera://never-joined")
+        k.complete_node("never-joined", &tie("never-joined"), &wanted())
             .await
             .expect("ok"),
-        ProviderIdSet::NotFound
+        Completed::NotFound
+    );
+    assert_eq!(
+        k.delete_gone_node("never-joined", &tie("never-joined"))
+            .await
+            .expect("ok"),
+        NodeDeletion::NotFound
     );
     assert!(
         fake.calls().iter().all(|c| c.starts_with("GET ")),
         "{:?}",
         fake.calls()
     );
-}
-
-#[tokio::test]
-async fn provider_id_is_set_only_when_empty() {
-    let fake = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let k = client(&fake, &dir).await;
-    fake.add_node("w-4", &[], false, "");
-    fake.add_node("w-5", &[], false, "rke2://w-5");
-
-    assert_eq!(
-        k.set_provider_id("w-4", "kamatera://w-4")
-            .await
-            .expect("set"),
-        ProviderIdSet::Set
-    );
-    assert_eq!(
-        fake.node("w-4").expect("node")["spec"]["providerID"],
-        "kamatera://w-4"
-    );
-    assert_eq!(
-        k.set_provider_id("w-5", "kamatera://w-5")
-            .await
-            .expect("kept"),
-        ProviderIdSet::AlreadySet("rke2://w-5".into())
-    );
-    assert_eq!(
-        fake.node("w-5").expect("node")["spec"]["providerID"],
-        "rke2://w-5"
-    );
-    let patches: Vec<String> = fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("PATCH"))
-        .collect();
-    assert_eq!(patches, ["PATCH /api/v1/nodes/w-4"]);
 }
 
 #[tokio::test]
@@ -189,7 +299,10 @@ async fn a_server_error_is_reported_with_its_code() {
     .expect("write");
     kamatera_ca_provider::kamatera::install_crypto_provider();
     let k = Kube::from_kubeconfig_file(&path).await.expect("client");
-    let e = k.release_node("w").await.expect_err("unreachable");
+    let e = k
+        .complete_node("w", &tie("w"), &wanted())
+        .await
+        .expect_err("unreachable");
     assert!(
         e.to_string()
             .starts_with("Kubernetes API request for node w failed"),
@@ -260,4 +373,276 @@ async fn drain_primitives_cordon_list_evict_delete() {
     assert!(k.cordon("w-6", false).await.expect("uncordon"));
     assert!(!fake.unschedulable("w-6"));
     assert!(!k.cordon("missing", true).await.expect("no node"));
+}
+
+/// The provider as Kamatera's node controller: a simulated account, a fake cluster, the
+/// provider with Kubernetes access and its Node watcher running, served over loopback.
+mod controller {
+    use super::*;
+    use crate::common::ca::Ca;
+    use kamatera_ca_provider::config::CloudConfig;
+    use kamatera_ca_provider::grpc::ServeOptions;
+    use kamatera_ca_provider::proto::externalgrpc as pb;
+    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+    use kamatera_ca_provider::sim::{Quota, SimHandle, Timing};
+    use kamatera_ca_provider::telemetry::Metrics;
+    use prost::Message;
+    use std::sync::Arc;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    pub struct World {
+        pub _sim: SimHandle,
+        pub fake: FakeKube,
+        pub ca: Ca,
+        pub provider: Provider,
+        pub metrics: Arc<Metrics>,
+        _dir: tempfile::TempDir,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    pub async fn world() -> World {
+        let sim = common::start_sim(Timing::fast(), Quota::default()).await;
+        let fake = FakeKube::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[global]
+kamatera-api-client-id = {id}
+kamatera-api-secret = {secret}
+kamatera-api-url = {url}
+cluster-name = nc
+filter-name-prefix = nc-
+default-datacenter = EU
+default-image = ubuntu_server_24.04_64-bit
+default-network = name=wan,ip=auto
+default-script-base64 = IyEvYmluL3NoCnRydWUK
+
+[nodegroup \"workers\"]
+name-prefix = nc-w
+max-size = 8
+cpu = 2B
+ram = 4096
+disk = size=20
+template-label = team=data
+",
+            id = kamatera_ca_provider::sim::DEMO_CLIENT_ID,
+            secret = kamatera_ca_provider::sim::DEMO_SECRET,
+            url = sim.url(),
+        );
+        let cfg = CloudConfig::parse("nc.ini", &text, &|_| None).expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let provider = Provider::new(
+            cfg.clone(),
+            common::test_client(&cfg, metrics.clone()),
+            ProviderOptions {
+                reconcile_interval: Duration::from_secs(3600),
+                kube: Some(client(&fake, &dir).await),
+                ..ProviderOptions::default()
+            },
+        );
+        assert!(provider.start_node_controller().is_some());
+        let (addr, stop) = common::serve(provider.clone(), ServeOptions::default()).await;
+        let mut ca = Ca::connect(addr).await;
+        ca.refresh().await;
+        World {
+            _sim: sim,
+            fake,
+            ca,
+            provider,
+            metrics,
+            _dir: dir,
+            _stop: stop,
+        }
+    }
+
+    impl World {
+        /// Asks for `n` servers; their names (the instances exist at once, Creating).
+        pub async fn buy(&mut self, n: i32) -> Vec<String> {
+            let before: Vec<String> = self.names().await;
+            self.ca.increase("workers", n).await.expect("increase");
+            self.names()
+                .await
+                .into_iter()
+                .filter(|n| !before.contains(n))
+                .collect()
+        }
+
+        async fn names(&mut self) -> Vec<String> {
+            self.ca
+                .nodes("workers")
+                .await
+                .iter()
+                .map(|i| i.id.trim_start_matches("kamatera://").to_string())
+                .collect()
+        }
+
+        /// What the shipped join script registers: the providerID and the group label.
+        pub fn join(&self, name: &str) {
+            self.fake.register(
+                name,
+                &format!("kamatera://{name}"),
+                &[("kamatera.com/node-group", "workers")],
+            );
+        }
+
+        pub fn metric(&self, series: &str) -> f64 {
+            self.metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        }
+    }
+
+    /// The labels the template promises with Kubernetes access, beyond the kubelet's.
+    pub fn promised() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("kamatera.com/node-group".into(), "workers".into()),
+            ("node.kubernetes.io/instance-type".into(), "2B-4096".into()),
+            ("topology.kubernetes.io/region".into(), "EU".into()),
+            ("team".into(), "data".into()),
+        ])
+    }
+
+    pub fn has_promised(fake: &FakeKube, node: &str) -> bool {
+        let labels = fake.labels(node);
+        promised().iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    pub async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_joined_node_gets_the_missing_template_labels_within_moments() {
+        let mut w = world().await;
+        let name = w.buy(1).await.remove(0);
+        let joined = std::time::Instant::now();
+        w.join(&name);
+        until("labelled", || has_promised(&w.fake, &name)).await;
+        let took = joined.elapsed();
+        eprintln!("labelled {} ms after registration", took.as_millis());
+        assert_eq!(
+            w.fake.labels(&name)["kubernetes.io/os"],
+            "linux",
+            "kubelet's kept"
+        );
+        assert_eq!(
+            w.metric("kamatera_ca_kube_node_updates_total{kind=\"label\",result=\"updated\"}"),
+            1.0
+        );
+
+        // With Kubernetes access the template promises exactly these, plus the kubelet's.
+        let resp =
+            w.ca.rpc
+                .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest {
+                    id: "workers".into(),
+                })
+                .await
+                .expect("template")
+                .into_inner();
+        let node = kamatera_ca_provider::proto::k8s::Node::decode(resp.node_bytes.as_slice())
+            .expect("node");
+        let labels: BTreeMap<String, String> = node
+            .metadata
+            .expect("metadata")
+            .labels
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("kubernetes.io/"))
+            .collect();
+        assert_eq!(labels, promised());
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_node_is_counted_once_and_left_alone() {
+        let mut w = world().await;
+        let name = w.buy(1).await.remove(0);
+        w.fake.register(
+            &name,
+            &format!("kamatera://{name}"),
+            &[("team", "web"), ("kamatera.com/node-group", "workers")],
+        );
+        let conflicts = "kamatera_ca_kube_node_updates_total{kind=\"label\",result=\"conflict\"}";
+        until("conflict seen", || w.metric(conflicts) == 1.0).await;
+        let before = w.fake.node(&name);
+        for _ in 0..3 {
+            w.ca.refresh().await; // every reconcile looks at every node again
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(w.fake.node(&name), before, "left alone");
+        assert_eq!(w.metric(conflicts), 1.0, "counted once");
+        assert!(!w.fake.calls().iter().any(|c| c.starts_with("PATCH")));
+    }
+
+    #[tokio::test]
+    async fn nodes_of_other_clusters_and_schemes_are_never_touched() {
+        let mut w = world().await;
+        let ours = w.buy(1).await.remove(0);
+        // Another cluster's Kamatera server, a node of another scheme named like our server,
+        // and a node with no providerID whose name is no server of ours.
+        w.fake.register("nc-other-1", "kamatera://nc-other-1", &[]);
+        w.fake
+            .add_node(&ours, &[], false, &format!("rke2://{ours}"));
+        w.fake.register("stranger", "", &[]);
+        let before: Vec<_> = w.fake.node_names().iter().map(|n| w.fake.node(n)).collect();
+        for _ in 0..3 {
+            w.ca.refresh().await;
+        }
+        // And one of ours, to know the controller was looking all along.
+        let second = w.buy(1).await.remove(0);
+        w.join(&second);
+        until("our node labelled", || has_promised(&w.fake, &second)).await;
+        for (n, b) in ["nc-other-1", ours.as_str(), "stranger"]
+            .iter()
+            .zip(&before)
+        {
+            assert_eq!(&w.fake.node(n), b, "{n} untouched");
+        }
+        let patched: Vec<String> = w
+            .fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("PATCH"))
+            .collect();
+        assert_eq!(patched, [format!("PATCH /api/v1/nodes/{second}")]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_drops_or_expires_misses_no_node() {
+        let mut w = world().await;
+        let names = w.buy(3).await;
+        w.join(&names[0]);
+        until("first labelled", || has_promised(&w.fake, &names[0])).await;
+
+        // The watch ends (API server restart); a node registers before it resumes.
+        w.fake.drop_watches();
+        w.join(&names[1]);
+        until("registered during a dropped watch: labelled", || {
+            has_promised(&w.fake, &names[1])
+        })
+        .await;
+
+        // The history expires: resuming answers 410, the watcher lists again.
+        w.fake.expire_history();
+        w.join(&names[2]);
+        until("registered while the history expired: labelled", || {
+            has_promised(&w.fake, &names[2])
+        })
+        .await;
+        let watches = w
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/nodes")
+            .count();
+        assert!(
+            watches >= 4,
+            "listed, watched, resumed, listed again: {watches}"
+        );
+        let _ = &w.provider;
+    }
 }

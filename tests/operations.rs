@@ -649,7 +649,7 @@ async fn client_command_against_a_served_simulator() {
     let (code, out, _) = cli(&["template", "web"]).await;
     assert_eq!(code, Some(0));
     assert!(
-        out.contains("\"node.kubernetes.io/instance-type\": \"2B-4096\""),
+        out.contains("\"kamatera.com/node-group\": \"web\""),
         "{out}"
     );
     assert!(out.contains("\"memory\": \"4096Mi\""), "{out}");

@@ -507,6 +507,17 @@ fn register(fake: &FakeKube, names: &[String]) {
     }
 }
 
+/// The drain cordoned the node: a PATCH of it that set `unschedulable`.
+fn was_cordoned(fake: &FakeKube, node: &str) -> bool {
+    fake.requests().iter().any(|r| {
+        r.method == "PATCH"
+            && r.path == format!("/api/v1/nodes/{node}")
+            && r.body
+                .as_ref()
+                .is_some_and(|b| b["spec"]["unschedulable"] == serde_json::json!(true))
+    })
+}
+
 async fn until_true(what: &str, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
@@ -544,10 +555,15 @@ async fn hibernation_drains_removes_servers_and_resumes_at_the_window_end() {
     assert_eq!((s.phase.as_str(), s.manual), ("hibernating", false));
     assert!(s.kept.is_empty());
     // Cordoned, workloads evicted, DaemonSet pods left alone; the budget-held pod was retried
-    // until the timeout, then deleted (force).
+    // until the timeout, then deleted (force). The terminated servers' Nodes are deleted, so
+    // no NotReady ghost stays behind all night.
     for n in &names {
-        assert!(fake.unschedulable(n), "{n} cordoned");
+        assert!(was_cordoned(&fake, n), "{n} cordoned");
     }
+    until_true("the gone servers' Nodes deleted", || {
+        names.iter().all(|n| fake.node(n).is_none())
+    })
+    .await;
     let calls = fake.calls();
     assert!(
         calls
@@ -584,8 +600,9 @@ async fn hibernation_drains_removes_servers_and_resumes_at_the_window_end() {
                 "Hibernating",
                 "HibernationDrained",
                 "HibernationForced",
+                "ServerTerminated",
             ]
-            && sorted(&names[1]) == ["Hibernating", "HibernationDrained"]
+            && sorted(&names[1]) == ["Hibernating", "HibernationDrained", "ServerTerminated"]
     })
     .await;
     assert!(
@@ -783,6 +800,10 @@ async fn a_restart_mid_drain_resumes_the_drain_and_keeps_hibernating() {
     assert_eq!(e.status().await.phase, "hibernating");
     assert!(fake.pods().iter().all(|p| p.contains("agent-")));
     for n in &names {
-        assert!(fake.unschedulable(n));
+        assert!(was_cordoned(&fake, n), "{n} cordoned");
     }
+    until_true("the gone servers' Nodes deleted", || {
+        names.iter().all(|n| fake.node(n).is_none())
+    })
+    .await;
 }

@@ -3,8 +3,11 @@
 //! group up by 3, deletes all 3 nodes, checks which servers ended parked (tagged, powered off,
 //! invisible to the autoscaler) and which were terminated, then scales up by 3 again and checks
 //! that exactly the parked servers were powered on and only the rest bought. Then the Kubernetes
-//! side: a parked server's Node loses the autoscaler's taints, a node matched by name gets its
-//! providerID, and without Kubernetes access parking still works.
+//! side (the provider as Kamatera's node controller): parked and terminated servers' Nodes are
+//! deleted (never while their kubelet reports Ready, never a Node of an unconfirmed or foreign
+//! server), the Node a parked server registers again at power-on gets its template's labels, a
+//! node registered without a providerID gets one, and without Kubernetes access parking still
+//! works.
 
 mod common;
 
@@ -94,6 +97,7 @@ async fn env(case: Case, kube: Option<kamatera_ca_provider::kube::Kube>) -> Env 
             ..ProviderOptions::default()
         },
     );
+    provider.start_node_controller();
     let (addr, stop) = common::serve(provider.clone(), ServeOptions::default()).await;
     let mut ca = Ca::connect(addr).await;
     ca.refresh().await;
@@ -281,14 +285,18 @@ async fn matrix_case(case: Case) {
         groups_n * (3 - expect_parked as u64),
         "{case:?}: only the rest is bought"
     );
-    if case.power {
-        // No Kubernetes access here: parking worked, and the Node cleanup was skipped loudly.
-        assert_eq!(
-            e.metric("kamatera_ca_kube_node_updates_total{kind=\"release\",result=\"skipped\"}")
-                as usize,
-            case.groups * expect_parked,
-            "{case:?}"
+    // No Kubernetes access here: parking and terminating worked, and the deletion of each
+    // scaled-down server's Node was skipped loudly (counted once the server is gone).
+    let skipped = "kamatera_ca_kube_node_updates_total{kind=\"delete\",result=\"skipped\"}";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while e.metric(skipped) as usize != case.groups * 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{case:?}: {} skipped",
+            e.metric(skipped)
         );
+        e.ca.refresh().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -336,8 +344,24 @@ async fn until(what: &str, check: impl Fn() -> bool) {
     }
 }
 
+/// Refreshes (each one a reconcile) until `check` holds.
+async fn refresh_until(e: &mut Env, what: &str, check: impl Fn(&Env) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check(e) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        e.ca.refresh().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The labels group `a` of `config_text` promises beyond the join script's.
+const PROVIDER_LABELS: [(&str, &str); 2] = [
+    ("node.kubernetes.io/instance-type", "2B-2048"),
+    ("topology.kubernetes.io/region", "US-NY2"),
+];
+
 #[tokio::test]
-async fn parked_nodes_lose_the_autoscalers_taints_terminated_ones_are_left_alone() {
+async fn gone_servers_nodes_are_deleted_and_a_reregistered_node_is_labelled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fake, kube) = fake_kube(&dir).await;
     let case = Case {
@@ -348,51 +372,136 @@ async fn parked_nodes_lose_the_autoscalers_taints_terminated_ones_are_left_alone
     let mut e = env(case, Some(kube)).await;
     let names: Vec<String> = e.scale_up("a", 2).await.into_iter().collect();
     for n in &names {
-        // What the autoscaler leaves on a node it scales down.
+        // Joined with the shipped script, then tainted by the autoscaler's scale-down.
+        fake.register(
+            n,
+            &format!("{PREFIX}{n}"),
+            &[("kamatera.com/node-group", "a")],
+        );
         fake.add_node(
             n,
             &[
-                ("dedicated", "NoSchedule"),
                 (TO_BE_DELETED, "NoSchedule"),
                 (CANDIDATE, "PreferNoSchedule"),
             ],
             true,
             &format!("{PREFIX}{n}"),
         );
+        fake.set_ready(n, true);
     }
+    // A node of another cluster's Kamatera server, and one of another scheme named like ours.
+    fake.add_node("other-cluster-1", &[], false, "kamatera://other-cluster-1");
+    fake.add_node("rke-node", &[], false, "rke2://rke-node");
+
     e.scale_down_all("a").await;
-    until("one parked, one terminated", || e.servers("a").len() == 1).await;
-    let parked = e.servers("a")[0].0.clone();
-    let terminated = names.iter().find(|n| **n != parked).expect("other").clone();
-    until("parked node released", || {
-        fake.taint_keys(&parked) == ["dedicated"]
+    refresh_until(&mut e, "one parked, one terminated", |e| {
+        e.servers("a").len() == 1
     })
     .await;
-    let node = fake.node(&parked).expect("node");
-    assert!(node["spec"].get("unschedulable").is_none(), "{node}");
-    assert_eq!(
-        fake.taint_keys(&terminated),
-        ["dedicated", TO_BE_DELETED, CANDIDATE],
-        "a terminated server's Node is not touched"
-    );
-    assert!(
-        !fake
-            .calls()
-            .iter()
-            .any(|c| c.ends_with(&format!("/{terminated}"))),
-        "{:?}",
-        fake.calls()
-    );
-    assert_eq!(
-        e.metric("kamatera_ca_kube_node_updates_total{kind=\"release\",result=\"updated\"}"),
-        1.0
-    );
-    until("parked event", || fake.event_reasons(&parked) == ["Parked"]).await;
-    assert!(fake.event_reasons(&terminated).is_empty());
+    let parked = e.servers("a")[0].0.clone();
+    let terminated = names.iter().find(|n| **n != parked).expect("other").clone();
+    // Their kubelets still report Ready (the grace before a node turns NotReady): kept.
+    for _ in 0..5 {
+        e.ca.refresh().await;
+    }
+    assert!(fake.node(&parked).is_some() && fake.node(&terminated).is_some());
+    assert!(!fake.calls().iter().any(|c| c.starts_with("DELETE")));
 
-    // Powered on again, it is the group's and schedulable.
-    let again = e.scale_up("a", 1).await;
-    assert_eq!(again.into_iter().collect::<Vec<_>>(), vec![parked]);
+    // Quiet now: both Nodes go, each with an Event saying why.
+    fake.set_ready(&parked, false);
+    fake.set_ready(&terminated, false);
+    refresh_until(&mut e, "gone servers' Nodes deleted", |_| {
+        fake.node(&parked).is_none() && fake.node(&terminated).is_none()
+    })
+    .await;
+    assert_eq!(
+        fake.node_names(),
+        ["other-cluster-1", "rke-node"],
+        "never a Node that is not ours"
+    );
+    assert_eq!(
+        e.metric("kamatera_ca_kube_node_updates_total{kind=\"delete\",result=\"deleted\"}"),
+        2.0
+    );
+    until("events", || {
+        fake.event_reasons(&parked) == ["Parked"]
+            && fake.event_reasons(&terminated) == ["ServerTerminated"]
+    })
+    .await;
+
+    // Powered on again, the server's kubelet registers afresh with its flags' labels only; the
+    // provider adds what the template promised, within moments.
+    e.ca.increase("a", 1).await.expect("increase");
+    let registered = std::time::Instant::now();
+    fake.register(
+        &parked,
+        &format!("{PREFIX}{parked}"),
+        &[("kamatera.com/node-group", "a")],
+    );
+    until("re-registered node labelled", || {
+        let labels = fake.labels(&parked);
+        PROVIDER_LABELS
+            .iter()
+            .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+    })
+    .await;
+    eprintln!(
+        "a registered node was labelled {} ms after it registered",
+        registered.elapsed().as_millis()
+    );
+    let again =
+        e.ca.until("a", "the parked server running again", WAIT, |nodes| {
+            nodes.len() == 1 && ca::state(&nodes[0]) == InstanceState::InstanceRunning
+        })
+        .await;
+    assert_eq!(
+        again[0].id,
+        format!("{PREFIX}{parked}"),
+        "reused, not bought"
+    );
+    assert_eq!(
+        fake.labels("other-cluster-1").len(),
+        1,
+        "foreign node untouched"
+    );
+    assert_eq!(fake.labels("rke-node").len(), 1, "other scheme untouched");
+}
+
+#[tokio::test]
+async fn an_unconfirmed_servers_node_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, kube) = fake_kube(&dir).await;
+    let mut e = env(
+        Case {
+            power: false,
+            cap: 0,
+            groups: 1,
+        },
+        Some(kube),
+    )
+    .await;
+    let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
+    fake.add_node(&name, &[], false, &format!("{PREFIX}{name}"));
+    // The server vanishes from the listings without the provider terminating it.
+    let id = e.sim.with_state(|s| {
+        s.servers
+            .iter()
+            .find(|srv| srv.name == name)
+            .map(|srv| srv.id.clone())
+            .expect("server")
+    });
+    assert!(e.sim.vanish(&id));
+    e.ca.until("a", "instance forgotten", WAIT, |n| n.is_empty())
+        .await;
+    for _ in 0..5 {
+        e.ca.refresh().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        fake.node(&name).is_some(),
+        "the Node of an unconfirmed server is kept"
+    );
+    assert!(!fake.calls().iter().any(|c| c.starts_with("DELETE")));
 }
 
 #[tokio::test]
@@ -419,17 +528,24 @@ async fn node_matched_by_name_gets_its_provider_id_once() {
         fake.node(&name).expect("node")["spec"]["providerID"] == format!("{PREFIX}{name}")
     })
     .await;
-    // The autoscaler asks every loop (its informer may lag): no second write.
+    // The autoscaler asks every loop (its informer may lag) and reconciles run: no second write.
     for _ in 0..3 {
         assert_eq!(e.ca.group_of(by_name.clone()).await, "a");
+        e.ca.refresh().await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let patches = fake
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("PATCH"))
-        .count();
-    assert_eq!(patches, 1, "{:?}", fake.calls());
+    let patches: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1, "{:?}", fake.calls());
+    // One write: providerID and the template's labels together.
+    let body = patches[0].body.clone().expect("body");
+    assert_eq!(
+        body["metadata"]["labels"]["kamatera.com/node-group"], "a",
+        "{body}"
+    );
 
     // A node with another scheme's providerID is matched by name and left alone.
     let other = format!("rke2://{name}");

@@ -8,6 +8,7 @@
 //! its file, line, section and key.
 
 mod gcfg;
+mod labels;
 mod resolve;
 mod secret;
 mod summary;
@@ -16,9 +17,10 @@ mod windows;
 use std::fmt;
 use std::path::Path;
 
+pub use labels::{GROUP_LABEL, INSTANCE_TYPE_LABEL, KUBELET_LABELS, REGION_LABEL, kubelet_may_set};
 pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
 pub use secret::Secret;
-pub use summary::render as render_summary;
+pub use summary::{render as render_summary, warnings as label_warnings};
 pub use windows::DEFAULT_DRAIN_TIMEOUT;
 
 /// Environment variable that overrides `kamatera-api-client-id`.

@@ -63,27 +63,12 @@ pub fn render(config: &CloudConfig) -> String {
                 parts.join(", ")
             }
         };
-        let labels = if g.template_labels.is_empty() {
-            "-".to_string()
-        } else {
-            g.template_labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
         let taints = if g.template_taints.is_empty() {
             "-".to_string()
         } else {
             g.template_taints
                 .iter()
-                .map(|t| {
-                    if t.value.is_empty() {
-                        format!("{}:{}", t.key, t.effect)
-                    } else {
-                        format!("{}={}:{}", t.key, t.value, t.effect)
-                    }
-                })
+                .map(super::labels::taint_text)
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -108,8 +93,30 @@ pub fn render(config: &CloudConfig) -> String {
             ("daily backup", yes_no(s.daily_backup)),
             ("managed", yes_no(s.managed)),
             ("power", power),
-            ("template labels", labels),
+            ("labels: kubelet", super::labels::KUBELET_LABELS.join(" ")),
+            (
+                "labels: provider",
+                format!(
+                    "{} (added to the group's nodes when the provider has Kubernetes access)",
+                    pairs(&g.node_labels())
+                ),
+            ),
+            (
+                "labels: join script",
+                format!(
+                    "{} (all the template promises beyond the kubelet's without Kubernetes access)",
+                    pairs(&g.join_script_labels())
+                ),
+            ),
             ("template taints", taints),
+            (
+                "join script",
+                format!(
+                    "NODE_LABELS=\"{}\" NODE_TAINTS=\"{}\"",
+                    g.join_script_labels_value(),
+                    g.join_script_taints_value()
+                ),
+            ),
             (
                 "reserved",
                 format!(
@@ -214,6 +221,23 @@ fn block(out: &mut String, title: &str, rows: &[(&str, String)]) {
     for (k, v) in rows {
         let _ = writeln!(out, "  {k:<width$}  {v}");
     }
+}
+
+/// Every `warning:` line `check` prints after the summary (and `serve` logs at startup).
+pub fn warnings(config: &CloudConfig) -> Vec<String> {
+    config
+        .node_groups
+        .iter()
+        .flat_map(|g| g.label_warnings())
+        .collect()
+}
+
+fn pairs(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn or_dash(s: &str) -> String {

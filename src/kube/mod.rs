@@ -1,34 +1,32 @@
-//! Optional Kubernetes access: the two Node writes the warm pool and node matching need.
+//! Optional Kubernetes access: what Kamatera's missing cloud controller would do to Nodes, and
+//! the hibernation drain.
 //!
-//! - When a server is parked (powered off and kept), its Node loses the autoscaler's taints
-//!   (`ToBeDeletedByClusterAutoscaler`, `DeletionCandidateOfClusterAutoscaler`) and
-//!   `unschedulable`, so that the server comes back usable when it is powered on again. Other
-//!   taints are kept.
-//! - When the autoscaler's node matches a server only by name and has no providerID yet, the
-//!   providerID is set.
-//!
+//! - Labelling: a Node of one of the provider's servers gets the labels its group's template
+//!   promises and the providerID when it has none. Labels are only added, never overwritten or
+//!   removed ([`completion`] decides, from the Node as read).
+//! - Node lifecycle: the Node of a server that is gone (terminated, or parked = powered off) is
+//!   deleted, once its kubelet no longer reports Ready, so no NotReady ghost makes the
+//!   autoscaler think the cluster unhealthy or a parked server still registered.
 //! - Hibernation drains a node group: cordon, evict pods (respecting PodDisruptionBudgets:
 //!   the API answers 429 while a budget forbids it), delete them only when forced.
 //!
-//! Node writes are read-modify-write with the Node's resourceVersion as precondition (a JSON merge patch
-//! carrying `metadata.resourceVersion`), retried a bounded number of times on a conflict. Where the
-//! access comes from: `--kubeconfig` / `KUBECONFIG`, else the in-cluster service account, else
-//! none (the features are then skipped with a warning; the autoscaler never sees an error).
+//! Node writes are read-modify-write with the Node's resourceVersion as precondition (a JSON merge
+//! patch carrying `metadata.resourceVersion`; a delete carrying uid and resourceVersion
+//! preconditions), retried a bounded number of times on a conflict. Where the access comes from:
+//! `--kubeconfig` / `KUBECONFIG`, else the in-cluster service account, else none (the features
+//! are then skipped with a warning; the autoscaler never sees an error).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, Taint};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
-
-/// Taints the cluster-autoscaler puts on nodes it scales down.
-pub const CA_TAINTS: [&str; 2] = [
-    "ToBeDeletedByClusterAutoscaler",
-    "DeletionCandidateOfClusterAutoscaler",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -83,27 +81,137 @@ impl Default for ConflictRetry {
     }
 }
 
-/// What releasing a parked server's Node did.
+/// Which server a Node must belong to before the provider writes to it: the providerID must be
+/// exactly `provider_id`, or empty on a Node named like the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Released {
-    /// Taints removed (their keys) and/or `unschedulable` cleared.
-    Updated {
-        removed_taints: Vec<String>,
-        was_unschedulable: bool,
+pub struct Tie {
+    pub server: String,
+    pub provider_id: String,
+}
+
+impl Tie {
+    /// `None` when the Node belongs to this server; otherwise why not.
+    pub fn mismatch(&self, node: &Node) -> Option<String> {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let current = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_deref())
+            .unwrap_or_default();
+        if current == self.provider_id || (current.is_empty() && name == self.server) {
+            None
+        } else if current.is_empty() {
+            Some(format!(
+                "node {name} has no providerID and is not named like server {}",
+                self.server
+            ))
+        } else {
+            Some(format!(
+                "node {name} has providerID {current}, not {}",
+                self.provider_id
+            ))
+        }
+    }
+}
+
+/// What completing a Node's labels would do, decided from the Node as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The labels (keys) and/or the providerID to add, as a JSON merge patch.
+    Add {
+        patch: Value,
+        labels: Vec<String>,
+        provider_id: bool,
     },
-    /// Nothing of the autoscaler's was on the Node.
-    Unchanged,
-    /// No Node of that name (never joined, or already deleted).
+    /// The Node has every label and a providerID.
+    Complete,
+    /// The Node carries one of the labels with another value: it is left alone entirely.
+    Conflict {
+        key: String,
+        have: String,
+        want: String,
+    },
+    /// The Node does not belong to the server (see [`Tie::mismatch`]).
+    NotTied(String),
+}
+
+/// What [`Kube::complete_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// The patch was written.
+    Added {
+        labels: Vec<String>,
+        provider_id: bool,
+    },
+    /// Nothing to write: complete, conflicting or not tied (see [`Completion`]).
+    Unchanged(Completion),
     NotFound,
 }
 
-/// What setting a providerID did.
+/// What deleting a gone server's Node did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProviderIdSet {
-    Set,
-    /// The Node already has one (the API server refuses to change it).
-    AlreadySet(String),
+pub enum NodeDeletion {
+    Deleted,
     NotFound,
+    /// Left alone: the Node does not belong to the server.
+    NotTied(String),
+    /// Left alone for now: its kubelet still reports Ready (a live kubelet is never cut off).
+    StillReady,
+}
+
+/// The labels and providerID a Node of `tie`'s server lacks; never changes a value it has.
+pub fn completion(node: &Node, tie: &Tie, wanted: &BTreeMap<String, String>) -> Completion {
+    if let Some(why) = tie.mismatch(node) {
+        return Completion::NotTied(why);
+    }
+    let have = node.metadata.labels.clone().unwrap_or_default();
+    let mut add = serde_json::Map::new();
+    for (key, want) in wanted {
+        match have.get(key) {
+            Some(v) if v == want => {}
+            Some(v) => {
+                return Completion::Conflict {
+                    key: key.clone(),
+                    have: v.clone(),
+                    want: want.clone(),
+                };
+            }
+            None => {
+                add.insert(key.clone(), Value::String(want.clone()));
+            }
+        }
+    }
+    let set_id = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .is_none_or(str::is_empty);
+    if add.is_empty() && !set_id {
+        return Completion::Complete;
+    }
+    let labels: Vec<String> = add.keys().cloned().collect();
+    let mut patch = json!({});
+    if !add.is_empty() {
+        patch["metadata"] = json!({ "labels": add });
+    }
+    if set_id {
+        patch["spec"] = json!({ "providerID": tie.provider_id });
+    }
+    Completion::Add {
+        patch,
+        labels,
+        provider_id: set_id,
+    }
+}
+
+/// True when the Node's `Ready` condition is `True` (its kubelet is heartbeating).
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// A Kubernetes client limited to what the provider does with Nodes.
@@ -219,112 +327,69 @@ impl Kube {
         &self.cluster_url
     }
 
-    /// Removes the autoscaler's scale-down taints and `unschedulable` from the Node, keeping every
-    /// other taint.
-    pub async fn release_node(&self, name: &str) -> Result<Released, KubeError> {
+    /// Adds the labels of `wanted` and the providerID that the Node `name` lacks, when the Node
+    /// belongs to `tie`'s server and no label has another value (see [`completion`]).
+    pub async fn complete_node(
+        &self,
+        name: &str,
+        tie: &Tie,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<Completed, KubeError> {
         let result = self
-            .read_modify_write(name, |node| {
-                let patch = release_patch(node)?;
-                let removed = node
-                    .spec
-                    .iter()
-                    .flat_map(|s| s.taints.iter().flatten())
-                    .filter(|t| CA_TAINTS.contains(&t.key.as_str()))
-                    .map(|t| t.key.clone())
-                    .collect();
-                let was_unschedulable = node
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.unschedulable)
-                    .unwrap_or(false);
-                Some((
+            .read_modify_write(name, |node| match completion(node, tie, wanted) {
+                Completion::Add {
                     patch,
-                    Released::Updated {
-                        removed_taints: removed,
-                        was_unschedulable,
+                    labels,
+                    provider_id,
+                } => Change::Write(
+                    patch,
+                    Completed::Added {
+                        labels,
+                        provider_id,
                     },
-                ))
+                ),
+                other => Change::Keep(Completed::Unchanged(other)),
             })
             .await?;
-        Ok(match result {
-            Outcome::Written(r) => r,
-            Outcome::NoChange(_) => Released::Unchanged,
-            Outcome::NotFound => Released::NotFound,
-        })
+        Ok(result.unwrap_or(Completed::NotFound))
     }
 
-    /// Sets the Node's providerID if it has none.
-    pub async fn set_provider_id(
-        &self,
-        name: &str,
-        provider_id: &str,
-    ) -> Result<ProviderIdSet, KubeError> {
-        let result = self
-            .read_modify_write(name, |node| {
-                let current = node
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.provider_id.clone())
-                    .unwrap_or_default();
-                if !current.is_empty() {
-                    return None;
-                }
-                Some((
-                    json!({ "spec": { "providerID": provider_id } }),
-                    ProviderIdSet::Set,
-                ))
-            })
-            .await?;
-        Ok(match result {
-            Outcome::Written(r) => r,
-            Outcome::NoChange(node) => {
-                ProviderIdSet::AlreadySet(node.spec.and_then(|s| s.provider_id).unwrap_or_default())
-            }
-            Outcome::NotFound => ProviderIdSet::NotFound,
-        })
-    }
-
-    /// GET the Node, let `change` build a merge patch (or `None`: nothing to do), PATCH it with
-    /// the resourceVersion as precondition; on a conflict start over, a bounded number of times.
-    async fn read_modify_write<T>(
-        &self,
-        name: &str,
-        change: impl Fn(&Node) -> Option<(Value, T)>,
-    ) -> Result<Outcome<T>, KubeError> {
+    /// Deletes the Node `name` of a server that is gone, if it belongs to `tie`'s server and its
+    /// kubelet no longer reports Ready. The delete carries the Node's uid and resourceVersion as
+    /// preconditions, so a Node that changed after it was checked is checked again.
+    pub async fn delete_gone_node(&self, name: &str, tie: &Tie) -> Result<NodeDeletion, KubeError> {
         let attempts = self.retry.attempts.max(1);
         for attempt in 1..=attempts {
             let node = match self.nodes.get_opt(name).await {
                 Ok(Some(n)) => n,
-                Ok(None) => return Ok(Outcome::NotFound),
+                Ok(None) => return Ok(NodeDeletion::NotFound),
                 Err(e) => return Err(api_error(&format!("node {name}"), e)),
             };
-            let Some((mut patch, result)) = change(&node) else {
-                return Ok(Outcome::NoChange(Box::new(node)));
-            };
-            if let Some(rv) = &node.metadata.resource_version {
-                patch["metadata"] = json!({ "resourceVersion": rv });
+            if let Some(why) = tie.mismatch(&node) {
+                return Ok(NodeDeletion::NotTied(why));
             }
-            match self
-                .nodes
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(Outcome::Written(result)),
-                Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(Outcome::NotFound),
+            if is_ready(&node) {
+                return Ok(NodeDeletion::StillReady);
+            }
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: node.metadata.uid.clone(),
+                    resource_version: node.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match self.nodes.delete(name, &params).await {
+                Ok(_) => return Ok(NodeDeletion::Deleted),
+                Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(NodeDeletion::NotFound),
                 Err(kube::Error::Api(s)) if s.is_conflict() && attempt < attempts => {
                     tracing::debug!(
                         node = name,
                         attempt,
-                        "node changed while we wrote it; retrying"
+                        "node changed before its delete; checking again"
                     );
                     tokio::time::sleep(self.retry.delay).await;
                 }
-                Err(kube::Error::Api(s)) if s.is_conflict() => {
-                    return Err(KubeError::Conflicts {
-                        node: name.to_string(),
-                        attempts,
-                    });
-                }
+                Err(kube::Error::Api(s)) if s.is_conflict() => break,
                 Err(e) => return Err(api_error(&format!("node {name}"), e)),
             }
         }
@@ -333,6 +398,76 @@ impl Kube {
             attempts,
         })
     }
+
+    /// Every Node, then every change to them: a kube-runtime watcher (list, then watch from the
+    /// list's resourceVersion; a dropped watch resumes from the last version seen, an expired one
+    /// lists again), with the standard backoff between failed attempts.
+    pub fn watch_nodes(
+        &self,
+    ) -> impl futures_util::Stream<
+        Item = Result<kube::runtime::watcher::Event<Node>, kube::runtime::watcher::Error>,
+    > + Send
+    + use<> {
+        use kube::runtime::WatchStreamExt;
+        kube::runtime::watcher(
+            self.nodes.clone(),
+            kube::runtime::watcher::Config::default(),
+        )
+        .default_backoff()
+    }
+
+    /// GET the Node, let `change` decide on a merge patch (or to keep the Node as it is), PATCH
+    /// it with the resourceVersion as precondition; on a conflict start over, a bounded number of
+    /// times. `None` when there is no such Node.
+    async fn read_modify_write<T>(
+        &self,
+        name: &str,
+        change: impl Fn(&Node) -> Change<T>,
+    ) -> Result<Option<T>, KubeError> {
+        let attempts = self.retry.attempts.max(1);
+        for attempt in 1..=attempts {
+            let node = match self.nodes.get_opt(name).await {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(api_error(&format!("node {name}"), e)),
+            };
+            let (mut patch, result) = match change(&node) {
+                Change::Write(patch, result) => (patch, result),
+                Change::Keep(result) => return Ok(Some(result)),
+            };
+            if let Some(rv) = &node.metadata.resource_version {
+                patch["metadata"]["resourceVersion"] = json!(rv);
+            }
+            match self
+                .nodes
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(Some(result)),
+                Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(None),
+                Err(kube::Error::Api(s)) if s.is_conflict() && attempt < attempts => {
+                    tracing::debug!(
+                        node = name,
+                        attempt,
+                        "node changed while we wrote it; retrying"
+                    );
+                    tokio::time::sleep(self.retry.delay).await;
+                }
+                Err(kube::Error::Api(s)) if s.is_conflict() => break,
+                Err(e) => return Err(api_error(&format!("node {name}"), e)),
+            }
+        }
+        Err(KubeError::Conflicts {
+            node: name.to_string(),
+            attempts,
+        })
+    }
+}
+
+/// What a read-modify-write does with the Node it read.
+enum Change<T> {
+    Write(Value, T),
+    Keep(T),
 }
 
 /// A pod a drain has to move.
@@ -371,15 +506,17 @@ impl Kube {
                     .as_ref()
                     .and_then(|s| s.unschedulable)
                     .unwrap_or(false);
-                (now != on).then(|| {
-                    (
+                if now == on {
+                    Change::Keep(())
+                } else {
+                    Change::Write(
                         json!({ "spec": { "unschedulable": if on { json!(true) } else { Value::Null } } }),
                         (),
                     )
-                })
+                }
             })
             .await?;
-        Ok(!matches!(r, Outcome::NotFound))
+        Ok(r.is_some())
     }
 
     /// The pods on a node that a drain must move: not DaemonSet pods, not static (mirror) pods,
@@ -490,12 +627,6 @@ impl Kube {
     }
 }
 
-enum Outcome<T> {
-    Written(T),
-    NoChange(Box<Node>),
-    NotFound,
-}
-
 /// `object` names what the request was about, e.g. `node w-1` or `pod ns/web-0`.
 fn api_error(object: &str, e: kube::Error) -> KubeError {
     match e {
@@ -508,111 +639,5 @@ fn api_error(object: &str, e: kube::Error) -> KubeError {
             object: object.to_string(),
             message: other.to_string(),
         },
-    }
-}
-
-/// The merge patch that removes the autoscaler's taints and `unschedulable` from `node`, keeping
-/// every other taint in order; `None` when there is nothing to remove.
-pub fn release_patch(node: &Node) -> Option<Value> {
-    let spec = node.spec.as_ref()?;
-    let taints: &[Taint] = spec.taints.as_deref().unwrap_or_default();
-    let kept: Vec<&Taint> = taints
-        .iter()
-        .filter(|t| !CA_TAINTS.contains(&t.key.as_str()))
-        .collect();
-    let unschedulable = spec.unschedulable.unwrap_or(false);
-    if kept.len() == taints.len() && !unschedulable {
-        return None;
-    }
-    let mut patch = json!({ "spec": {} });
-    if kept.len() != taints.len() {
-        // A merge patch replaces a list whole; `null` removes the field when nothing is left.
-        patch["spec"]["taints"] = if kept.is_empty() {
-            Value::Null
-        } else {
-            serde_json::to_value(&kept).unwrap_or(Value::Null)
-        };
-    }
-    if unschedulable {
-        patch["spec"]["unschedulable"] = Value::Null;
-    }
-    Some(patch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
-
-    fn taint(key: &str, effect: &str) -> Taint {
-        Taint {
-            key: key.into(),
-            effect: effect.into(),
-            value: Some("1700000000".into()),
-            time_added: None,
-        }
-    }
-
-    fn node(taints: Vec<Taint>, unschedulable: Option<bool>) -> Node {
-        Node {
-            spec: Some(NodeSpec {
-                taints: Some(taints),
-                unschedulable,
-                ..NodeSpec::default()
-            }),
-            ..Node::default()
-        }
-    }
-
-    #[test]
-    fn removes_only_the_autoscalers_taints() {
-        let n = node(
-            vec![
-                taint("dedicated", "NoSchedule"),
-                taint("ToBeDeletedByClusterAutoscaler", "NoSchedule"),
-                taint("DeletionCandidateOfClusterAutoscaler", "PreferNoSchedule"),
-                taint("node.kubernetes.io/unreachable", "NoExecute"),
-            ],
-            Some(true),
-        );
-        let p = release_patch(&n).expect("a patch");
-        let keys: Vec<&str> = p["spec"]["taints"]
-            .as_array()
-            .expect("taints")
-            .iter()
-            .map(|t| t["key"].as_str().unwrap_or_default())
-            .collect();
-        assert_eq!(keys, ["dedicated", "node.kubernetes.io/unreachable"]);
-        assert_eq!(p["spec"]["taints"][0]["value"], "1700000000");
-        assert!(p["spec"]["unschedulable"].is_null());
-        assert!(
-            p["spec"]
-                .as_object()
-                .is_some_and(|o| o.contains_key("unschedulable"))
-        );
-    }
-
-    #[test]
-    fn last_taint_removed_clears_the_list() {
-        let n = node(
-            vec![taint("ToBeDeletedByClusterAutoscaler", "NoSchedule")],
-            None,
-        );
-        let p = release_patch(&n).expect("a patch");
-        assert!(p["spec"]["taints"].is_null());
-        assert!(
-            !p["spec"]
-                .as_object()
-                .is_some_and(|o| o.contains_key("unschedulable"))
-        );
-    }
-
-    #[test]
-    fn nothing_to_do_is_no_patch() {
-        assert_eq!(
-            release_patch(&node(vec![taint("dedicated", "NoSchedule")], Some(false))),
-            None
-        );
-        assert_eq!(release_patch(&Node::default()), None);
     }
 }

@@ -13,6 +13,7 @@
 
 mod hibernate;
 mod journal;
+mod nodes;
 mod state;
 mod template;
 mod windows;
@@ -192,15 +193,11 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// Serialises journal writes; holds the state version and the text last written.
     journal: tokio::sync::Mutex<(u64, Option<String>)>,
-    /// When a providerID was last written (or tried) per node name, so the autoscaler's
-    /// every-loop NodeGroupForNode calls cause at most one attempt per node and period.
-    provider_id_attempts: Mutex<std::collections::HashMap<String, Instant>>,
+    /// The node controller's queue and Node copy (see `nodes`).
+    node_work: Mutex<nodes::NodeWork>,
     /// Node groups with a drain task running.
     draining: Mutex<std::collections::BTreeSet<String>>,
 }
-
-/// How often the providerID of one node is tried again after an attempt.
-const PROVIDER_ID_RETRY: Duration = Duration::from_secs(10 * 60);
 
 impl Provider {
     pub fn new(config: CloudConfig, client: Client, options: ProviderOptions) -> Provider {
@@ -215,7 +212,7 @@ impl Provider {
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 finished,
                 journal: tokio::sync::Mutex::new((0, None)),
-                provider_id_attempts: Mutex::new(std::collections::HashMap::new()),
+                node_work: Mutex::new(nodes::NodeWork::default()),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
@@ -316,66 +313,18 @@ impl Provider {
     }
 
     /// The group of a node, or `None` when it is not one of ours (the autoscaler then leaves it
-    /// alone). Matches by providerID, then by node name.
-    /// A node matched by name that has no providerID yet gets one (in the background, when the
-    /// provider has Kubernetes access).
+    /// alone). Matches by providerID, then by node name. (A node without a providerID gets one
+    /// from the node controller, with the template's labels.)
     pub fn node_group_for_node(&self, node: &NodeRef) -> Option<GroupInfo> {
-        let (group, name) = {
+        let group = {
             let st = self.lock();
             let inst = self.find_instance(&st, node)?;
             if inst.phase == Phase::Deleting && inst.terminated {
                 return None;
             }
-            (self.inner.config.node_group(&inst.group), inst.name.clone())
+            self.inner.config.node_group(&inst.group)
         };
-        let group = group.map(|g| self.group_info(g));
-        if node.provider_id.is_empty() && group.is_some() {
-            self.set_provider_id_later(&name);
-        }
-        group
-    }
-
-    fn set_provider_id_later(&self, name: &str) {
-        let Some(kube) = self.inner.options.kube.clone() else {
-            return;
-        };
-        let now = Instant::now();
-        {
-            let mut tried = self
-                .inner
-                .provider_id_attempts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if tried
-                .get(name)
-                .is_some_and(|t| now.saturating_duration_since(*t) < PROVIDER_ID_RETRY)
-            {
-                return;
-            }
-            tried.retain(|_, t| now.saturating_duration_since(*t) < PROVIDER_ID_RETRY);
-            tried.insert(name.to_string(), now);
-        }
-        let name = name.to_string();
-        let provider_id = self.provider_id(&name);
-        let metrics = self.inner.client.metrics().clone();
-        tokio::spawn(async move {
-            let kind = "provider_id";
-            match kube.set_provider_id(&name, &provider_id).await {
-                Ok(crate::kube::ProviderIdSet::Set) => {
-                    info!(node = %name, provider_id = %provider_id, "set the node's providerID");
-                    metrics.node_update(kind, "updated");
-                }
-                Ok(crate::kube::ProviderIdSet::AlreadySet(id)) => {
-                    debug!(node = %name, current = %id, "node already has a providerID");
-                    metrics.node_update(kind, "unchanged");
-                }
-                Ok(crate::kube::ProviderIdSet::NotFound) => metrics.node_update(kind, "not_found"),
-                Err(e) => {
-                    warn!(node = %name, error = %e, "cannot set the node's providerID");
-                    metrics.node_update(kind, "error");
-                }
-            }
-        });
+        group.map(|g| self.group_info(g))
     }
 
     /// Posts an Event on a Node, best effort (no Kubernetes access: nothing; failures: debug log).
@@ -387,55 +336,6 @@ impl Provider {
         tokio::spawn(async move {
             if let Err(e) = kube.node_event(&node, warning, reason, &message).await {
                 debug!(node = %node, reason, error = %e, "cannot post the event");
-            }
-        });
-    }
-
-    /// Removes the autoscaler's taints from the Nodes of servers just parked, so that they are
-    /// usable when powered on again.
-    fn release_parked_nodes(&self, names: Vec<String>) {
-        if names.is_empty() {
-            return;
-        }
-        let metrics = self.inner.client.metrics().clone();
-        let Some(kube) = self.inner.options.kube.clone() else {
-            for name in names {
-                warn!(server = %name,
-                    "parked the server, but without Kubernetes access its Node keeps the autoscaler's taints: it will not take pods when powered on again unless they are removed");
-                metrics.node_update("release", "skipped");
-            }
-            return;
-        };
-        tokio::spawn(async move {
-            for name in names {
-                let kind = "release";
-                match kube.release_node(&name).await {
-                    Ok(crate::kube::Released::Updated {
-                        removed_taints,
-                        was_unschedulable,
-                    }) => {
-                        info!(node = %name, removed_taints = ?removed_taints, was_unschedulable,
-                            "released the parked server's Node");
-                        metrics.node_update(kind, "updated");
-                        let _ = kube
-                            .node_event(
-                                &name,
-                                false,
-                                "Parked",
-                                "server powered off and kept for reuse; the autoscaler's taints were removed",
-                            )
-                            .await;
-                    }
-                    Ok(crate::kube::Released::Unchanged) => metrics.node_update(kind, "unchanged"),
-                    Ok(crate::kube::Released::NotFound) => {
-                        debug!(node = %name, "parked server has no Node");
-                        metrics.node_update(kind, "not_found");
-                    }
-                    Err(e) => {
-                        warn!(node = %name, error = %e, "cannot remove the autoscaler's taints from the parked server's Node");
-                        metrics.node_update(kind, "error");
-                    }
-                }
             }
         });
     }
@@ -705,7 +605,10 @@ impl Provider {
     }
 
     pub fn template_node(&self, group: &str) -> Result<TemplateNode> {
-        Ok(template::build(self.group(group)?))
+        Ok(template::build(
+            self.group(group)?,
+            self.inner.options.kube.is_some(),
+        ))
     }
 
     /// The group's options in force now (a schedule window may override some).
@@ -1186,7 +1089,7 @@ impl Provider {
             for name in &o.parked {
                 info!(server = %name, "parked: powered off and kept for reuse");
             }
-            self.release_parked_nodes(o.parked);
+            self.servers_gone(o.terminated, o.parked);
             m.creates
                 .get_or_create(&result_label("failed"))
                 .inc_by(o.creates_failed);
@@ -1210,6 +1113,8 @@ impl Provider {
         for a in actions {
             self.spawn(a);
         }
+        // Nodes of gone servers that could not be deleted yet (still Ready, API errors).
+        self.sweep_gone_nodes();
         self.persist_logged().await;
         Ok(report)
     }

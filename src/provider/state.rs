@@ -255,9 +255,10 @@ pub struct Outcomes {
     pub deletes_completed: u64,
     pub deletes_failed: u64,
     pub power_ons_failed: u64,
-    /// Servers parked (powered off, kept) by this pass: their Nodes need the autoscaler's taints
-    /// removed.
+    /// Servers parked (powered off, kept) by this pass: their Nodes are deleted.
     pub parked: Vec<String>,
+    /// Servers this pass forgot after the provider terminated them: their Nodes are deleted.
+    pub terminated: Vec<String>,
 }
 
 /// What one node group needs for membership decisions.
@@ -384,7 +385,11 @@ impl State {
             if why == PARKED {
                 self.outcomes.parked.push(name.clone());
             }
-            self.remove(&name);
+            if self.remove(&name).is_some_and(|i| i.terminated) {
+                // Gone by the provider's own completed terminate: the one removal that proves
+                // the server no longer exists.
+                self.outcomes.terminated.push(name);
+            }
         }
 
         self.parked.clear();

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::config::GROUP_LABEL;
 use crate::config::{NodeGroupConfig, TemplateTaint};
 
-/// Label carrying the node group's name on template nodes (and, by the join script, real ones).
-pub const GROUP_LABEL: &str = "kamatera.com/node-group";
 /// Pods per node, as upstream providers and the kubelet default.
 pub const MAX_PODS: u32 = 110;
 /// Share of the first disk kept free by the kubelet's default `nodefs.available` eviction.
@@ -23,26 +22,23 @@ pub struct TemplateNode {
     pub allocatable: BTreeMap<String, String>,
 }
 
-pub fn build(group: &NodeGroupConfig) -> TemplateNode {
+/// The template of `group`. It promises only labels something will set: the kubelet's own, and
+/// either every label of [`NodeGroupConfig::node_labels`] when `provider_labels` (the provider
+/// has Kubernetes access and adds what a node lacks), or only those the shipped join scripts
+/// register ([`NodeGroupConfig::join_script_labels`]).
+pub fn build(group: &NodeGroupConfig, provider_labels: bool) -> TemplateNode {
     let s = &group.server;
     let name = format!("template-node-for-{}", group.name);
     let mut labels = BTreeMap::from([
         ("kubernetes.io/os".to_string(), "linux".to_string()),
         ("kubernetes.io/arch".to_string(), "amd64".to_string()),
         ("kubernetes.io/hostname".to_string(), name.clone()),
-        (
-            "node.kubernetes.io/instance-type".to_string(),
-            format!("{}-{}", s.cpu, s.ram_mb),
-        ),
-        (
-            "topology.kubernetes.io/region".to_string(),
-            s.datacenter.clone(),
-        ),
-        (GROUP_LABEL.to_string(), group.name.clone()),
     ]);
-    for (k, v) in &group.template_labels {
-        labels.insert(k.clone(), v.clone());
-    }
+    labels.extend(if provider_labels {
+        group.node_labels()
+    } else {
+        group.join_script_labels()
+    });
 
     let cores = u64::from(s.cpu_cores());
     let ram_mib = u64::from(s.ram_mb);

@@ -1,7 +1,11 @@
-//! A fake Kubernetes API server: serves Nodes by name (GET), applies JSON merge patches (PATCH)
-//! with the resourceVersion precondition the real API server enforces, records every request,
-//! and can answer the next PATCHes with 409 Conflict. Pods: listed by node (field selector),
-//! evicted (429 while a "disruption budget" blocks the pod), deleted.
+//! A fake Kubernetes API server: serves Nodes by name (GET), lists and watches them (a list
+//! carries the resourceVersion to watch from; a watch replays what changed since and streams
+//! what changes next, as newline-delimited events; watches can be dropped, and history expired so
+//! that an old resourceVersion answers 410 Expired), applies JSON merge patches (PATCH) with the
+//! resourceVersion precondition the real API server enforces, deletes with uid/resourceVersion
+//! preconditions, records every request, and can answer the next PATCHes with 409 Conflict.
+//! Pods: listed by node (field selector), evicted (429 while a "disruption budget" blocks the
+//! pod), deleted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,15 +39,73 @@ pub struct FakePod {
     pub blocked: bool,
 }
 
-#[derive(Default)]
 struct Inner {
     nodes: HashMap<String, Value>,
+    /// Every Node change as a watch event line, with its resourceVersion.
+    history: Vec<(u64, String)>,
+    /// Changes from now on, to the open watches.
+    changes: tokio::sync::broadcast::Sender<(u64, String)>,
+    /// Bumped to end every open watch.
+    drop_watches: tokio::sync::watch::Sender<u64>,
+    /// A watch from a resourceVersion below this answers 410 Expired.
+    compacted: u64,
     pods: Vec<FakePod>,
     /// (node, reason, type) of the Events posted.
     events: Vec<(String, String, String)>,
     log: Vec<Recorded>,
     conflicts: u32,
     version: u64,
+}
+
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            nodes: HashMap::new(),
+            history: Vec::new(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+            drop_watches: tokio::sync::watch::channel(0).0,
+            compacted: 0,
+            pods: Vec::new(),
+            events: Vec::new(),
+            log: Vec::new(),
+            conflicts: 0,
+            version: 0,
+        }
+    }
+
+    /// The next resourceVersion.
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    /// Records a Node change for watches (`ADDED`, `MODIFIED`, `DELETED`).
+    fn changed(&mut self, kind: &str, node: &Value) {
+        let rv: u64 = node["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.version);
+        let line = format!("{}\n", json!({"type": kind, "object": node}));
+        self.history.push((rv, line.clone()));
+        let _ = self.changes.send((rv, line));
+    }
+
+    /// Stores a Node (new or replaced) at a new resourceVersion and tells the watches.
+    fn put(&mut self, mut node: Value) {
+        let name = node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let rv = self.bump();
+        node["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let kind = if self.nodes.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.changed(kind, &node);
+        self.nodes.insert(name, node);
+    }
 }
 
 /// The running fake; stops with the test's runtime.
@@ -55,11 +117,14 @@ pub struct FakeKube {
 
 impl FakeKube {
     pub async fn start() -> FakeKube {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let inner = Arc::new(Mutex::new(Inner::new()));
         let app = Router::new()
+            .route("/api/v1/nodes", axum::routing::get(list_or_watch_nodes))
             .route(
                 "/api/v1/nodes/{name}",
-                axum::routing::get(get_node).patch(patch_node),
+                axum::routing::get(get_node)
+                    .patch(patch_node)
+                    .delete(delete_node),
             )
             .route("/api/v1/pods", axum::routing::get(list_pods))
             .route(
@@ -100,8 +165,6 @@ impl FakeKube {
         unschedulable: bool,
         provider_id: &str,
     ) {
-        let mut g = self.lock();
-        g.version += 1;
         let mut spec = json!({});
         if !taints.is_empty() {
             spec["taints"] = taints
@@ -115,14 +178,81 @@ impl FakeKube {
         if !provider_id.is_empty() {
             spec["providerID"] = json!(provider_id);
         }
-        let node = json!({
+        let mut g = self.lock();
+        let uid = format!("uid-{name}-{}", g.version + 1);
+        g.put(json!({
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "resourceVersion": g.version.to_string(),
+            "metadata": {"name": name, "uid": uid,
                          "labels": {"kubernetes.io/hostname": name}},
             "spec": spec,
-        });
-        g.nodes.insert(name.to_string(), node);
+        }));
+    }
+
+    /// What a kubelet does when it starts: registers its Node with the providerID and the
+    /// labels of its flags (plus its own `kubernetes.io/*` labels), Ready.
+    pub fn register(&self, name: &str, provider_id: &str, labels: &[(&str, &str)]) {
+        self.add_node(name, &[], false, provider_id);
+        let mut g = self.lock();
+        let Some(mut node) = g.nodes.get(name).cloned() else {
+            return;
+        };
+        for (k, v) in [
+            ("kubernetes.io/os", "linux"),
+            ("kubernetes.io/arch", "amd64"),
+        ]
+        .iter()
+        .chain(labels)
+        {
+            node["metadata"]["labels"][*k] = json!(v);
+        }
+        node["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+        g.put(node);
+    }
+
+    /// Sets the Node's Ready condition (its kubelet heartbeating, or gone quiet).
+    pub fn set_ready(&self, name: &str, ready: bool) {
+        let mut g = self.lock();
+        let Some(mut node) = g.nodes.get(name).cloned() else {
+            return;
+        };
+        node["status"] = json!({"conditions": [{"type": "Ready",
+            "status": if ready { "True" } else { "Unknown" }}]});
+        g.put(node);
+    }
+
+    /// The Node's labels.
+    pub fn labels(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        self.node(name)
+            .and_then(|n| n["metadata"]["labels"].as_object().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+            .collect()
+    }
+
+    /// Ends every open watch (as an API server restart or a load balancer would); the
+    /// watchers resume from the last resourceVersion they saw.
+    pub fn drop_watches(&self) {
+        self.lock().drop_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets the change history and ends every open watch: a watch from any resourceVersion
+    /// seen so far answers 410 Expired, so the watcher must list again.
+    pub fn expire_history(&self) {
+        let mut g = self.lock();
+        // Everything seen so far is too old; a fresh list (at this new version) is not.
+        g.version += 1;
+        g.compacted = g.version;
+        g.history.clear();
+        g.drop_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Names of the Nodes there are, sorted.
+    pub fn node_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().nodes.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// (node, reason, type) of every Event posted, in order.
@@ -296,10 +426,8 @@ async fn patch_node(
     if g.conflicts > 0 {
         g.conflicts -= 1;
         // Someone else wrote the node meanwhile.
-        g.version += 1;
-        let v = g.version.to_string();
-        if let Some(n) = g.nodes.get_mut(&name) {
-            n["metadata"]["resourceVersion"] = json!(v);
+        if let Some(n) = g.nodes.get(&name).cloned() {
+            g.put(n);
         }
         return status(
             StatusCode::CONFLICT,
@@ -307,9 +435,7 @@ async fn patch_node(
             "the object has been modified; please apply your changes to the latest version and try again",
         );
     }
-    g.version += 1;
-    let next = g.version.to_string();
-    let Some(node) = g.nodes.get_mut(&name) else {
+    let Some(mut node) = g.nodes.get(&name).cloned() else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -335,9 +461,125 @@ async fn patch_node(
             "spec.providerID: Forbidden: node updates may not change providerID except from \"\" to valid",
         );
     }
-    merge(node, &patch);
-    node["metadata"]["resourceVersion"] = json!(next);
-    ok(node)
+    merge(&mut node, &patch);
+    g.put(node);
+    ok(&g.nodes[&name])
+}
+
+/// DELETE with the uid / resourceVersion preconditions of the request's DeleteOptions.
+async fn delete_node(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    let options: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let Some(node) = g.nodes.get(&name).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("nodes \"{name}\" not found"),
+        );
+    };
+    for (field, key) in [("uid", "uid"), ("resourceVersion", "resourceVersion")] {
+        if let Some(want) = options["preconditions"][field].as_str()
+            && node["metadata"][key].as_str() != Some(want)
+        {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                &format!("Precondition failed: {field} in precondition: {want}"),
+            );
+        }
+    }
+    g.nodes.remove(&name);
+    let mut gone = node;
+    let rv = g.bump();
+    gone["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.changed("DELETED", &gone);
+    ok(&gone)
+}
+
+/// GET /api/v1/nodes: a NodeList, or with `watch=true` the changes after `resourceVersion`
+/// (replayed from the history) and then as they happen, until the watches are dropped.
+async fn list_or_watch_nodes(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
+) -> Response {
+    let query: HashMap<String, String> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let g = inner.lock().expect("lock");
+    if !matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+        let mut items: Vec<&Value> = g.nodes.values().collect();
+        items.sort_by_key(|n| {
+            n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        return ok(&json!({"apiVersion": "v1", "kind": "NodeList",
+            "metadata": {"resourceVersion": g.version.to_string()}, "items": items}));
+    }
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stream_of = |lines: Vec<String>| {
+        (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            axum::body::Body::from_stream(futures_util::stream::iter(
+                lines
+                    .into_iter()
+                    .map(|l| Ok::<_, std::convert::Infallible>(Bytes::from(l))),
+            )),
+        )
+            .into_response()
+    };
+    if from < g.compacted {
+        let expired = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+            "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+            "message": format!("too old resource version: {from} ({})", g.compacted)}});
+        return stream_of(vec![format!("{expired}\n")]);
+    }
+    let replay: Vec<String> = g
+        .history
+        .iter()
+        .filter(|(rv, _)| *rv > from)
+        .map(|(_, l)| l.clone())
+        .collect();
+    let changes = g.changes.subscribe();
+    let dropped = g.drop_watches.subscribe();
+    drop(g);
+    let stream = futures_util::stream::unfold(
+        (replay.into_iter(), changes, dropped),
+        |(mut replay, mut changes, mut dropped)| async move {
+            if let Some(line) = replay.next() {
+                return Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                    (replay, changes, dropped),
+                ));
+            }
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok((_, line)) => Some((Ok(Bytes::from(line)), (replay, changes, dropped))),
+                    Err(_) => None,
+                },
+                _ = dropped.changed() => None,
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn pod_json(p: &FakePod) -> Value {

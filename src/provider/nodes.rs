@@ -1,0 +1,369 @@
+//! Kamatera's node controller: what a cloud-controller-manager does for Nodes on other clouds,
+//! for the servers this provider manages. Kamatera has none, so without this a cluster keeps
+//! NotReady Nodes of terminated and parked servers for ever (the autoscaler counts them, stops
+//! scaling once too many are unready, and takes a parked server's old Node for one already
+//! registered), and new Nodes lack the labels the template promised.
+//!
+//! - **Gone servers lose their Nodes.** A server the provider terminated (the terminate completed
+//!   or the API says the server does not exist) or parked (powered off, confirmed by the listing)
+//!   is queued here by the reconcile; the queue is worked after every reconcile until the Node is
+//!   deleted, is not there, turns out not to be the server's, or [`GONE_WINDOW`] passes. A Node
+//!   whose kubelet still reports Ready is never deleted (it is tried again later). A server
+//!   merely missing from listings is not gone: its Node is kept.
+//! - **Nodes of the provider's servers get the template's labels.** A kube-runtime watcher keeps
+//!   a copy of every Node; each Node tied to a tracked server (providerID
+//!   `<provider-id-prefix><server>`, or no providerID and the server's name) gets the labels of
+//!   [`crate::config::NodeGroupConfig::node_labels`] it lacks and the providerID. Existing values
+//!   are never changed: a Node with a conflicting value is logged and counted once, and left
+//!   alone. Nodes are looked at on every watch event and again after every reconcile (a server
+//!   the provider learns of later, e.g. adopted after a restart).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use tracing::{debug, info, warn};
+
+use super::{Phase, Provider};
+use crate::kube::{Completed, Completion, NodeDeletion, Tie, completion};
+
+/// How long the Node of a gone server is looked for: long enough for its kubelet's last Ready
+/// to expire (the node lifecycle grace is 40 s by default) and a few failed attempts.
+pub const GONE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The most gone servers queued at once (older entries are dropped first beyond it).
+const GONE_MAX: usize = 10_000;
+/// Watch failures are logged at most this often (each is counted).
+const WATCH_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a server's Node is to be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Terminated by the provider.
+    Terminated,
+    /// Powered off and kept (warm pool or hibernation).
+    Parked,
+}
+
+impl Gone {
+    fn event(self) -> (&'static str, &'static str) {
+        match self {
+            Gone::Terminated => (
+                "ServerTerminated",
+                "the Kamatera server was terminated; its Node was deleted",
+            ),
+            Gone::Parked => (
+                "Parked",
+                "the Kamatera server was powered off and kept for reuse; its Node was deleted (the kubelet registers it again at power-on)",
+            ),
+        }
+    }
+}
+
+/// Node work shared by the reconcile (which learns that servers are gone) and the watcher.
+#[derive(Default)]
+pub(super) struct NodeWork {
+    /// Servers whose Node is to be deleted: name → why, since when.
+    gone: BTreeMap<String, (Gone, Instant)>,
+    /// A sweep of `gone` is running.
+    sweeping: bool,
+    /// The watcher's copy of every Node; `None` until the node controller starts.
+    store: Option<Store<Node>>,
+    /// Nodes whose conflicting label was reported (node name, key), so it is counted once.
+    conflicts: HashSet<(String, String)>,
+    /// Nodes with a label write on the wire.
+    labelling: HashSet<String>,
+}
+
+impl Provider {
+    fn node_work(&self) -> std::sync::MutexGuard<'_, NodeWork> {
+        self.inner
+            .node_work
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues the Nodes of servers just terminated or parked for deletion and starts a sweep.
+    pub(super) fn servers_gone(&self, terminated: Vec<String>, parked: Vec<String>) {
+        if terminated.is_empty() && parked.is_empty() {
+            return;
+        }
+        if self.inner.options.kube.is_none() {
+            for name in &parked {
+                warn!(server = %name,
+                    "parked the server, but without Kubernetes access its Node stays in the cluster NotReady (delete it, or the autoscaler counts it as registered and unready)");
+            }
+            let m = self.metrics();
+            for _ in terminated.iter().chain(&parked) {
+                m.node_update("delete", "skipped");
+            }
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut w = self.node_work();
+            for name in terminated {
+                w.gone.insert(name, (Gone::Terminated, now));
+            }
+            for name in parked {
+                w.gone.insert(name, (Gone::Parked, now));
+            }
+            while w.gone.len() > GONE_MAX {
+                let oldest = w
+                    .gone
+                    .iter()
+                    .min_by_key(|(_, (_, since))| *since)
+                    .map(|(n, _)| n.clone());
+                if let Some(n) = oldest {
+                    w.gone.remove(&n);
+                }
+            }
+        }
+        self.sweep_gone_nodes();
+    }
+
+    /// Works the queue of gone servers' Nodes in the background (one sweep at a time).
+    pub(super) fn sweep_gone_nodes(&self) {
+        let Some(kube) = self.inner.options.kube.clone() else {
+            return;
+        };
+        let batch: Vec<(String, Gone)> = {
+            let mut w = self.node_work();
+            if w.sweeping || w.gone.is_empty() {
+                return;
+            }
+            w.gone.retain(|_, (_, since)| since.elapsed() < GONE_WINDOW);
+            w.sweeping = true;
+            w.gone.iter().map(|(n, (g, _))| (n.clone(), *g)).collect()
+        };
+        let p = self.clone();
+        tokio::spawn(async move {
+            let m = p.metrics();
+            for (server, why) in batch {
+                if !p.still_gone(&server, why) {
+                    debug!(server = %server, "server is back; its Node is kept");
+                    p.node_work().gone.remove(&server);
+                    continue;
+                }
+                let tie = Tie {
+                    provider_id: p.provider_id(&server),
+                    server: server.clone(),
+                };
+                let node = p.node_name_for(&tie);
+                let done = match kube.delete_gone_node(&node, &tie).await {
+                    Ok(NodeDeletion::Deleted) => {
+                        info!(node = %node, server = %server, reason = ?why, "deleted the Node of a server that is gone");
+                        m.node_update("delete", "deleted");
+                        let (reason, message) = why.event();
+                        let _ = kube.node_event(&node, false, reason, message).await;
+                        true
+                    }
+                    Ok(NodeDeletion::NotFound) => {
+                        m.node_update("delete", "not_found");
+                        true
+                    }
+                    Ok(NodeDeletion::NotTied(detail)) => {
+                        info!(node = %node, server = %server, %detail, "not deleting a Node that is not the server's");
+                        m.node_update("delete", "not_tied");
+                        true
+                    }
+                    Ok(NodeDeletion::StillReady) => {
+                        debug!(node = %node, server = %server, "the Node still reports Ready; trying again later");
+                        false
+                    }
+                    Err(e) => {
+                        warn!(node = %node, server = %server, error = %e, "cannot delete the Node of a server that is gone; trying again later");
+                        m.node_update("delete", "error");
+                        false
+                    }
+                };
+                if done {
+                    p.node_work().gone.remove(&server);
+                }
+            }
+            p.node_work().sweeping = false;
+        });
+    }
+
+    /// Whether a queued server is still gone: not tracked again (a parked server powered on is
+    /// an instance again) and, when parked, still in its group's pool.
+    fn still_gone(&self, server: &str, why: Gone) -> bool {
+        let st = self.lock();
+        if st.instances.contains_key(server) {
+            return false;
+        }
+        match why {
+            Gone::Terminated => true,
+            Gone::Parked => st.parked.values().flatten().any(|p| p.name == server),
+        }
+    }
+
+    /// The name of the Node tied to `tie`'s server: found by providerID in the watcher's copy,
+    /// else the server's name (a kubelet registers under the hostname, which is the server name).
+    fn node_name_for(&self, tie: &Tie) -> String {
+        let w = self.node_work();
+        w.store
+            .as_ref()
+            .and_then(|store| {
+                store.state().into_iter().find_map(|n| {
+                    let pid = n.spec.as_ref()?.provider_id.as_deref()?;
+                    (pid == tie.provider_id).then(|| n.metadata.name.clone())?
+                })
+            })
+            .unwrap_or_else(|| tie.server.clone())
+    }
+
+    /// The tracked server a Node belongs to, with its group: by providerID (exactly the
+    /// configured prefix + a tracked server's name), or by name when it has no providerID.
+    /// Servers being deleted are not labelled.
+    fn node_owner(&self, node: &Node) -> Option<(Tie, String)> {
+        let provider_id = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_deref())
+            .unwrap_or_default();
+        let server = if provider_id.is_empty() {
+            node.metadata.name.as_deref()?
+        } else {
+            provider_id.strip_prefix(self.inner.config.provider_id_prefix.as_str())?
+        };
+        let st = self.lock();
+        let inst = st.instances.get(server)?;
+        if inst.phase == Phase::Deleting {
+            return None;
+        }
+        Some((
+            Tie {
+                server: server.to_string(),
+                provider_id: self.provider_id(server),
+            },
+            inst.group.clone(),
+        ))
+    }
+
+    /// Adds what the Node of one of the provider's servers lacks (in the background); reports a
+    /// conflicting label once. Nodes of no tracked server are never touched.
+    fn label_node(&self, node: &Node) {
+        let Some(kube) = self.inner.options.kube.clone() else {
+            return;
+        };
+        let Some((tie, group)) = self.node_owner(node) else {
+            return;
+        };
+        let Some(cfg) = self.inner.config.node_group(&group) else {
+            return;
+        };
+        let wanted = cfg.node_labels();
+        let name = node.metadata.name.clone().unwrap_or_default();
+        match completion(node, &tie, &wanted) {
+            Completion::Add { .. } => {}
+            Completion::Conflict { key, have, want } => {
+                self.report_conflict(&name, &key, &have, &want);
+                return;
+            }
+            Completion::Complete | Completion::NotTied(_) => return,
+        }
+        if !self.node_work().labelling.insert(name.clone()) {
+            return; // a write is on the wire; the watcher shows its result
+        }
+        let p = self.clone();
+        tokio::spawn(async move {
+            let m = p.metrics();
+            match kube.complete_node(&name, &tie, &wanted).await {
+                Ok(Completed::Added {
+                    labels,
+                    provider_id,
+                }) => {
+                    info!(node = %name, server = %tie.server, group = %group, labels = ?labels, provider_id,
+                        "labelled the node as its node group's template promises");
+                    m.node_update("label", "updated");
+                }
+                Ok(Completed::Unchanged(Completion::Conflict { key, have, want })) => {
+                    p.report_conflict(&name, &key, &have, &want);
+                }
+                Ok(Completed::Unchanged(_)) | Ok(Completed::NotFound) => {}
+                Err(e) => {
+                    warn!(node = %name, error = %e, "cannot label the node");
+                    m.node_update("label", "error");
+                }
+            }
+            p.node_work().labelling.remove(&name);
+        });
+    }
+
+    fn report_conflict(&self, node: &str, key: &str, have: &str, want: &str) {
+        if self
+            .node_work()
+            .conflicts
+            .insert((node.to_string(), key.to_string()))
+        {
+            warn!(
+                node,
+                label = key,
+                have,
+                want,
+                "the node carries a label of its node group's template with another value; leaving the node alone"
+            );
+            self.metrics().node_update("label", "conflict");
+        }
+    }
+
+    /// Looks at every Node the watcher knows (after a reconcile, servers may have become ours).
+    fn label_all(&self) {
+        let nodes = match &self.node_work().store {
+            Some(store) => store.state(),
+            None => return,
+        };
+        for node in nodes {
+            self.label_node(&node);
+        }
+    }
+
+    /// Starts the node controller: the Node watcher that labels the provider's nodes and keeps
+    /// the copy the gone-Node sweep finds Nodes in. `None` without Kubernetes access. Runs until
+    /// the returned task is aborted.
+    pub fn start_node_controller(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let kube = self.inner.options.kube.clone()?;
+        let (store, writer) = reflector::store::<Node>();
+        self.node_work().store = Some(store);
+        let p = self.clone();
+        Some(tokio::spawn(async move {
+            let events = reflector::reflector(writer, kube.watch_nodes());
+            futures_util::pin_mut!(events);
+            let mut reconciles = p.subscribe_reconciles();
+            let mut last_warn: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node))) => {
+                            p.label_node(&node);
+                        }
+                        Some(Ok(watcher::Event::Delete(node))) => {
+                            let name = node.metadata.name.unwrap_or_default();
+                            p.node_work().conflicts.retain(|(n, _)| *n != name);
+                        }
+                        Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+                        Some(Err(e)) => {
+                            p.metrics().node_update("watch", "error");
+                            if last_warn.is_none_or(|t| t.elapsed() >= WATCH_WARN_EVERY) {
+                                warn!(error = %e, "watching Nodes failed; retrying (nodes are labelled once it works)");
+                                last_warn = Some(Instant::now());
+                            } else {
+                                debug!(error = %e, "watching Nodes failed");
+                            }
+                        }
+                        None => break,
+                    },
+                    changed = reconciles.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        p.label_all();
+                    }
+                }
+            }
+        }))
+    }
+}
