@@ -268,13 +268,16 @@ fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
     a
 }
 
-/// What the provider does in the cluster: warm pool and providerIDs (nodes), hibernation drains
-/// (cordon, list, evict, forced delete), Events about Nodes.
-const PROVIDER_NEEDS: [&str; 7] = [
+/// What the provider does in the cluster: the node controller (watch nodes, label them and set
+/// providerIDs, delete those of gone servers), hibernation drains (cordon, list, evict, forced
+/// delete), Events about Nodes.
+const PROVIDER_NEEDS: [&str; 9] = [
     "create events",
     "get nodes",
     "list nodes",
+    "watch nodes",
     "patch nodes",
+    "delete nodes",
     "list pods",
     "create pods/eviction",
     "delete pods",
@@ -700,7 +703,26 @@ fn alerts_use_metrics_that_exist() {
             class: "other".into(),
         })
         .set(0);
+    metrics
+        .hibernation_state
+        .get_or_create(&kamatera_ca_provider::telemetry::Group { group: "g".into() })
+        .set(2);
     let exposed = metrics.encode();
+    // Hibernation keeps evicted pods Pending all night: that alert is silent meanwhile.
+    let pending = v["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["alert"] == "PodsPendingTooLong")
+        .expect("PodsPendingTooLong");
+    assert!(
+        pending["expr"]
+            .as_str()
+            .expect("expr")
+            .ends_with("unless on() (max(kamatera_ca_hibernation_state) > 0)"),
+        "{}",
+        pending["expr"]
+    );
     let mut checked = 0;
     for rule in v["spec"]["groups"][0]["rules"].as_array().expect("rules") {
         let expr = rule["expr"].as_str().expect("expr");
@@ -747,12 +769,149 @@ fn cloud_config_example_and_join_scripts() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let kubeadm =
-        std::fs::read_to_string(root().join("examples/server-init-kubeadm.sh")).expect("read");
-    assert!(
-        kubeadm.contains("PROVIDER_ID=\"kamatera://${NODE_NAME}\""),
-        "the providerID the provider expects"
+}
+
+/// Runs a join script with the group's `check` values pasted into its one per-group place, in
+/// its dry-run mode (prints what the node would register with, installs nothing).
+fn dry_run(script: &str, labels: &str, taints: &str, prefix: Option<&str>) -> String {
+    let body = std::fs::read_to_string(root().join("examples").join(script)).expect("read");
+    let mut pasted = 0;
+    let body: String = body
+        .lines()
+        .map(|l| {
+            if l.starts_with("NODE_LABELS=") {
+                pasted += 1;
+                format!("NODE_LABELS=\"{labels}\"")
+            } else if l.starts_with("NODE_TAINTS=") {
+                pasted += 1;
+                format!("NODE_TAINTS=\"{taints}\"")
+            } else if let Some(p) = prefix.filter(|_| l.starts_with("PROVIDER_ID_PREFIX=")) {
+                format!("PROVIDER_ID_PREFIX=\"{p}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        pasted, 2,
+        "{script}: one NODE_LABELS and one NODE_TAINTS line"
     );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&body)
+        .env("KAMATERA_JOIN_DRY_RUN", "1")
+        .env("NODE_NAME", "jn-1")
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn join_scripts_register_what_the_template_promises() {
+    let cfg = CloudConfig::parse(
+        "join.ini",
+        "[global]\nkamatera-api-client-id = a\nkamatera-api-secret = s\ncluster-name = c\n\
+         default-datacenter = EU\ndefault-image = i\ndefault-network = name=wan\n\n\
+         [nodegroup \"batch\"]\ncpu = 4B\nram = 8192\ndisk = size=50\nmax-size = 3\n\
+         template-label = team=data\ntemplate-taint = dedicated=batch:NoSchedule\n\
+         template-taint = spot:PreferNoSchedule\n",
+        &|_| None,
+    )
+    .expect("config");
+    let g = &cfg.node_groups[0];
+    let (labels, taints) = (g.join_script_labels_value(), g.join_script_taints_value());
+    let promised: BTreeSet<String> = g
+        .join_script_labels()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let wanted_taints: BTreeSet<String> = ["dedicated=batch:NoSchedule", "spot:PreferNoSchedule"]
+        .map(String::from)
+        .into();
+    let set = |items: Vec<String>| items.into_iter().collect::<BTreeSet<String>>();
+
+    // kubeadm: the kubelet's flags in the JoinConfiguration.
+    let join: Value =
+        serde_yaml_ng::from_str(&dry_run("server-init-kubeadm.sh", &labels, &taints, None))
+            .expect("JoinConfiguration");
+    let arg = |name: &str| {
+        join["nodeRegistration"]["kubeletExtraArgs"]
+            .as_array()
+            .expect("kubeletExtraArgs")
+            .iter()
+            .find(|a| a["name"] == name)
+            .and_then(|a| a["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} in {join}"))
+            .to_string()
+    };
+    assert_eq!(arg("provider-id"), "kamatera://jn-1");
+    let split = |v: String| set(v.split(',').map(String::from).collect());
+    assert_eq!(split(arg("node-labels")), promised);
+    assert_eq!(split(arg("register-with-taints")), wanted_taints);
+
+    // RKE2: its config file; the providerID through the kubelet when the prefix is not rke2://.
+    for prefix in ["rke2://", "kamatera://"] {
+        let conf: Value = serde_yaml_ng::from_str(&dry_run(
+            "server-init-rke2.sh",
+            &labels,
+            &taints,
+            Some(prefix),
+        ))
+        .expect("RKE2 config");
+        let list = |k: &str| {
+            set(conf[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{k} in {conf}"))
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect())
+        };
+        assert_eq!(conf["node-name"], "jn-1");
+        assert_eq!(list("node-label"), promised);
+        assert_eq!(list("node-taint"), wanted_taints);
+        if prefix == "rke2://" {
+            assert!(
+                conf.get("kubelet-arg").is_none(),
+                "RKE2 sets rke2://jn-1 itself"
+            );
+        } else {
+            assert_eq!(
+                list("kubelet-arg"),
+                set(vec!["provider-id=kamatera://jn-1".into()])
+            );
+        }
+    }
+
+    // Rancher: the system agent's arguments.
+    let args: Vec<String> = dry_run("server-init-rancher.sh", &labels, &taints, None)
+        .lines()
+        .map(String::from)
+        .collect();
+    let after = |flag: &str| {
+        set(args
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect())
+    };
+    assert_eq!(after("--node-name"), set(vec!["jn-1".into()]));
+    assert_eq!(after("--label"), promised);
+    assert_eq!(after("--taints"), wanted_taints);
+
+    // A group without labels or taints of its own: the group label only, no taint.
+    let plain = dry_run(
+        "server-init-rke2.sh",
+        "kamatera.com/node-group=web",
+        "",
+        None,
+    );
+    assert!(!plain.contains("node-taint"), "{plain}");
 }
 
 #[test]
