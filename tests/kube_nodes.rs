@@ -259,6 +259,60 @@ async fn a_gone_servers_node_is_deleted_only_when_tied_and_not_ready() {
 }
 
 #[tokio::test]
+async fn release_removes_only_the_autoscalers_taints_of_the_servers_node() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = client(&fake, &dir).await;
+    let taints = [
+        ("dedicated", "NoSchedule"),
+        ("ToBeDeletedByClusterAutoscaler", "NoSchedule"),
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+        ("DeletionCandidateOfClusterAutoscaler", "PreferNoSchedule"),
+    ];
+    fake.add_node("w-1", &taints, true, "kamatera://w-1");
+    fake.add_node("x-1", &taints, true, "kamatera://somebody-else");
+    let before = fake.node("w-1").expect("node");
+
+    let r = k.release_node("w-1", &tie("w-1")).await.expect("release");
+    assert_eq!(
+        r,
+        kube::Released::Updated {
+            removed_taints: vec![
+                "ToBeDeletedByClusterAutoscaler".into(),
+                "DeletionCandidateOfClusterAutoscaler".into()
+            ],
+            was_unschedulable: true
+        }
+    );
+    assert_eq!(
+        fake.taint_keys("w-1"),
+        ["dedicated", "node.kubernetes.io/unreachable"],
+        "other taints kept, in order"
+    );
+    let after = fake.node("w-1").expect("node");
+    assert!(after["spec"].get("unschedulable").is_none());
+    assert_eq!(after["spec"]["taints"][0], before["spec"]["taints"][0]);
+    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
+    assert_eq!(
+        k.release_node("w-1", &tie("w-1")).await.expect("again"),
+        kube::Released::Unchanged
+    );
+
+    // Another server's Node named like ours: untouched.
+    let other = fake.node("x-1").expect("node");
+    let r = k.release_node("x-1", &tie("x-1")).await.expect("not tied");
+    assert!(matches!(r, kube::Released::NotTied(_)), "{r:?}");
+    assert_eq!(fake.node("x-1"), Some(other));
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.starts_with("PATCH"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn missing_node_is_not_an_error() {
     let fake = FakeKube::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

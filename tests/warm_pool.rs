@@ -468,6 +468,56 @@ async fn gone_servers_nodes_are_deleted_and_a_reregistered_node_is_labelled() {
 }
 
 #[tokio::test]
+async fn a_server_powered_on_before_its_node_went_keeps_a_released_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, kube) = fake_kube(&dir).await;
+    let mut e = env(
+        Case {
+            power: true,
+            cap: 0,
+            groups: 1,
+        },
+        Some(kube),
+    )
+    .await;
+    let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
+    fake.add_node(
+        &name,
+        &[
+            ("dedicated", "NoSchedule"),
+            (TO_BE_DELETED, "NoSchedule"),
+            (CANDIDATE, "PreferNoSchedule"),
+        ],
+        true,
+        &format!("{PREFIX}{name}"),
+    );
+    fake.set_ready(&name, true);
+    e.scale_down_all("a").await;
+    refresh_until(&mut e, "parked", |e| {
+        e.metric("kamatera_ca_parked_servers{group=\"a\"}") == 1.0
+    })
+    .await;
+    // Its Node still reports Ready (the kubelet's last status has not expired) when the
+    // autoscaler wants the capacity back.
+    let again = e.scale_up("a", 1).await;
+    assert_eq!(again.into_iter().collect::<Vec<_>>(), vec![name.clone()]);
+    refresh_until(&mut e, "old Node released", |_| {
+        fake.taint_keys(&name) == ["dedicated"]
+    })
+    .await;
+    let node = fake.node(&name).expect("the Node is kept");
+    assert!(node["spec"].get("unschedulable").is_none(), "{node}");
+    for _ in 0..3 {
+        e.ca.refresh().await;
+    }
+    assert!(
+        fake.node(&name).is_some(),
+        "a server that is back keeps its Node"
+    );
+    assert!(!fake.calls().iter().any(|c| c.starts_with("DELETE")));
+}
+
+#[tokio::test]
 async fn an_unconfirmed_servers_node_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fake, kube) = fake_kube(&dir).await;

@@ -20,13 +20,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
     Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
+
+/// Taints the cluster-autoscaler puts on nodes it scales down.
+pub const CA_TAINTS: [&str; 2] = [
+    "ToBeDeletedByClusterAutoscaler",
+    "DeletionCandidateOfClusterAutoscaler",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -145,6 +151,21 @@ pub enum Completed {
     },
     /// Nothing to write: complete, conflicting or not tied (see [`Completion`]).
     Unchanged(Completion),
+    NotFound,
+}
+
+/// What releasing a Node from the autoscaler's scale-down did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// Taints removed (their keys) and/or `unschedulable` cleared.
+    Updated {
+        removed_taints: Vec<String>,
+        was_unschedulable: bool,
+    },
+    /// Nothing of the autoscaler's was on the Node.
+    Unchanged,
+    /// Left alone: the Node does not belong to the server.
+    NotTied(String),
     NotFound,
 }
 
@@ -352,6 +373,36 @@ impl Kube {
             })
             .await?;
         Ok(result.unwrap_or(Completed::NotFound))
+    }
+
+    /// Removes the autoscaler's scale-down taints and `unschedulable` from the Node `name` of
+    /// `tie`'s server, keeping every other taint: a parked server powered on again before its
+    /// old Node was deleted must take pods.
+    pub async fn release_node(&self, name: &str, tie: &Tie) -> Result<Released, KubeError> {
+        let result = self
+            .read_modify_write(name, |node| {
+                if let Some(why) = tie.mismatch(node) {
+                    return Change::Keep(Released::NotTied(why));
+                }
+                let Some(patch) = release_patch(node) else {
+                    return Change::Keep(Released::Unchanged);
+                };
+                let spec = node.spec.as_ref();
+                Change::Write(
+                    patch,
+                    Released::Updated {
+                        removed_taints: spec
+                            .iter()
+                            .flat_map(|s| s.taints.iter().flatten())
+                            .filter(|t| CA_TAINTS.contains(&t.key.as_str()))
+                            .map(|t| t.key.clone())
+                            .collect(),
+                        was_unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+                    },
+                )
+            })
+            .await?;
+        Ok(result.unwrap_or(Released::NotFound))
     }
 
     /// Deletes the Node `name` of a server that is gone, if it belongs to `tie`'s server and its
@@ -639,5 +690,111 @@ fn api_error(object: &str, e: kube::Error) -> KubeError {
             object: object.to_string(),
             message: other.to_string(),
         },
+    }
+}
+
+/// The merge patch that removes the autoscaler's taints and `unschedulable` from `node`, keeping
+/// every other taint in order; `None` when there is nothing to remove.
+pub fn release_patch(node: &Node) -> Option<Value> {
+    let spec = node.spec.as_ref()?;
+    let taints: &[Taint] = spec.taints.as_deref().unwrap_or_default();
+    let kept: Vec<&Taint> = taints
+        .iter()
+        .filter(|t| !CA_TAINTS.contains(&t.key.as_str()))
+        .collect();
+    let unschedulable = spec.unschedulable.unwrap_or(false);
+    if kept.len() == taints.len() && !unschedulable {
+        return None;
+    }
+    let mut patch = json!({ "spec": {} });
+    if kept.len() != taints.len() {
+        // A merge patch replaces a list whole; `null` removes the field when nothing is left.
+        patch["spec"]["taints"] = if kept.is_empty() {
+            Value::Null
+        } else {
+            serde_json::to_value(&kept).unwrap_or(Value::Null)
+        };
+    }
+    if unschedulable {
+        patch["spec"]["unschedulable"] = Value::Null;
+    }
+    Some(patch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+
+    fn taint(key: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            value: Some("1700000000".into()),
+            time_added: None,
+        }
+    }
+
+    fn node(taints: Vec<Taint>, unschedulable: Option<bool>) -> Node {
+        Node {
+            spec: Some(NodeSpec {
+                taints: Some(taints),
+                unschedulable,
+                ..NodeSpec::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn removes_only_the_autoscalers_taints() {
+        let n = node(
+            vec![
+                taint("dedicated", "NoSchedule"),
+                taint("ToBeDeletedByClusterAutoscaler", "NoSchedule"),
+                taint("DeletionCandidateOfClusterAutoscaler", "PreferNoSchedule"),
+                taint("node.kubernetes.io/unreachable", "NoExecute"),
+            ],
+            Some(true),
+        );
+        let p = release_patch(&n).expect("a patch");
+        let keys: Vec<&str> = p["spec"]["taints"]
+            .as_array()
+            .expect("taints")
+            .iter()
+            .map(|t| t["key"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(keys, ["dedicated", "node.kubernetes.io/unreachable"]);
+        assert_eq!(p["spec"]["taints"][0]["value"], "1700000000");
+        assert!(p["spec"]["unschedulable"].is_null());
+        assert!(
+            p["spec"]
+                .as_object()
+                .is_some_and(|o| o.contains_key("unschedulable"))
+        );
+    }
+
+    #[test]
+    fn last_taint_removed_clears_the_list() {
+        let n = node(
+            vec![taint("ToBeDeletedByClusterAutoscaler", "NoSchedule")],
+            None,
+        );
+        let p = release_patch(&n).expect("a patch");
+        assert!(p["spec"]["taints"].is_null());
+        assert!(
+            !p["spec"]
+                .as_object()
+                .is_some_and(|o| o.contains_key("unschedulable"))
+        );
+    }
+
+    #[test]
+    fn nothing_to_do_is_no_patch() {
+        assert_eq!(
+            release_patch(&node(vec![taint("dedicated", "NoSchedule")], Some(false))),
+            None
+        );
+        assert_eq!(release_patch(&Node::default()), None);
     }
 }

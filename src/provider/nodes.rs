@@ -9,7 +9,9 @@
 //!   is queued here by the reconcile; the queue is worked after every reconcile until the Node is
 //!   deleted, is not there, turns out not to be the server's, or [`GONE_WINDOW`] passes. A Node
 //!   whose kubelet still reports Ready is never deleted (it is tried again later). A server
-//!   merely missing from listings is not gone: its Node is kept.
+//!   merely missing from listings is not gone: its Node is kept. A parked server powered on
+//!   again before its Node went keeps that Node, released from the autoscaler's scale-down
+//!   taints and cordon so it takes pods.
 //! - **Nodes of the provider's servers get the template's labels.** A kube-runtime watcher keeps
 //!   a copy of every Node; each Node tied to a tracked server (providerID
 //!   `<provider-id-prefix><server>`, or no providerID and the server's name) gets the labels of
@@ -60,6 +62,16 @@ impl Gone {
             ),
         }
     }
+}
+
+/// Where a queued server stands when its Node's turn comes.
+enum Standing {
+    /// Still terminated, or still parked: delete its Node.
+    Gone,
+    /// Tracked again (a parked server powered on): keep its Node, release it.
+    Back,
+    /// No longer parked and not tracked: no proof either way; keep its Node.
+    Unknown,
 }
 
 /// Node work shared by the reconcile (which learns that servers are gone) and the watcher.
@@ -142,15 +154,40 @@ impl Provider {
         tokio::spawn(async move {
             let m = p.metrics();
             for (server, why) in batch {
-                if !p.still_gone(&server, why) {
-                    debug!(server = %server, "server is back; its Node is kept");
-                    p.node_work().gone.remove(&server);
-                    continue;
-                }
                 let tie = Tie {
                     provider_id: p.provider_id(&server),
                     server: server.clone(),
                 };
+                match p.standing(&server, why) {
+                    Standing::Gone => {}
+                    Standing::Back => {
+                        // Powered on again before its old Node could go: that Node stays, so it
+                        // must lose the autoscaler's scale-down taints to take pods.
+                        p.node_work().gone.remove(&server);
+                        let node = p.node_name_for(&tie);
+                        match kube.release_node(&node, &tie).await {
+                            Ok(crate::kube::Released::Updated {
+                                removed_taints,
+                                was_unschedulable,
+                            }) => {
+                                info!(node = %node, server = %server, removed_taints = ?removed_taints, was_unschedulable,
+                                    "parked server powered on again before its Node was deleted; released the Node from the autoscaler's scale-down");
+                                m.node_update("release", "updated");
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(node = %node, server = %server, error = %e, "cannot remove the autoscaler's taints from the Node of a server powered on again");
+                                m.node_update("release", "error");
+                            }
+                        }
+                        continue;
+                    }
+                    Standing::Unknown => {
+                        debug!(server = %server, "parked server no longer in the pool; its Node is kept");
+                        p.node_work().gone.remove(&server);
+                        continue;
+                    }
+                }
                 let node = p.node_name_for(&tie);
                 let done = match kube.delete_gone_node(&node, &tie).await {
                     Ok(NodeDeletion::Deleted) => {
@@ -187,16 +224,22 @@ impl Provider {
         });
     }
 
-    /// Whether a queued server is still gone: not tracked again (a parked server powered on is
-    /// an instance again) and, when parked, still in its group's pool.
-    fn still_gone(&self, server: &str, why: Gone) -> bool {
+    /// Where a queued server stands now.
+    fn standing(&self, server: &str, why: Gone) -> Standing {
         let st = self.lock();
         if st.instances.contains_key(server) {
-            return false;
+            // Tracked again: a parked server powered on (or, for a terminated one, a name the
+            // provider would never reuse; keep its Node either way).
+            return Standing::Back;
         }
         match why {
-            Gone::Terminated => true,
-            Gone::Parked => st.parked.values().flatten().any(|p| p.name == server),
+            Gone::Terminated => Standing::Gone,
+            Gone::Parked if st.parked.values().flatten().any(|p| p.name == server) => {
+                Standing::Gone
+            }
+            // Neither tracked nor in the pool: removed outside the provider, or a listing that
+            // omits it. Not proof of anything.
+            Gone::Parked => Standing::Unknown,
         }
     }
 
