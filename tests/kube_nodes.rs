@@ -446,7 +446,7 @@ mod controller {
     const WAIT: Duration = Duration::from_secs(20);
 
     pub struct World {
-        pub _sim: SimHandle,
+        pub sim: SimHandle,
         pub fake: FakeKube,
         pub ca: Ca,
         pub provider: Provider,
@@ -499,7 +499,7 @@ template-label = team=data
         let mut ca = Ca::connect(addr).await;
         ca.refresh().await;
         World {
-            _sim: sim,
+            sim,
             fake,
             ca,
             provider,
@@ -698,5 +698,37 @@ template-label = team=data
             "listed, watched, resumed, listed again: {watches}"
         );
         let _ = &w.provider;
+    }
+
+    #[tokio::test]
+    async fn nodes_left_by_parked_servers_of_an_earlier_run_are_deleted() {
+        let mut w = world().await;
+        // Parked before this provider started (by an earlier version, or the in-tree provider
+        // whose Nodes stayed NotReady), and a powered-off server of another cluster.
+        let seed = |name: &str, tags: &[&str]| {
+            w.sim.seed_server(kamatera_ca_provider::sim::SeedServer {
+                name: name.into(),
+                datacenter: "EU".into(),
+                power_on: false,
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                cpu: "2B".into(),
+                ram_mb: 4096,
+            })
+        };
+        seed("nc-w-parked", &["k8sca-nc", "k8scang-workers"]);
+        seed("nc-w-foreign", &["k8sca-other", "k8scang-workers"]);
+        for n in ["nc-w-parked", "nc-w-foreign"] {
+            w.fake.add_node(n, &[], false, &format!("kamatera://{n}"));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while w.fake.node("nc-w-parked").is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ghost Node is still there"
+            );
+            w.ca.refresh().await; // each reconcile looks for Nodes of parked servers
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(w.fake.node_names(), ["nc-w-foreign"]);
     }
 }

@@ -11,7 +11,9 @@
 //!   whose kubelet still reports Ready is never deleted (it is tried again later). A server
 //!   merely missing from listings is not gone: its Node is kept. A parked server powered on
 //!   again before its Node went keeps that Node, released from the autoscaler's scale-down
-//!   taints and cordon so it takes pods.
+//!   taints and cordon so it takes pods. After each reconcile the watcher's copy is also searched
+//!   for Nodes of parked servers in the pool (parked by an earlier run, or before this
+//!   controller existed): they are queued the same way.
 //! - **Nodes of the provider's servers get the template's labels.** A kube-runtime watcher keeps
 //!   a copy of every Node; each Node tied to a tracked server (providerID
 //!   `<provider-id-prefix><server>`, or no providerID and the server's name) gets the labels of
@@ -353,14 +355,55 @@ impl Provider {
         }
     }
 
-    /// Looks at every Node the watcher knows (after a reconcile, servers may have become ours).
-    fn label_all(&self) {
+    /// Looks at every Node the watcher knows after a reconcile: servers may have become ours
+    /// (labels), and a Node may belong to a parked server of the pool (left by an earlier run, or
+    /// by a provider that kept such Nodes): it is queued for deletion like any parked server's.
+    fn after_reconcile(&self) {
         let nodes = match &self.node_work().store {
             Some(store) => store.state(),
             None => return,
         };
+        let parked: HashSet<String> = {
+            let st = self.lock();
+            st.parked
+                .values()
+                .flatten()
+                .map(|p| self.provider_id(&p.name))
+                .collect()
+        };
+        let mut ghosts = Vec::new();
         for node in nodes {
             self.label_node(&node);
+            let provider_id = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .unwrap_or_default();
+            if parked.contains(provider_id)
+                && let Some(server) =
+                    provider_id.strip_prefix(self.inner.config.provider_id_prefix.as_str())
+            {
+                ghosts.push(server.to_string());
+            }
+        }
+        let now = Instant::now();
+        let queued = {
+            let mut w = self.node_work();
+            let mut queued = 0;
+            for server in ghosts {
+                if !w.gone.contains_key(&server) && w.gone.len() < GONE_MAX {
+                    w.gone.insert(server, (Gone::Parked, now));
+                    queued += 1;
+                }
+            }
+            queued
+        };
+        if queued > 0 {
+            debug!(
+                nodes = queued,
+                "Nodes of parked servers found; deleting them once not Ready"
+            );
+            self.sweep_gone_nodes();
         }
     }
 
@@ -403,7 +446,7 @@ impl Provider {
                         if changed.is_err() {
                             break;
                         }
-                        p.label_all();
+                        p.after_reconcile();
                     }
                 }
             }
