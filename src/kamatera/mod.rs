@@ -191,6 +191,27 @@ impl Client {
             .map_err(|(what, at)| self.shape("list servers", what, &at))
     }
 
+    /// `POST /service/server/info` by server id: the server, or `None` when the API answers that
+    /// no such server exists (the one proof that a server is gone besides a completed terminate).
+    pub async fn server_info(&self, server_id: &str) -> Result<Option<Server>, KamateraError> {
+        let result = self
+            .call(self.read(
+                "server info",
+                Method::POST,
+                "/service/server/info",
+                Some(json!({ "id": server_id })),
+            ))
+            .await;
+        let v = match result {
+            Ok(v) => v,
+            Err(e) if e.class == ErrorClass::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let servers = types::decode_servers(&v, "")
+            .map_err(|(what, at)| self.shape("server info", what, &at))?;
+        Ok(servers.into_iter().find(|s| s.id == server_id))
+    }
+
     /// `POST /server/tags` for one server, by id. Accepts `tagName` and the older `tag name`.
     pub async fn server_tags(&self, server_id: &str) -> Result<Vec<String>, KamateraError> {
         let v = self

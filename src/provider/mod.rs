@@ -51,6 +51,9 @@ pub enum ProviderError {
     NotFound(String),
 }
 
+/// Servers missing from a listing looked up by id per reconcile, at most.
+const LOOKUPS_PER_RECONCILE: usize = 4;
+
 /// Where the provider reads the time for schedules (tests set it).
 #[derive(Clone)]
 pub struct Clock(Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>);
@@ -105,7 +108,8 @@ pub struct ProviderOptions {
     /// How long a create whose outcome is unknown (timeout, 5xx, lost answer) waits for its
     /// server to appear before it reports CREATE_UNCERTAIN.
     pub uncertain_create_grace: Duration,
-    /// Consecutive listings a known server must be missing from before it counts as gone.
+    /// Consecutive listings a known server must be missing from before it is looked up by id
+    /// (only a lookup that finds no such server, or a completed terminate, makes it gone).
     pub vanish_misses: u32,
     /// The restart journal; `None` keeps in-flight intent in memory only.
     pub state_file: Option<std::path::PathBuf>,
@@ -995,13 +999,19 @@ impl Provider {
     async fn reconcile_locked(&self) -> std::result::Result<ReconcileReport, KamateraError> {
         let cfg = &self.inner.config;
         let client = &self.inner.client;
-        let servers = client.list_servers(&cfg.filter_name_prefix).await?;
+        let mut servers = client.list_servers(&cfg.filter_name_prefix).await?;
+        // Known servers this listing lacks are presumed to exist until a lookup by id says
+        // otherwise; a few are looked up per pass.
+        let (presumed, gone) = self.verify_missing(&mut servers).await;
 
         // Tags: cached per server id; servers we created carry their group's tags already.
         let (mut known, unknown) = {
             let mut st = self.lock();
-            let listed_ids: std::collections::HashSet<&str> =
-                servers.iter().map(|s| s.id.as_str()).collect();
+            let listed_ids: std::collections::HashSet<&str> = servers
+                .iter()
+                .map(|s| s.id.as_str())
+                .chain(presumed.iter().map(|o| o.id.as_str()))
+                .collect();
             st.tags.retain(|id, _| listed_ids.contains(id.as_str()));
             let mut known = std::collections::HashMap::new();
             let mut unknown = Vec::new();
@@ -1049,7 +1059,9 @@ impl Provider {
                 name: s.name.clone(),
                 power: s.power.clone(),
                 tags: known.get(&s.id).cloned(),
+                presumed: false,
             })
+            .chain(presumed)
             .collect();
         let groups: Vec<GroupTags<'_>> = cfg
             .node_groups
@@ -1075,7 +1087,6 @@ impl Provider {
                     uncertain_watch: self.inner.options.uncertain_create_watch,
                     unknown_command: self.inner.options.unknown_command_limit,
                     uncertain_grace: self.inner.options.uncertain_create_grace,
-                    vanish_misses: self.inner.options.vanish_misses.max(1),
                 },
                 Instant::now(),
             );
@@ -1089,7 +1100,7 @@ impl Provider {
             for name in &o.parked {
                 info!(server = %name, "parked: powered off and kept for reuse");
             }
-            self.servers_gone(o.terminated, o.parked);
+            self.servers_gone(o.gone, o.parked);
             m.creates
                 .get_or_create(&result_label("failed"))
                 .inc_by(o.creates_failed);
@@ -1104,6 +1115,9 @@ impl Provider {
                 .inc_by(o.deletes_failed);
             actions
         };
+        if !gone.is_empty() {
+            debug!(servers = ?gone, "confirmed gone by lookup");
+        }
         let report = ReconcileReport {
             listed: servers.len(),
             tag_reads,
@@ -1117,6 +1131,78 @@ impl Provider {
         self.sweep_gone_nodes();
         self.persist_logged().await;
         Ok(report)
+    }
+
+    /// Sorts the known servers a listing lacks: up to [`LOOKUPS_PER_RECONCILE`] of those missing
+    /// for `vanish_misses` listings are looked up by id. A server the API says does not exist is
+    /// gone (returned, so the listing's absence now counts); one it still has is added to
+    /// `servers` (the listing omitted it); the rest are returned as presumed: their last known
+    /// state is kept. A listing that lacks at least half of the known servers (two or more) is
+    /// suspect: counted, and warned about once until a listing is trusted again.
+    async fn verify_missing(&self, servers: &mut Vec<kamatera::Server>) -> (Vec<Observed>, Vec<String>) {
+        let (mut missing, known) = {
+            let st = self.lock();
+            let listed: std::collections::HashSet<&str> =
+                servers.iter().map(|s| s.id.as_str()).collect();
+            st.missing_known(&listed)
+        };
+        let suspect = missing.len() >= 2 && missing.len() * 2 >= known;
+        {
+            let mut st = self.lock();
+            if suspect {
+                self.metrics().suspect_listings.inc();
+                if !st.suspect_listing {
+                    warn!(
+                        missing = missing.len(),
+                        known,
+                        "the Kamatera listing lacks most known servers; keeping their last known state until lookups by id confirm they are gone"
+                    );
+                }
+            } else if st.suspect_listing {
+                info!("the Kamatera listing is complete again");
+            }
+            st.suspect_listing = suspect;
+        }
+        let due = self.inner.options.vanish_misses.max(1);
+        missing.sort_by_key(|m| std::cmp::Reverse(m.misses));
+        let to_look_up: Vec<String> = missing
+            .iter()
+            .filter(|m| m.misses >= due)
+            .take(LOOKUPS_PER_RECONCILE)
+            .map(|m| m.observed.id.clone())
+            .collect();
+        let client = &self.inner.client;
+        let answers: Vec<(String, std::result::Result<Option<kamatera::Server>, KamateraError>)> =
+            futures_util::stream::iter(to_look_up)
+                .map(|id| async move {
+                    let r = client.server_info(&id).await;
+                    (id, r)
+                })
+                .buffer_unordered(LOOKUPS_PER_RECONCILE)
+                .collect()
+                .await;
+        let mut gone = Vec::new();
+        for (id, answer) in answers {
+            match answer {
+                Ok(None) => {
+                    info!(server_id = %id, "a server missing from the listing does not exist any more");
+                    gone.push(id);
+                }
+                Ok(Some(server)) => {
+                    debug!(server = %server.name, server_id = %id, "the listing omitted a server that exists");
+                    servers.push(server);
+                }
+                Err(e) => {
+                    debug!(server_id = %id, error = e.detail(), "cannot look up a server missing from the listing; presuming it exists")
+                }
+            }
+        }
+        let presumed = missing
+            .into_iter()
+            .map(|m| m.observed)
+            .filter(|o| !gone.contains(&o.id) && !servers.iter().any(|s| s.id == o.id))
+            .collect();
+        (presumed, gone)
     }
 
     /// Polls commands: one batched request; if it fails, each id alone (bounded), so one id the

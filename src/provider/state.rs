@@ -105,7 +105,8 @@ pub struct Instance {
     pub powered_off_at: Option<Instant>,
     /// A power-on of this reused server ended in error: never park it again.
     pub power_on_failed: bool,
-    /// Consecutive listings without the server, once it had been seen.
+    /// Consecutive listings without the server, once it had been seen (it is looked up by id
+    /// once this reaches the provider's `vanish_misses`).
     pub missed: u32,
     pub error: Option<ErrorInfo>,
     /// When the instance entered its current phase.
@@ -156,6 +157,15 @@ pub enum Action {
     Terminate { name: String, server_id: String },
 }
 
+/// A known server a listing lacks (see [`State::missing_known`]).
+#[derive(Debug, Clone)]
+pub struct Missing {
+    /// Its last known state, marked presumed.
+    pub observed: Observed,
+    /// Listings in a row without it, this one included.
+    pub misses: u32,
+}
+
 /// A listed server with its tags, for one reconcile.
 #[derive(Debug, Clone)]
 pub struct Observed {
@@ -164,6 +174,9 @@ pub struct Observed {
     pub power: Power,
     /// `None` when the tags could not be read this time.
     pub tags: Option<Vec<String>>,
+    /// Not in this listing, but not confirmed gone either: the last known state, kept. (A
+    /// listing that omits a server is no proof; only a lookup by id or a completed terminate is.)
+    pub presumed: bool,
 }
 
 /// Where a node group's hibernation stands.
@@ -211,6 +224,8 @@ pub struct State {
     pub hibernation: BTreeMap<String, GroupHibernation>,
     /// Bumped on every change the journal must capture.
     pub version: u64,
+    /// The last listing lacked most known servers (warned once per episode).
+    pub suspect_listing: bool,
 }
 
 /// Time limits of the state machine.
@@ -223,9 +238,6 @@ pub struct Limits {
     /// How long a create whose outcome is unknown may wait for its server before it reports
     /// an error (so the autoscaler backs off and cleans up).
     pub uncertain_grace: Duration,
-    /// Consecutive listings a known server must be missing from before it counts as gone (one
-    /// listing that omits it is not proof).
-    pub vanish_misses: u32,
 }
 
 /// Error info of a create whose outcome is unknown.
@@ -257,8 +269,9 @@ pub struct Outcomes {
     pub power_ons_failed: u64,
     /// Servers parked (powered off, kept) by this pass: their Nodes are deleted.
     pub parked: Vec<String>,
-    /// Servers this pass forgot after the provider terminated them: their Nodes are deleted.
-    pub terminated: Vec<String>,
+    /// Servers this pass forgot because they are gone for certain (the provider terminated them,
+    /// or a lookup by id found no such server): their Nodes are deleted.
+    pub gone: Vec<String>,
 }
 
 /// What one node group needs for membership decisions.
@@ -337,6 +350,49 @@ impl State {
             .collect()
     }
 
+    /// Servers the provider knows exist (tracked and listed once, not terminated by it, or in a
+    /// group's pool) that `listed` lacks, with their last known state: presumed to exist until a
+    /// lookup by id says otherwise. `misses` counts the listings in a row that lacked it, this
+    /// one included (pool servers: 1, nothing is counted for them).
+    pub fn missing_known(&self, listed: &std::collections::HashSet<&str>) -> (Vec<Missing>, usize) {
+        let mut known = 0;
+        let mut missing = Vec::new();
+        for i in self.instances.values() {
+            let Some(id) = i.server_id.as_ref().filter(|_| i.seen && !i.terminated) else {
+                continue;
+            };
+            known += 1;
+            if !listed.contains(id.as_str()) {
+                missing.push(Missing {
+                    observed: Observed {
+                        id: id.clone(),
+                        name: i.name.clone(),
+                        power: i.power.clone().unwrap_or(Power::Off),
+                        tags: self.tags.get(id).cloned(),
+                        presumed: true,
+                    },
+                    misses: i.missed + 1,
+                });
+            }
+        }
+        for p in self.parked.values().flatten() {
+            known += 1;
+            if !listed.contains(p.id.as_str()) {
+                missing.push(Missing {
+                    observed: Observed {
+                        id: p.id.clone(),
+                        name: p.name.clone(),
+                        power: Power::Off,
+                        tags: self.tags.get(&p.id).cloned(),
+                        presumed: true,
+                    },
+                    misses: 1,
+                });
+            }
+        }
+        (missing, known)
+    }
+
     /// Applies a snapshot: the listing (servers that pass the name filter, with tags) and the
     /// statuses of pending commands. Returns the cloud calls to start.
     /// `unanswered` holds polled command ids the API did not report while it answered others.
@@ -364,7 +420,7 @@ impl State {
                 inst.server_id = Some(s.id.clone());
                 inst.power = Some(s.power.clone());
                 inst.seen = true;
-                inst.missed = 0;
+                inst.missed = if s.presumed { inst.missed + 1 } else { 0 };
             } else if inst.seen {
                 inst.missed += 1;
             }
@@ -385,10 +441,10 @@ impl State {
             if why == PARKED {
                 self.outcomes.parked.push(name.clone());
             }
-            if self.remove(&name).is_some_and(|i| i.terminated) {
-                // Gone by the provider's own completed terminate: the one removal that proves
-                // the server no longer exists.
-                self.outcomes.terminated.push(name);
+            let inst = self.remove(&name);
+            if why == GONE || inst.is_some_and(|i| i.terminated) {
+                // Gone by the provider's own completed terminate, or confirmed by a lookup.
+                self.outcomes.gone.push(name);
             }
         }
 
@@ -437,6 +493,8 @@ impl State {
 
 /// Why `step` forgets an instance whose server it parked.
 const PARKED: &str = "parked: powered off and kept for reuse";
+/// Why `step` forgets an instance whose server is confirmed gone.
+const GONE: &str = "server gone: the API has no server with its id";
 
 /// A command the queue does not report: after `limit`, give it up and move on from what the
 /// listing shows.
@@ -627,17 +685,13 @@ fn step(
                     inst.name
                 )));
             }
-            if server.is_none()
-                && inst.seen
-                && inst.missed >= limits.vanish_misses
-                && inst.command.is_none()
-                && inst.error.is_none()
-            {
-                // Listed once, gone since, nothing running that explains it.
+            if server.is_none() && inst.seen && inst.command.is_none() && inst.error.is_none() {
+                // Listed once, confirmed gone since (a server that is merely missing from a
+                // listing is presumed), nothing running that explains it.
                 inst.error = Some(ErrorInfo {
                     class: ErrorClass::Other,
                     code: "SERVER_GONE",
-                    message: format!("server {} is no longer listed", inst.name),
+                    message: format!("server {} no longer exists", inst.name),
                 });
             }
             if let Some(s) = server {
@@ -680,9 +734,9 @@ fn step(
             }
         }
         Phase::Running => {
-            if server.is_none() && inst.seen && inst.missed >= limits.vanish_misses {
-                // Removed outside the provider: no longer the autoscaler's to count.
-                remove.push((inst.name.clone(), "running server no longer listed"));
+            if server.is_none() && inst.seen {
+                // Removed outside the provider (confirmed): no longer the autoscaler's to count.
+                remove.push((inst.name.clone(), GONE));
             }
         }
         Phase::Deleting => {
@@ -703,11 +757,9 @@ fn step(
                     }
                 }
                 // The server is gone although its power-off or terminate was never reported.
-                Some(_) if server.is_none() && inst.seen && inst.missed >= limits.vanish_misses => {
-                    remove.push((
-                        inst.name.clone(),
-                        "deleting server gone before its command was reported",
-                    ));
+                Some(_) if server.is_none() && inst.seen => {
+                    // Gone (confirmed) before its power-off or terminate was reported.
+                    remove.push((inst.name.clone(), GONE));
                     return;
                 }
                 Some(_) => return,
@@ -749,9 +801,11 @@ fn step(
                     });
                 }
                 None => {
-                    let waiting_for_server =
-                        inst.seen && !inst.terminated && inst.missed < limits.vanish_misses
-                            || match inst.create {
+                    // A server once seen and now absent is gone for certain (terminated by the
+                    // provider, or confirmed by a lookup; one merely missing is presumed).
+                    let gone = inst.seen && !inst.terminated;
+                    let waiting_for_server = !inst.seen
+                        && match inst.create {
                                 CreateStatus::Queued | CreateStatus::Sent => true,
                                 // Bought (or maybe bought) but never listed: watch for the server a
                                 // bounded time, then forget the name.
@@ -764,7 +818,9 @@ fn step(
                                 | CreateStatus::Adopted
                                 | CreateStatus::Reused => false,
                             };
-                    if !waiting_for_server {
+                    if gone {
+                        remove.push((inst.name.clone(), GONE));
+                    } else if !waiting_for_server {
                         remove.push((
                             inst.name.clone(),
                             "deleted (or never bought) and not listed",
@@ -793,7 +849,6 @@ fn test_limits(watch: u64, grace: u64) -> Limits {
         uncertain_watch: Duration::from_secs(watch),
         unknown_command: Duration::from_secs(60),
         uncertain_grace: Duration::from_secs(grace),
-        vanish_misses: 1,
     }
 }
 
@@ -807,6 +862,7 @@ mod tests {
             name: name.into(),
             power,
             tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+            presumed: false,
         }
     }
 
@@ -1050,6 +1106,7 @@ mod uncertain_tests {
             name: "a".into(),
             power: Power::On,
             tags: None,
+            presumed: false,
         };
         st.apply(
             &[server],
@@ -1105,6 +1162,7 @@ mod uncertain_tests {
             name: "a".into(),
             power: Power::On,
             tags: None,
+            presumed: false,
         }];
         let unanswered = ["9".to_string()];
         assert!(
@@ -1139,6 +1197,7 @@ mod park_tests {
             name: "a".into(),
             power,
             tags: Some(vec!["k8sca-c".into(), "k8scang-g".into()]),
+            presumed: false,
         }
     }
 

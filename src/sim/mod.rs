@@ -364,7 +364,22 @@ async fn open(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Map<String, Value>, Response> {
-    gate(shared, endpoint, headers).await?;
+    if let Err(refused) = gate(shared, endpoint, headers).await {
+        if !shared.lock().faults.echo_request_in_errors {
+            return Err(refused);
+        }
+        // The fault: the error quotes every field of the request back, as an API that
+        // complains about a field value does.
+        let fields: Vec<String> = body_object(body)
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect();
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "message": format!("invalid flag value ({})", fields.join(", ")) }),
+        ));
+    }
     body_object(body)
 }
 

@@ -129,6 +129,14 @@ pub struct Faults {
     pub queue_empty: bool,
     /// A new server shows up in the listing only this long after its create request.
     pub listing_lag_ms: u64,
+    /// The listing answers `[]` (HTTP 200), whatever exists (a glitching API, a wrong account
+    /// filter upstream). Lookups by id still find the servers.
+    pub listing_empty: bool,
+    /// Servers (by name) the listing leaves out although they exist.
+    pub listing_hides: Vec<String>,
+    /// Error answers quote the request body back (`invalid request (<body>)`), as some API
+    /// errors echo a rejected field, secrets included.
+    pub echo_request_in_errors: bool,
     /// Every request is refused as not logged in (revoked credentials).
     pub unauthorized: bool,
 }
@@ -490,10 +498,14 @@ impl SimState {
 
     /// The listing: servers old enough to be visible under the listing-lag fault.
     pub fn listing(&self, now: Instant) -> Vec<&SimServer> {
+        if self.faults.listing_empty {
+            return Vec::new();
+        }
         let lag = Duration::from_millis(self.faults.listing_lag_ms);
         self.servers
             .iter()
             .filter(|s| now.saturating_duration_since(s.created) >= lag)
+            .filter(|s| !self.faults.listing_hides.contains(&s.name))
             .collect()
     }
 

@@ -96,6 +96,12 @@ pub struct GroupState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindReason {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupClass {
     pub group: String,
     pub class: String,
@@ -125,6 +131,9 @@ pub struct Metrics {
     pub parked: Family<Group, Gauge>,
     pub power_ons: Family<ResultLabel, Counter>,
     pub parks: Counter,
+    pub suspect_listings: Counter,
+    pub refused_mutations: Family<KindReason, Counter>,
+    pub watched_names: Gauge,
     pub node_updates: Family<KindResult, Counter>,
     pub schedule_window: Family<Group, Gauge>,
     pub hibernation_state: Family<Group, Gauge>,
@@ -166,6 +175,9 @@ impl Metrics {
             parked: Family::default(),
             power_ons: Family::default(),
             parks: Counter::default(),
+            suspect_listings: Counter::default(),
+            refused_mutations: Family::default(),
+            watched_names: Gauge::default(),
             node_updates: Family::default(),
             schedule_window: Family::default(),
             hibernation_state: Family::default(),
@@ -251,8 +263,23 @@ impl Metrics {
             m.parks.clone(),
         );
         registry.register(
+            "suspect_listings",
+            "Kamatera listings that lacked at least half of the known servers; their last known state was kept",
+            m.suspect_listings.clone(),
+        );
+        registry.register(
+            "refused_mutations",
+            "Cloud mutations refused by the guard, by kind (create, power_on, power_off, terminate) and reason",
+            m.refused_mutations.clone(),
+        );
+        registry.register(
+            "watched_names",
+            "Names of creates with an unknown outcome still watched, so a server that appears late is terminated",
+            m.watched_names.clone(),
+        );
+        registry.register(
             "kube_node_updates",
-            "Kubernetes Node updates by kind (release, provider_id) and result (updated, unchanged, not_found, error, skipped)",
+            "Kubernetes Node updates by kind (label, delete, release, watch) and result",
             m.node_updates.clone(),
         );
         registry.register(
@@ -344,6 +371,15 @@ impl Metrics {
         self.power_ons
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refused_mutation(&self, kind: &str, reason: &str) {
+        self.refused_mutations
+            .get_or_create(&KindReason {
+                kind: kind.to_string(),
+                reason: reason.to_string(),
             })
             .inc();
     }
