@@ -198,3 +198,154 @@ async fn kill_9_mid_scale_up_then_restart() {
         "nothing bought to be thrown away"
     );
 }
+
+/// A config for group `burst` (name prefix `crash`) against `sim`, written to `dir`.
+fn write_config(dir: &Path, sim: &sim::SimHandle) -> std::path::PathBuf {
+    let config = dir.join("cloud.ini");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nkamatera-api-client-id = {}\nkamatera-api-secret = {}\nkamatera-api-url = {}\n\
+             cluster-name = crash\ndefault-datacenter = EU\ndefault-image = ubuntu_server_24.04_64-bit\n\
+             default-network = name=wan,ip=auto\n\n[nodegroup \"burst\"]\nname-prefix = crash\n\
+             min-size = 0\nmax-size = 20\ncpu = 1A\nram = 1024\ndisk = size=20\n",
+            sim::DEMO_CLIENT_ID,
+            sim::DEMO_SECRET,
+            sim.url()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+fn entry(name: &str, phase: &str, create: &str, server_id: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"name": name, "group": "burst", "phase": phase, "create": create,
+        "server_id": server_id, "seen": server_id.is_some(), "terminated": false,
+        "command_id": null, "command_kind": null})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_journal_mutates_nothing_and_each_entry_is_dropped_with_a_reason() {
+    let sim = common::start_sim(Timing::fast(), Default::default()).await;
+    let seed = |name: &str, tags: &[&str]| {
+        sim.seed_server(sim::SeedServer {
+            name: name.into(),
+            datacenter: "EU".into(),
+            power_on: true,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            cpu: "1A".into(),
+            ram_mb: 1024,
+        })
+    };
+    // Someone else's servers: one without tags (named like ours), one of another group.
+    let untagged = seed("crash-0000000000a", &[]);
+    let other_group = seed("crash-0000000000b", &["k8sca-crash", "k8scang-other"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &sim);
+    let state = dir.path().join("state.json");
+    let journal = serde_json::json!({"version": 1, "cluster": "crash", "instances": [
+        entry("crash-0000000000a", "deleting", "adopted", Some(&untagged)),
+        entry("crash-0000000000b", "deleting", "adopted", Some(&other_group)),
+        entry("crash-0000000000c", "deleting", "adopted", Some(&untagged)),
+        entry(".*", "creating", "queued", None),
+    ]});
+    std::fs::write(&state, journal.to_string()).expect("journal");
+
+    let mut serve = start(&config, &state);
+    let mut ca = CloudProviderClient::connect(format!("http://{}", serve.addr))
+        .await
+        .expect("connect");
+    for _ in 0..5 {
+        let _ = ca.refresh(req(pb::RefreshRequest {})).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for e in [
+        Endpoint::CreateServer,
+        Endpoint::PowerOn,
+        Endpoint::PowerOff,
+        Endpoint::Terminate,
+    ] {
+        assert_eq!(sim.requests(e), 0, "{e:?}: nothing mutated");
+    }
+    assert!(
+        nodes(&mut ca).await.is_empty(),
+        "nothing of the journal is the group's"
+    );
+    let logs: Vec<String> = serve
+        .earlier
+        .iter()
+        .cloned()
+        .chain(std::iter::once(serve.line.clone()))
+        .chain(serve.lines.try_iter())
+        .filter(|l| l.contains("dropped a state file entry"))
+        .collect();
+    let has = |what: &str| logs.iter().any(|l| l.contains(what));
+    assert!(
+        has("\".*\": not a server name the provider makes for node group burst"),
+        "{logs:#?}"
+    );
+    assert!(
+        has(&format!(
+            "server {untagged} lacks the tags k8sca-crash k8scang-burst"
+        )),
+        "{logs:#?}"
+    );
+    assert!(
+        has(&format!("server {other_group} lacks the tags")),
+        "{logs:#?}"
+    );
+    assert!(
+        has(&format!(
+            "server {untagged} is listed as \"crash-0000000000a\", not as this entry"
+        )),
+        "{logs:#?}"
+    );
+    assert_eq!(logs.len(), 4, "{logs:#?}");
+    drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_command_ids_never_hold_readiness_hostage() {
+    let sim = common::start_sim(Timing::fast(), Default::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &sim);
+    let state = dir.path().join("state.json");
+    let instances: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            let mut e = entry(&format!("crash-{i:011x}"), "creating", "accepted", None);
+            e["command_id"] = serde_json::json!(format!("not-a-command-{i}"));
+            e["command_kind"] = serde_json::json!("create");
+            e
+        })
+        .collect();
+    std::fs::write(
+        &state,
+        serde_json::json!({"version": 1, "cluster": "crash", "instances": instances}).to_string(),
+    )
+    .expect("journal");
+    let started = std::time::Instant::now();
+    let serve = start(&config, &state);
+    let mut ca = CloudProviderClient::connect(format!("http://{}", serve.addr))
+        .await
+        .expect("connect");
+    ca.refresh(req(pb::RefreshRequest {}))
+        .await
+        .expect("ready: the first listing is done");
+    eprintln!(
+        "ready {} ms after start with 1,000 unreadable command ids",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(
+        sim.requests(Endpoint::Queue),
+        0,
+        "an unreadable id is never polled, so never waited for"
+    );
+    let listed = nodes(&mut ca).await;
+    assert_eq!(listed.len(), 1000);
+    assert!(listed.iter().all(|i| {
+        i.status
+            .as_ref()
+            .and_then(|s| s.error_info.as_ref())
+            .is_some_and(|e| e.error_code == "JOURNAL_UNREADABLE")
+    }));
+}

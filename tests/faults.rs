@@ -529,7 +529,8 @@ async fn server_vanishing_out_of_band() {
         .expect("id")
         .to_string();
     assert!(e.sim.vanish(&victim));
-    // One listing without it is not proof; three are.
+    // One listing without it is not proof; three, and then a lookup by id that finds no such
+    // server, are.
     e.ca.refresh(req(pb::RefreshRequest {}))
         .await
         .expect("refresh");
@@ -546,4 +547,148 @@ async fn server_vanishing_out_of_band() {
     );
     e.converge(3, &mut seen, "after a vanished server").await;
     e.check_invariants(3, "vanished server").await;
+}
+
+/// Servers of the group in the simulated account, whatever their power.
+fn group_servers(e: &Env) -> usize {
+    e.sim.with_state(|s| {
+        s.servers
+            .iter()
+            .filter(|v| v.tags.contains(&"k8scang-pool".to_string()))
+            .count()
+    })
+}
+
+#[tokio::test]
+async fn empty_listings_never_shrink_the_group_nor_let_it_grow_past_max() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(5, &mut seen, "before").await;
+    // The listing answers [] (HTTP 200) three times in a row.
+    e.sim.update_faults(|f| f.listing_empty = true);
+    for _ in 0..3 {
+        e.ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+        assert_eq!(e.target().await, 5, "an empty listing is no proof");
+        assert_eq!(e.nodes().await.len(), 5);
+    }
+    // The autoscaler asks for more than the room left: refused, nothing sent.
+    let err =
+        e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+            delta: 6,
+            id: GROUP.into(),
+        }))
+        .await
+        .expect_err("over max-size");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    // Up to max is accepted (the group still has its 5).
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("within max");
+    e.run_loops(6, 10, &mut seen).await;
+    assert!(group_servers(&e) <= 6, "never past max-size");
+    // The listing recovers: exactly max-size servers, none bought twice.
+    e.sim.set_faults(Faults::default());
+    e.converge(6, &mut seen, "after the empty listings").await;
+    e.check_invariants(6, "after the empty listings").await;
+    assert_eq!(group_servers(&e), 6);
+}
+
+#[tokio::test]
+async fn a_partial_listing_never_changes_the_target() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(4, &mut seen, "before").await;
+    let hidden: Vec<String> = e
+        .nodes()
+        .await
+        .iter()
+        .take(2)
+        .map(|i| i.id.trim_start_matches("kamatera://").to_string())
+        .collect();
+    e.sim.update_faults(|f| f.listing_hides = hidden.clone());
+    for _ in 0..6 {
+        e.ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+        assert_eq!(
+            e.target().await,
+            4,
+            "a listing that drops servers is no proof"
+        );
+        let ids: Vec<String> = e.nodes().await.into_iter().map(|i| i.id).collect();
+        for h in &hidden {
+            assert!(
+                ids.contains(&format!("kamatera://{h}")),
+                "{h} still the group's"
+            );
+        }
+    }
+    // An autoscaler that keeps asking for 4 buys nothing meanwhile.
+    let creates = e.sim.requests(sim::Endpoint::CreateServer);
+    e.run_loops(4, 5, &mut seen).await;
+    assert_eq!(e.sim.requests(sim::Endpoint::CreateServer), creates);
+    e.sim.set_faults(Faults::default());
+    e.check_invariants(4, "after the partial listings").await;
+}
+
+#[tokio::test]
+async fn max_size_caps_what_exists_parked_servers_included() {
+    let mut e = env().await;
+    // A powered-off server with the group's tags (parked by an earlier run): not the
+    // autoscaler's, but it exists.
+    e.sim.seed_server(sim::SeedServer {
+        name: "f-pool-parked".into(),
+        datacenter: "EU".into(),
+        power_on: false,
+        tags: vec!["k8sca-faults".into(), "k8scang-pool".into()],
+        cpu: "1B".into(),
+        ram_mb: 2048,
+    });
+    e.ca.refresh(req(pb::RefreshRequest {}))
+        .await
+        .expect("refresh");
+    assert_eq!(e.target().await, 0);
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 6,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("the target may reach max-size");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        e.ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+        let nodes = e.nodes().await;
+        let refused: Vec<pb::Instance> = nodes
+            .into_iter()
+            .filter(|i| error_code(i) == "MAX_SIZE_REACHED")
+            .collect();
+        if !refused.is_empty() && e.sim.requests(sim::Endpoint::CreateServer) == 5 {
+            break refused;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no refusal");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(refused.len(), 1, "one create would have made 7 servers");
+    let info = refused[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.error_info.as_ref())
+        .expect("error info");
+    assert_eq!(
+        info.instance_error_class, 1,
+        "OutOfResources: the autoscaler backs off"
+    );
+    assert!(
+        info.error_message.contains("max-size is 6"),
+        "{}",
+        info.error_message
+    );
+    assert_eq!(group_servers(&e), 6, "five bought, one parked: six");
 }

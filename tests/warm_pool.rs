@@ -518,7 +518,7 @@ async fn a_server_powered_on_before_its_node_went_keeps_a_released_node() {
 }
 
 #[tokio::test]
-async fn an_unconfirmed_servers_node_is_kept() {
+async fn an_unconfirmed_servers_node_is_kept_a_confirmed_gone_ones_is_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fake, kube) = fake_kube(&dir).await;
     let mut e = env(
@@ -532,7 +532,21 @@ async fn an_unconfirmed_servers_node_is_kept() {
     .await;
     let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
     fake.add_node(&name, &[], false, &format!("{PREFIX}{name}"));
-    // The server vanishes from the listings without the provider terminating it.
+    // The listings stop showing the server, but it exists (a lookup by id finds it).
+    e.sim
+        .update_faults(|f| f.listing_hides = vec![name.clone()]);
+    for _ in 0..5 {
+        e.ca.refresh().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(e.ca.nodes("a").await.len(), 1, "still the group's");
+    assert!(
+        fake.node(&name).is_some(),
+        "the Node of an unconfirmed server is kept"
+    );
+    assert!(!fake.calls().iter().any(|c| c.starts_with("DELETE")));
+
+    // Now it really is gone (removed outside the provider): the lookup says so.
     let id = e.sim.with_state(|s| {
         s.servers
             .iter()
@@ -543,15 +557,10 @@ async fn an_unconfirmed_servers_node_is_kept() {
     assert!(e.sim.vanish(&id));
     e.ca.until("a", "instance forgotten", WAIT, |n| n.is_empty())
         .await;
-    for _ in 0..5 {
-        e.ca.refresh().await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        fake.node(&name).is_some(),
-        "the Node of an unconfirmed server is kept"
-    );
-    assert!(!fake.calls().iter().any(|c| c.starts_with("DELETE")));
+    refresh_until(&mut e, "the confirmed-gone server's Node deleted", |_| {
+        fake.node(&name).is_none()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -121,6 +121,38 @@ pub fn new_server_name(prefix: &str) -> String {
     }
 }
 
+/// Whether `name` is one [`new_server_name`] makes for `prefix`: the prefix, a dash and 11
+/// lowercase hex digits (nothing the API could read as a regular expression beyond itself).
+pub fn is_server_name(prefix: &str, name: &str) -> bool {
+    let hex = if prefix.is_empty() {
+        Some(name)
+    } else {
+        name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-'))
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    hex.is_some_and(|h| {
+        h.len() == 11
+            && h.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    }) && name.chars().all(plain)
+}
+
+/// `s` for a log line or an error message: quoted, control characters escaped, cut to 200
+/// characters (a hostile or broken value cannot forge lines or flood the log).
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 200;
+    let mut out = String::from("\"");
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str(&format!("\"… ({} characters)", s.chars().count()));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    out
+}
+
 /// One request as the retry loop sees it.
 struct Call<'a> {
     /// Short operation name for logs, e.g. `list servers`.

@@ -200,16 +200,33 @@ pub struct Restored {
     pub instances: usize,
     /// Set when the file was unusable; the text says why.
     pub discarded: Option<String>,
+    /// Entries dropped because they fail the config's rules, each with why.
+    pub dropped: Vec<String>,
 }
 
-/// Reads the journal into `state`. Entries of unknown groups are dropped. Creates that were on
-/// the wire when the process stopped become uncertain (their server may exist): they are watched,
-/// never sent again. Returned to be started: creates that were only queued, and power-ons of
-/// reused servers with no command on record (powering on is harmless to repeat).
+/// A journal entry's server id as the API makes them (a UUID): letters, digits and dashes.
+fn valid_server_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// A command id as the API makes them: digits.
+fn valid_command_id(id: &str) -> bool {
+    (1..=20).contains(&id.len()) && id.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Reads the journal into `state`. The journal is input, not truth: an entry is dropped (with
+/// the reason in [`Restored::dropped`]) when its node group is not in the config, its name is
+/// not one the provider makes for that group, its server id is malformed, or its phase or
+/// create status is unknown; an unreadable command id becomes error info on its instance rather
+/// than a command to wait for. Every restored instance is then *unverified* until the first
+/// listing confirms it (see [`verify`]). Creates that were on the wire when the process stopped
+/// become uncertain (their server may exist): they are watched, never sent again. Returned, to
+/// be started once verified: creates that were only queued, and power-ons of reused servers
+/// with no command on record (powering on is harmless to repeat).
 pub fn restore(
     path: &Path,
     cluster: &str,
-    known_group: &dyn Fn(&str) -> bool,
+    name_prefix_of: &dyn Fn(&str) -> Option<String>,
     state: &mut State,
     now: Instant,
 ) -> (Restored, Vec<Action>) {
@@ -221,8 +238,8 @@ pub fn restore(
         Err(e) => {
             return (
                 Restored {
-                    instances: 0,
                     discarded: Some(format!("cannot read {}: {e}", path.display())),
+                    ..Restored::default()
                 },
                 Vec::new(),
             );
@@ -264,8 +281,13 @@ pub fn restore(
         s.and_then(|s| jiff::Timestamp::from_second(s).ok())
             .unwrap_or_else(jiff::Timestamp::now)
     };
+    let mut dropped = Vec::new();
     for g in file.groups {
-        if !known_group(&g.name) {
+        if name_prefix_of(&g.name).is_none() {
+            dropped.push(format!(
+                "hibernation state of node group {}: not in the config",
+                crate::kamatera::quote(&g.name)
+            ));
             continue;
         }
         let phase = match g.phase.as_str() {
@@ -289,13 +311,39 @@ pub fn restore(
         );
     }
     for e in file.instances {
-        if !known_group(&e.group) {
+        let entry = crate::kamatera::quote(&e.name);
+        let Some(prefix) = name_prefix_of(&e.group) else {
+            dropped.push(format!(
+                "{entry}: node group {} is not in the config",
+                crate::kamatera::quote(&e.group)
+            ));
+            continue;
+        };
+        if !crate::kamatera::is_server_name(&prefix, &e.name) {
+            dropped.push(format!(
+                "{entry}: not a server name the provider makes for node group {}",
+                e.group
+            ));
+            continue;
+        }
+        if let Some(id) = e.server_id.as_deref().filter(|id| !valid_server_id(id)) {
+            dropped.push(format!(
+                "{entry}: malformed server id {}",
+                crate::kamatera::quote(id)
+            ));
             continue;
         }
         let mut inst = Instance::creating(e.name.clone(), e.group.clone(), now);
         inst.phase = match e.phase.as_str() {
             "deleting" => Phase::Deleting,
-            _ => Phase::Creating,
+            "creating" => Phase::Creating,
+            other => {
+                dropped.push(format!(
+                    "{entry}: unknown phase {}",
+                    crate::kamatera::quote(other)
+                ));
+                continue;
+            }
         };
         // Ages restart at zero: the watch periods count from the restart (conservative).
         inst.server_id = e.server_id;
@@ -310,10 +358,35 @@ pub fn restore(
             "rejected" => CreateStatus::Rejected,
             "adopted" => CreateStatus::Adopted,
             "reused" => CreateStatus::Reused,
-            // "sent" (on the wire at the crash) and "uncertain": the server may exist.
-            _ => CreateStatus::Uncertain,
+            // On the wire at the crash, or unknown already: the server may exist.
+            "sent" | "uncertain" => CreateStatus::Uncertain,
+            other => {
+                dropped.push(format!(
+                    "{entry}: unknown create status {}",
+                    crate::kamatera::quote(other)
+                ));
+                continue;
+            }
         };
-        inst.command = match (e.command_id, e.command_kind.as_deref()) {
+        let unreadable = e.command_id.clone().filter(|id| !valid_command_id(id));
+        if let Some(id) = &unreadable {
+            // Never waited for: whatever that command did, the listing tells.
+            inst.error = Some(super::state::ErrorInfo {
+                class: super::state::ErrorClass::Other,
+                code: "JOURNAL_UNREADABLE",
+                message: format!(
+                    "the state file holds an unreadable command id {} for this instance",
+                    crate::kamatera::quote(id)
+                ),
+            });
+            if inst.create == CreateStatus::Accepted && inst.phase == Phase::Creating {
+                inst.create = CreateStatus::Uncertain;
+            }
+        }
+        inst.command = match (
+            e.command_id.filter(|_| unreadable.is_none()),
+            e.command_kind.as_deref(),
+        ) {
             (Some(id), Some(kind)) => Some(Pending {
                 id,
                 kind: match kind {
@@ -352,6 +425,7 @@ pub fn restore(
             }
             _ => {}
         }
+        state.unverified.insert(e.name.clone());
         state.insert(e.name, inst);
         restored += 1;
     }
@@ -359,9 +433,76 @@ pub fn restore(
         Restored {
             instances: restored,
             discarded: None,
+            dropped,
         },
         to_send,
     )
+}
+
+/// Checks the instances restored from the journal against the first listing: an entry naming
+/// a server id must find that server listed under the entry's name with every tag of its node
+/// group; an entry without one whose name is listed must find the group's tags on that server.
+/// Returns the entries dropped, each with why; entries whose server's tags could not be read
+/// stay unverified for the next pass. `tags` holds the tags read per server id.
+pub fn verify(
+    state: &mut State,
+    listed: &[crate::kamatera::Server],
+    tags: &std::collections::HashMap<String, Vec<String>>,
+    group_tags: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Vec<(String, String)> {
+    let mut dropped = Vec::new();
+    let names: Vec<String> = state.unverified.iter().cloned().collect();
+    for name in names {
+        let Some(inst) = state.instances.get(&name) else {
+            state.unverified.remove(&name);
+            continue;
+        };
+        let want = group_tags(&inst.group).unwrap_or_default();
+        let server = match &inst.server_id {
+            Some(id) => match listed.iter().find(|s| &s.id == id) {
+                Some(s) if s.name == name => Some(s),
+                Some(s) => {
+                    dropped.push((
+                        name.clone(),
+                        format!(
+                            "server {id} is listed as {}, not as this entry",
+                            crate::kamatera::quote(&s.name)
+                        ),
+                    ));
+                    None
+                }
+                None => {
+                    dropped.push((name.clone(), format!("server {id} is not listed")));
+                    None
+                }
+            },
+            None => listed.iter().find(|s| s.name == name),
+        };
+        if dropped.last().is_some_and(|(n, _)| *n == name) {
+            state.unverified.remove(&name);
+            state.remove(&name);
+            continue;
+        }
+        if let Some(s) = server {
+            match tags.get(&s.id) {
+                None => continue, // tags not read this time: decide next pass
+                Some(have) if want.iter().all(|t| have.contains(t)) => {}
+                Some(_) => {
+                    dropped.push((
+                        name.clone(),
+                        format!(
+                            "server {} lacks the tags {} of its node group",
+                            s.id,
+                            want.join(" ")
+                        ),
+                    ));
+                    state.remove(&name);
+                }
+            }
+        }
+        state.unverified.remove(&name);
+    }
+    dropped
 }
 
 fn set_aside(path: &Path, why: String) -> Restored {
@@ -370,6 +511,7 @@ fn set_aside(path: &Path, why: String) -> Restored {
     let moved = std::fs::rename(path, PathBuf::from(&aside)).is_ok();
     Restored {
         instances: 0,
+        dropped: Vec::new(),
         discarded: Some(if moved {
             format!("{why}; moved to {}", PathBuf::from(aside).display())
         } else {
@@ -381,6 +523,24 @@ fn set_aside(path: &Path, why: String) -> Restored {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const QUEUED: &str = "g-000000000a0";
+    const SENT: &str = "g-000000000a1";
+    const ACCEPTED: &str = "g-000000000a2";
+    const DELETING: &str = "g-000000000a3";
+    const RUNNING: &str = "g-000000000a4";
+    const REUSED: &str = "g-000000000a5";
+    const PARKING: &str = "g-000000000a6";
+    const OTHER: &str = "g-000000000a7";
+
+    /// Node group `g` (name prefix `g`) is the only one in the config.
+    fn only_g(g: &str) -> Option<String> {
+        (g == "g").then(|| "g".to_string())
+    }
+
+    fn any_g(_: &str) -> Option<String> {
+        Some("g".to_string())
+    }
 
     fn pending(id: &str, kind: CommandKind, now: Instant) -> Option<Pending> {
         Some(Pending {
@@ -402,39 +562,39 @@ mod tests {
                 i.server_id = Some(format!("id-{name}"));
                 i.seen = true;
             }
-            st.insert(name.into(), i);
+            st.insert(name.to_string(), i);
         };
-        add("queued", Phase::Creating, CreateStatus::Queued, None);
-        add("sent", Phase::Creating, CreateStatus::Sent, None);
+        add(QUEUED, Phase::Creating, CreateStatus::Queued, None);
+        add(SENT, Phase::Creating, CreateStatus::Sent, None);
         add(
-            "accepted",
+            ACCEPTED,
             Phase::Creating,
             CreateStatus::Accepted,
             pending("7", CommandKind::Create, now),
         );
         add(
-            "deleting",
+            DELETING,
             Phase::Deleting,
             CreateStatus::Accepted,
             pending("8", CommandKind::PowerOff, now),
         );
-        add("running", Phase::Running, CreateStatus::Adopted, None);
-        add("reused", Phase::Creating, CreateStatus::Reused, None);
+        add(RUNNING, Phase::Running, CreateStatus::Adopted, None);
+        add(REUSED, Phase::Creating, CreateStatus::Reused, None);
         add(
-            "parking",
+            PARKING,
             Phase::Deleting,
             CreateStatus::Adopted,
             pending("9", CommandKind::PowerOff, now),
         );
-        add("other", Phase::Creating, CreateStatus::Queued, None);
-        if let Some(i) = st.instances.get_mut("other") {
+        add(OTHER, Phase::Creating, CreateStatus::Queued, None);
+        if let Some(i) = st.instances.get_mut(OTHER) {
             i.group = "gone".into();
         }
-        if let Some(i) = st.instances.get_mut("reused") {
-            i.server_id = Some("id-reused".into());
+        if let Some(i) = st.instances.get_mut(REUSED) {
+            i.server_id = Some(format!("id-{REUSED}"));
             i.seen = true;
         }
-        if let Some(i) = st.instances.get_mut("parking") {
+        if let Some(i) = st.instances.get_mut(PARKING) {
             i.park = true;
             i.powered_off_at = Some(now);
         }
@@ -450,56 +610,59 @@ mod tests {
         assert!(!tmp_path(&path).exists(), "temporary file renamed away");
 
         let mut st = State::default();
-        let (r, to_send) = restore(&path, "c", &|g| g == "g", &mut st, now);
+        let (r, to_send) = restore(&path, "c", &only_g, &mut st, now);
         assert_eq!(
             r,
             Restored {
                 instances: 6,
-                discarded: None
+                discarded: None,
+                dropped: vec![format!(
+                    "\"{OTHER}\": node group \"gone\" is not in the config"
+                )],
             }
         );
         assert_eq!(
             to_send,
             vec![
                 Action::Create {
-                    name: "queued".into(),
+                    name: QUEUED.into(),
                     group: "g".into()
                 },
                 Action::PowerOn {
-                    name: "reused".into(),
-                    server_id: "id-reused".into()
+                    name: REUSED.into(),
+                    server_id: format!("id-{REUSED}")
                 }
             ]
         );
         assert!(
-            !st.instances.contains_key("running"),
+            !st.instances.contains_key(RUNNING),
             "running servers come from tags"
         );
-        assert!(!st.instances.contains_key("other"), "unknown group dropped");
-        let sent = &st.instances["sent"];
+        assert!(!st.instances.contains_key(OTHER), "unknown group dropped");
+        let sent = &st.instances[SENT];
         assert_eq!(sent.create, CreateStatus::Uncertain, "never sent twice");
         assert!(
             sent.error.is_none(),
             "waits for its server before reporting an error"
         );
-        let accepted = &st.instances["accepted"];
+        let accepted = &st.instances[ACCEPTED];
         assert_eq!(
             accepted.command.as_ref().map(|c| (c.id.as_str(), c.kind)),
             Some(("7", CommandKind::Create))
         );
         assert!(accepted.error.is_none());
-        let deleting = &st.instances["deleting"];
+        let deleting = &st.instances[DELETING];
         assert_eq!(deleting.phase, Phase::Deleting);
-        assert_eq!(deleting.server_id.as_deref(), Some("id-deleting"));
+        assert_eq!(deleting.server_id, Some(format!("id-{DELETING}")));
         assert_eq!(
             deleting.command.as_ref().map(|c| c.kind),
             Some(CommandKind::PowerOff)
         );
         assert!(!deleting.park, "no park decision: terminate");
-        let parking = &st.instances["parking"];
+        let parking = &st.instances[PARKING];
         assert!(parking.park && parking.powered_off_at.is_some());
-        assert_eq!(st.instances["reused"].create, CreateStatus::Reused);
-        assert!(st.instances["reused"].action_in_flight);
+        assert_eq!(st.instances[REUSED].create, CreateStatus::Reused);
+        assert!(st.instances[REUSED].action_in_flight);
     }
 
     #[test]
@@ -508,15 +671,15 @@ mod tests {
         let path = dir.path().join("state.json");
         std::fs::write(
             &path,
-            r#"{"version": 1, "cluster": "c", "instances": [{"name": "a", "group": "g",
+            r#"{"version": 1, "cluster": "c", "instances": [{"name": "g-0123456789a", "group": "g",
               "phase": "deleting", "create": "accepted", "server_id": "1", "seen": true,
               "terminated": false, "command_id": "5", "command_kind": "poweroff"}]}"#,
         )
         .expect("write");
         let mut st = State::default();
-        let (r, _) = restore(&path, "c", &|_| true, &mut st, Instant::now());
+        let (r, _) = restore(&path, "c", &any_g, &mut st, Instant::now());
         assert_eq!(r.instances, 1, "{r:?}");
-        assert!(!st.instances["a"].park);
+        assert!(!st.instances["g-0123456789a"].park);
     }
 
     #[test]
@@ -526,7 +689,7 @@ mod tests {
         let (r, to_send) = restore(
             &dir.path().join("none.json"),
             "c",
-            &|_| true,
+            &any_g,
             &mut st,
             Instant::now(),
         );
@@ -551,7 +714,7 @@ mod tests {
         ] {
             std::fs::write(&path, &text).expect("write");
             let mut st = State::default();
-            let (r, _) = restore(&path, "c", &|_| true, &mut st, Instant::now());
+            let (r, _) = restore(&path, "c", &any_g, &mut st, Instant::now());
             let discarded = r.discarded.expect("discarded");
             assert!(discarded.contains(why), "{discarded}");
             assert!(discarded.contains(".corrupt"), "{discarded}");

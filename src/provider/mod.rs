@@ -11,6 +11,7 @@
 //! - Kamatera is the truth for what exists (both tags = membership); the provider is the truth
 //!   for what is in flight.
 
+mod guard;
 mod hibernate;
 mod journal;
 mod nodes;
@@ -197,6 +198,8 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// Serialises journal writes; holds the state version and the text last written.
     journal: tokio::sync::Mutex<(u64, Option<String>)>,
+    /// Work restored from the journal, started once the first listing verified it.
+    deferred: Mutex<Vec<Action>>,
     /// The node controller's queue and Node copy (see `nodes`).
     node_work: Mutex<nodes::NodeWork>,
     /// Node groups with a drain task running.
@@ -217,6 +220,7 @@ impl Provider {
                 finished,
                 journal: tokio::sync::Mutex::new((0, None)),
                 node_work: Mutex::new(nodes::NodeWork::default()),
+                deferred: Mutex::new(Vec::new()),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
@@ -1019,8 +1023,11 @@ impl Provider {
                 if let Some(t) = st.tags.get(&s.id) {
                     known.insert(s.id.clone(), t.clone());
                 } else if let Some(inst) = st.instances.get(&s.name)
+                    && !st.unverified.contains(&s.name)
                     && let Some(g) = cfg.node_group(&inst.group)
                 {
+                    // Named by this process: created with the group's tags. (A name from the
+                    // journal is only a claim: its server's tags are read.)
                     known.insert(s.id.clone(), g.server.tags.clone());
                 } else {
                     unknown.push(s.id.clone());
@@ -1048,6 +1055,9 @@ impl Provider {
                 }
             }
         }
+
+        // The journal is a claim: what it restored must match this listing before it acts.
+        let restored_settled = self.verify_restored(&servers, &known);
 
         let pending = self.lock().pending_commands();
         let (statuses, unanswered) = self.poll(&pending).await;
@@ -1127,6 +1137,20 @@ impl Provider {
         for a in actions {
             self.spawn(a);
         }
+        if restored_settled {
+            // Work the journal restored, verified now, and checked by the guard against the
+            // state this pass built.
+            let deferred = std::mem::take(
+                &mut *self
+                    .inner
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for a in deferred {
+                self.spawn(a);
+            }
+        }
         // Nodes of gone servers that could not be deleted yet (still Ready, API errors).
         self.sweep_gone_nodes();
         self.persist_logged().await;
@@ -1139,7 +1163,10 @@ impl Provider {
     /// `servers` (the listing omitted it); the rest are returned as presumed: their last known
     /// state is kept. A listing that lacks at least half of the known servers (two or more) is
     /// suspect: counted, and warned about once until a listing is trusted again.
-    async fn verify_missing(&self, servers: &mut Vec<kamatera::Server>) -> (Vec<Observed>, Vec<String>) {
+    async fn verify_missing(
+        &self,
+        servers: &mut Vec<kamatera::Server>,
+    ) -> (Vec<Observed>, Vec<String>) {
         let (mut missing, known) = {
             let st = self.lock();
             let listed: std::collections::HashSet<&str> =
@@ -1172,15 +1199,17 @@ impl Provider {
             .map(|m| m.observed.id.clone())
             .collect();
         let client = &self.inner.client;
-        let answers: Vec<(String, std::result::Result<Option<kamatera::Server>, KamateraError>)> =
-            futures_util::stream::iter(to_look_up)
-                .map(|id| async move {
-                    let r = client.server_info(&id).await;
-                    (id, r)
-                })
-                .buffer_unordered(LOOKUPS_PER_RECONCILE)
-                .collect()
-                .await;
+        let answers: Vec<(
+            String,
+            std::result::Result<Option<kamatera::Server>, KamateraError>,
+        )> = futures_util::stream::iter(to_look_up)
+            .map(|id| async move {
+                let r = client.server_info(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(LOOKUPS_PER_RECONCILE)
+            .collect()
+            .await;
         let mut gone = Vec::new();
         for (id, answer) in answers {
             match answer {
@@ -1256,9 +1285,10 @@ impl Provider {
         }
     }
 
-    /// Loads the journal (if configured) and resumes what it holds: creates that were only
-    /// queued are sent; creates that were on the wire are watched, never sent again. Call once,
-    /// before the first reconcile.
+    /// Loads the journal (if configured) and resumes what it holds once the first listing has
+    /// verified it (see `journal::verify`): creates that were only queued are sent then; creates
+    /// that were on the wire are watched, never sent again. Entries that fail the config's rules
+    /// are dropped, one log line each. Call once, before the first reconcile.
     pub fn restore(&self) -> Restored {
         let Some(path) = self.inner.options.state_file.clone() else {
             return Restored::default();
@@ -1269,7 +1299,7 @@ impl Provider {
             journal::restore(
                 &path,
                 &cfg.cluster_name,
-                &|g| cfg.node_group(g).is_some(),
+                &|g| cfg.node_group(g).map(|g| g.server.name_prefix.clone()),
                 &mut st,
                 Instant::now(),
             )
@@ -1286,10 +1316,43 @@ impl Provider {
             ),
             None => {}
         }
-        for a in to_start {
-            self.spawn(a);
+        for why in &restored.dropped {
+            warn!(path = %path.display(), "dropped a state file entry: {why}");
+            self.metrics().refused_mutation("journal", "invalid_entry");
         }
+        self.inner
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(to_start);
         restored
+    }
+
+    /// Checks what the journal restored against the listing (after the first listing, and
+    /// again for entries whose tags could not be read). True once nothing restored is left
+    /// unverified: the work the journal deferred may start.
+    fn verify_restored(
+        &self,
+        servers: &[kamatera::Server],
+        tags: &std::collections::HashMap<String, Vec<String>>,
+    ) -> bool {
+        let cfg = &self.inner.config;
+        let (dropped, settled) = {
+            let mut st = self.lock();
+            if st.unverified.is_empty() {
+                (Vec::new(), true)
+            } else {
+                let dropped = journal::verify(&mut st, servers, tags, &|g| {
+                    cfg.node_group(g).map(|g| g.server.tags.clone())
+                });
+                (dropped, st.unverified.is_empty())
+            }
+        };
+        for (name, why) in &dropped {
+            warn!(server = %name, "dropped a state file entry that the listing contradicts: {why}");
+            self.metrics().refused_mutation("journal", "contradicted");
+        }
+        settled
     }
 
     /// Writes the journal if the in-flight work changed since the last write (coalesced, off
@@ -1345,22 +1408,37 @@ impl Provider {
 
     async fn run(&self, action: Action) {
         let client = &self.inner.client;
+        let admitted = {
+            let mut st = self.lock();
+            if let Action::Create { name, .. } = &action {
+                match st.instances.get(name) {
+                    // Cancelled before its request went out: nothing to send.
+                    Some(i) if i.phase == Phase::Deleting => {
+                        st.remove(name);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+            // Every mutation passes the guard, under the lock that marks a create sent, so
+            // the max-size count includes the creates admitted before it.
+            let admitted = self.admit(&mut st, &action);
+            if let (true, Action::Create { name, .. }) = (admitted, &action)
+                && let Some(i) = st.instances.get_mut(name)
+            {
+                i.create = CreateStatus::Sent;
+                st.version += 1;
+            }
+            admitted
+        };
+        if !admitted {
+            self.persist_logged().await;
+            return;
+        }
         match action {
             Action::Create { name, group } => {
                 let Ok(cfg) = self.group(&group) else { return };
-                {
-                    let mut st = self.lock();
-                    match st.instances.get_mut(&name) {
-                        // Cancelled before its request went out: nothing to send.
-                        Some(i) if i.phase == Phase::Deleting => {
-                            st.remove(&name);
-                            return;
-                        }
-                        Some(i) => i.create = CreateStatus::Sent,
-                        None => return,
-                    }
-                    st.version += 1;
-                }
                 // Write-ahead: a crash from here on leaves "sent" in the journal, so the restarted
                 // provider watches for the server instead of buying another.
                 self.persist_logged().await;

@@ -226,6 +226,9 @@ pub struct State {
     pub version: u64,
     /// The last listing lacked most known servers (warned once per episode).
     pub suspect_listing: bool,
+    /// Instances restored from the journal and not yet confirmed by a listing (see
+    /// `journal::verify`); their servers' tags are read, never assumed.
+    pub unverified: std::collections::BTreeSet<String>,
 }
 
 /// Time limits of the state machine.
@@ -329,6 +332,25 @@ impl State {
                 .group_instances(group)
                 .filter(|i| i.phase == Phase::Deleting && i.park)
                 .count()
+    }
+
+    /// Servers of the group that exist or may exist, for the max-size cap: tracked servers
+    /// (listed or presumed) not terminated by the provider, the group's parked pool, and creates
+    /// on the wire or accepted whose server is not listed yet; `except` (the create being
+    /// decided) is not counted.
+    pub fn servers_of_group(&self, group: &str, except: &str) -> usize {
+        let tracked = self
+            .group_instances(group)
+            .filter(|i| i.name != except)
+            .filter(|i| match (&i.server_id, i.create) {
+                (Some(_), _) => !i.terminated,
+                (None, CreateStatus::Sent | CreateStatus::Accepted | CreateStatus::Uncertain) => {
+                    true
+                }
+                (None, _) => false,
+            })
+            .count();
+        tracked + self.parked.get(group).map_or(0, Vec::len)
     }
 
     /// Parked servers power-on scale-up may take for the group (exact tag set, not yet taken).
@@ -806,18 +828,18 @@ fn step(
                     let gone = inst.seen && !inst.terminated;
                     let waiting_for_server = !inst.seen
                         && match inst.create {
-                                CreateStatus::Queued | CreateStatus::Sent => true,
-                                // Bought (or maybe bought) but never listed: watch for the server a
-                                // bounded time, then forget the name.
-                                CreateStatus::Accepted | CreateStatus::Uncertain => {
-                                    !inst.seen
-                                        && now.saturating_duration_since(inst.since)
-                                            < limits.uncertain_watch
-                                }
-                                CreateStatus::Rejected
-                                | CreateStatus::Adopted
-                                | CreateStatus::Reused => false,
-                            };
+                            CreateStatus::Queued | CreateStatus::Sent => true,
+                            // Bought (or maybe bought) but never listed: watch for the server a
+                            // bounded time, then forget the name.
+                            CreateStatus::Accepted | CreateStatus::Uncertain => {
+                                !inst.seen
+                                    && now.saturating_duration_since(inst.since)
+                                        < limits.uncertain_watch
+                            }
+                            CreateStatus::Rejected
+                            | CreateStatus::Adopted
+                            | CreateStatus::Reused => false,
+                        };
                     if gone {
                         remove.push((inst.name.clone(), GONE));
                     } else if !waiting_for_server {

@@ -373,7 +373,12 @@ async fn open(
         let fields: Vec<String> = body_object(body)
             .unwrap_or_default()
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                )
+            })
             .collect();
         return Err(json_response(
             StatusCode::BAD_REQUEST,
