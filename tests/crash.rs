@@ -251,7 +251,7 @@ async fn a_forged_journal_mutates_nothing_and_each_entry_is_dropped_with_a_reaso
     ]});
     std::fs::write(&state, journal.to_string()).expect("journal");
 
-    let mut serve = start(&config, &state);
+    let serve = start(&config, &state);
     let mut ca = CloudProviderClient::connect(format!("http://{}", serve.addr))
         .await
         .expect("connect");
