@@ -692,3 +692,80 @@ async fn max_size_caps_what_exists_parked_servers_included() {
     );
     assert_eq!(group_servers(&e), 6, "five bought, one parked: six");
 }
+
+#[tokio::test]
+async fn a_deleted_uncertain_create_leaves_at_once_and_stays_watched() {
+    let mut e = env().await;
+    e.ca.refresh(req(pb::RefreshRequest {}))
+        .await
+        .expect("refresh");
+    // The create is answered 5xx: maybe bought.
+    e.sim.set_faults(on(
+        "create_server",
+        EndpointFaults {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    ));
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("increase");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        e.ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+        if let Some(i) = e
+            .nodes()
+            .await
+            .into_iter()
+            .find(|i| error_code(i) == "CREATE_UNCERTAIN")
+        {
+            break i.id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no CREATE_UNCERTAIN"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    // The autoscaler deletes it through a fake node: gone from its view at once (no refresh
+    // in between), so no instance in error lingers for the watch period.
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes: vec![pb::ExternalGrpcNode {
+            provider_id: id.clone(),
+            name: id.clone(),
+            ..Default::default()
+        }],
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("fake-node delete");
+    assert!(e.nodes().await.is_empty(), "left NodeGroupNodes at once");
+    assert_eq!(e.target().await, 0);
+    // Its name is still watched: a server that shows up late under it is terminated.
+    e.sim.set_faults(Faults::default());
+    e.sim.seed_server(sim::SeedServer {
+        name: id.trim_start_matches("kamatera://").into(),
+        datacenter: "EU".into(),
+        power_on: true,
+        tags: vec!["k8sca-faults".into(), "k8scang-pool".into()],
+        cpu: "1B".into(),
+        ram_mb: 2048,
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while group_servers(&e) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late server survived"
+        );
+        e.ca.refresh(req(pb::RefreshRequest {}))
+            .await
+            .expect("refresh");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(e.sim.requests(sim::Endpoint::Terminate), 1);
+}

@@ -126,6 +126,21 @@ pub fn render(cluster: &str, state: &State) -> String {
             powered_off: i.powered_off_at.is_some(),
             power_on_failed: i.power_on_failed,
         })
+        // Watched names: deleted creates whose server may still appear.
+        .chain(state.watched.iter().map(|(name, (group, _))| Entry {
+            name: name.clone(),
+            group: group.clone(),
+            phase: "deleting".into(),
+            create: "uncertain".into(),
+            server_id: None,
+            seen: false,
+            terminated: false,
+            command_id: None,
+            command_kind: None,
+            park: false,
+            powered_off: false,
+            power_on_failed: false,
+        }))
         .collect();
     let groups = state
         .hibernation
@@ -426,7 +441,10 @@ pub fn restore(
             _ => {}
         }
         state.unverified.insert(e.name.clone());
-        state.insert(e.name, inst);
+        state.insert(e.name.clone(), inst);
+        if state.watch_uncertain(&e.name, now) {
+            state.unverified.remove(&e.name);
+        }
         restored += 1;
     }
     (

@@ -523,6 +523,11 @@ impl Provider {
                     (_, CreateStatus::Rejected) => {
                         st.remove(&name);
                     }
+                    // Maybe bought, never seen: leaves the autoscaler's view (and the error
+                    // gauge) now; its name stays watched, so a late server is terminated.
+                    (None, CreateStatus::Uncertain) if inst.command.is_none() => {
+                        st.watch_uncertain(&name, now);
+                    }
                     // Listed off already and to be parked: the next reconcile parks it.
                     (Some(_), _) if inst.park && off => {}
                     (Some(server_id), _) if inst.command.is_none() && !inst.action_in_flight => {
@@ -605,6 +610,7 @@ impl Provider {
             } else {
                 inst.phase = Phase::Deleting;
                 inst.since = now;
+                st.watch_uncertain(&name, now);
             }
         }
         st.version += 1;
@@ -867,6 +873,8 @@ impl Provider {
             .collect();
         m.pending_commands
             .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        m.watched_names
+            .set(i64::try_from(st.watched.len()).unwrap_or(i64::MAX));
         m.oldest_pending_command_age.set(
             pending
                 .iter()

@@ -229,6 +229,10 @@ pub struct State {
     /// Instances restored from the journal and not yet confirmed by a listing (see
     /// `journal::verify`); their servers' tags are read, never assumed.
     pub unverified: std::collections::BTreeSet<String>,
+    /// Names of deleted creates whose outcome is unknown: no longer the autoscaler's (not in
+    /// NodeGroupNodes, not in error), but a server that appears under one is terminated. Name →
+    /// node group, since when.
+    pub watched: BTreeMap<String, (String, Instant)>,
 }
 
 /// Time limits of the state machine.
@@ -334,6 +338,24 @@ impl State {
                 .count()
     }
 
+    /// Moves a deleted instance whose create outcome is unknown and whose server was never seen
+    /// from the instances to the watched names, at once. True when it did.
+    pub fn watch_uncertain(&mut self, name: &str, now: Instant) -> bool {
+        let qualifies = self.instances.get(name).is_some_and(|i| {
+            i.phase == Phase::Deleting
+                && i.create == CreateStatus::Uncertain
+                && !i.seen
+                && i.command.is_none()
+        });
+        if !qualifies {
+            return false;
+        }
+        if let Some(inst) = self.remove(name) {
+            self.watched.insert(name.to_string(), (inst.group, now));
+        }
+        true
+    }
+
     /// Servers of the group that exist or may exist, for the max-size cap: tracked servers
     /// (listed or presumed) not terminated by the provider, the group's parked pool, and creates
     /// on the wire or accepted whose server is not listed yet; `except` (the create being
@@ -435,6 +457,25 @@ impl State {
         let mut actions = Vec::new();
         let mut remove: Vec<(String, &'static str)> = Vec::new();
 
+        // A watched name that shows up: the uncertain create did buy a server, which nobody
+        // wants any more; tracked again as Deleting, it is terminated (through the guard).
+        let appeared: Vec<(String, String)> = self
+            .watched
+            .iter()
+            .filter(|(name, _)| by_name.get(name.as_str()).is_some_and(|s| !s.presumed))
+            .map(|(name, (group, _))| (name.clone(), group.clone()))
+            .collect();
+        for (name, group) in appeared {
+            self.watched.remove(&name);
+            let mut inst = Instance::creating(name.clone(), group, now);
+            inst.phase = Phase::Deleting;
+            inst.create = CreateStatus::Accepted;
+            tracing::info!(server = %name, "a server appeared under the name of a deleted create whose outcome was unknown; terminating it");
+            self.insert(name, inst);
+        }
+        let watch = limits.uncertain_watch;
+        self.watched
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < watch);
         let outcomes = &mut self.outcomes;
         for (name, inst) in self.instances.iter_mut() {
             let server = by_name.get(name.as_str()).copied();
@@ -457,6 +498,15 @@ impl State {
                 }
             }
             step(inst, server, limits, now, &mut actions, &mut remove);
+        }
+        let uncertain: Vec<String> = self
+            .instances
+            .keys()
+            .filter(|n| !remove.iter().any(|(r, _)| r == *n))
+            .cloned()
+            .collect();
+        for name in uncertain {
+            self.watch_uncertain(&name, now);
         }
         for (name, why) in remove {
             tracing::debug!(server = %name, why, "instance forgotten");
@@ -1080,7 +1130,10 @@ mod tests {
         st.insert("a".into(), i);
         let w = test_limits(60, 60);
         assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
-        assert!(st.instances.contains_key("a"), "watched");
+        assert!(
+            !st.instances.contains_key("a") && st.watched.contains_key("a"),
+            "not the autoscaler's any more, but watched"
+        );
         // The server shows up late: terminated.
         let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], &[], w, now);
         assert_eq!(
@@ -1095,8 +1148,10 @@ mod tests {
         j.create = CreateStatus::Uncertain;
         j.phase = Phase::Deleting;
         st.insert("b".into(), j);
+        st.apply(&[], &[], &[], &[], w, now);
+        assert!(st.watched.contains_key("b"));
         st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
-        assert!(!st.instances.contains_key("b"));
+        assert!(!st.instances.contains_key("b") && !st.watched.contains_key("b"));
     }
 }
 
