@@ -6,6 +6,33 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `println!` that ends the process quietly when standard output is closed (`check ... | head
+/// -1`), instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            quiet_exit_on_closed_pipe(e);
+        }
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            quiet_exit_on_closed_pipe(e);
+        }
+    }};
+}
+
+fn quiet_exit_on_closed_pipe(e: std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+}
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kamatera_ca_provider::config::{self, CloudConfig, ConfigError};
@@ -278,23 +305,27 @@ fn load(path: &Path) -> Result<CloudConfig, ExitCode> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(cfg) => {
-            print!("{}", config::render_summary(&cfg));
-            print_warnings(&cfg);
-            println!("\n{}: OK", path.display());
+            out_part!("{}", config::render_summary(&cfg));
+            print_warnings(path, &cfg);
+            out!("\n{}: OK", path.display());
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
 }
 
-/// The label and taint warnings after the summary (a valid config may still need a look).
-fn print_warnings(cfg: &CloudConfig) {
-    let warnings = config::label_warnings(cfg);
+/// The warnings after the summary (a valid config may still need a look): a config file others
+/// can read while it holds the API secret, labels and taints.
+fn print_warnings(path: &Path, cfg: &CloudConfig) {
+    let mut warnings: Vec<String> = config::permission_warning(path, &|k| std::env::var(k).ok())
+        .into_iter()
+        .collect();
+    warnings.extend(config::label_warnings(cfg));
     if !warnings.is_empty() {
-        println!();
+        out!();
     }
     for w in warnings {
-        println!("warning: {w}");
+        out!("warning: {w}");
     }
 }
 
@@ -303,26 +334,26 @@ async fn check_online(path: PathBuf) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    print!("{}", config::render_summary(&cfg));
-    print_warnings(&cfg);
+    out_part!("{}", config::render_summary(&cfg));
+    print_warnings(&path, &cfg);
     let client = kamatera::Client::new(kamatera::ClientSettings::from_config(&cfg))
         .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
-    println!("\nonline checks against {}:", cfg.api_url);
+    out!("\nonline checks against {}:", cfg.api_url);
     let mut failed = 0;
     for r in kamatera::preflight(&client, &cfg).await {
         match &r.outcome {
-            Ok(detail) => println!("  ok    {:<16} {:<12} {detail}", r.subject, r.what),
+            Ok(detail) => out!("  ok    {:<16} {:<12} {detail}", r.subject, r.what),
             Err(problem) => {
                 failed += 1;
-                println!("  FAIL  {:<16} {:<12} {problem}", r.subject, r.what);
+                out!("  FAIL  {:<16} {:<12} {problem}", r.subject, r.what);
             }
         }
     }
     if failed == 0 {
-        println!("\n{}: OK (online)", path.display());
+        out!("\n{}: OK (online)", path.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("\n{}: {failed} online check(s) failed", path.display());
+        out!("\n{}: {failed} online check(s) failed", path.display());
         Ok(ExitCode::from(2))
     }
 }
@@ -402,6 +433,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
              parked servers' Nodes stay NotReady in the cluster (the autoscaler counts them as \
              unready and registered); templates promise only the labels the join scripts set"
         ),
+    }
+    if let Some(path) = &args.cloud_config
+        && let Some(w) = config::permission_warning(path, &|k| std::env::var(k).ok())
+    {
+        tracing::warn!("{w}");
     }
     for w in config::label_warnings(&cfg) {
         tracing::warn!("{w}");
@@ -607,18 +643,19 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("Kamatera API simulator listening on {}", handle.url());
-    println!(
+    out!("Kamatera API simulator listening on {}", handle.url());
+    out!(
         "  credentials: AuthClientId: {}  AuthSecret: {}",
-        args.client_id, args.secret
+        args.client_id,
+        args.secret
     );
-    println!(
+    out!(
         "  try: curl -s -H 'AuthClientId: {}' -H 'AuthSecret: {}' {}/service/servers",
         args.client_id,
         args.secret,
         handle.url()
     );
-    println!("  state: {}/_sim/state   (Ctrl-C to stop)", handle.url());
+    out!("  state: {}/_sim/state   (Ctrl-C to stop)", handle.url());
     shutdown_signal().await;
     handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -650,7 +687,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let report = kamatera_ca_provider::bench::render(&results, &opts, &command);
     std::fs::write(&args.output, &report)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    print!("{report}");
+    out_part!("{report}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -707,28 +744,28 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                     .groups
             }
         };
-        print!("{}", grpc_client::render_status(&groups));
+        out_part!("{}", grpc_client::render_status(&groups));
         return Ok(ExitCode::SUCCESS);
     }
     let mut ca = grpc_client::connect(&args.address, tls.as_ref()).await?;
     match args.call {
         ClientCall::Groups => {
             let r = ca.node_groups(pb::NodeGroupsRequest {}).await?.into_inner();
-            print!("{}", grpc_client::render_groups(&r.node_groups));
+            out_part!("{}", grpc_client::render_groups(&r.node_groups));
         }
         ClientCall::Nodes { group } => {
             let r = ca
                 .node_group_nodes(pb::NodeGroupNodesRequest { id: group })
                 .await?
                 .into_inner();
-            print!("{}", grpc_client::render_instances(&r.instances));
+            out_part!("{}", grpc_client::render_instances(&r.instances));
         }
         ClientCall::Target { group } => {
             let r = ca
                 .node_group_target_size(pb::NodeGroupTargetSizeRequest { id: group })
                 .await?
                 .into_inner();
-            println!("{}", r.target_size);
+            out!("{}", r.target_size);
         }
         ClientCall::Increase { group, delta } => {
             ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
@@ -736,7 +773,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 id: group.clone(),
             })
             .await?;
-            println!("asked node group {group} for {delta} more node(s)");
+            out!("asked node group {group} for {delta} more node(s)");
         }
         ClientCall::Delete { group, nodes } => {
             let n = nodes.len();
@@ -745,7 +782,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 id: group.clone(),
             })
             .await?;
-            println!("deleting {n} node(s) of node group {group}");
+            out!("deleting {n} node(s) of node group {group}");
         }
         ClientCall::Template { group, output } => {
             let r = ca
@@ -761,8 +798,8 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 .context("the template node does not decode")?;
             let json = grpc_client::node_json(&node);
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
-                Output::Yaml => print!("{}", grpc_client::to_yaml(&json)),
+                Output::Json => out!("{}", serde_json::to_string_pretty(&json)?),
+                Output::Yaml => out_part!("{}", grpc_client::to_yaml(&json)),
             }
         }
         ClientCall::Options { group } => {
@@ -774,41 +811,41 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_inner();
             match r.node_group_autoscaling_options {
-                None => println!("node group {group}: the autoscaler's defaults apply"),
+                None => out!("node group {group}: the autoscaler's defaults apply"),
                 Some(o) => {
                     let d = |d: Option<prost_types::Duration>| {
                         d.map(|d| format!("{}s", d.seconds))
                             .unwrap_or_else(|| "-".into())
                     };
-                    println!(
+                    out!(
                         "scale-down-utilization-threshold      {}",
                         o.scale_down_utilization_threshold
                     );
-                    println!(
+                    out!(
                         "scale-down-gpu-utilization-threshold  {}",
                         o.scale_down_gpu_utilization_threshold
                     );
-                    println!(
+                    out!(
                         "scale-down-unneeded-time              {}",
                         d(o.scale_down_unneeded_duration)
                     );
-                    println!(
+                    out!(
                         "scale-down-unready-time               {}",
                         d(o.scale_down_unready_duration)
                     );
-                    println!(
+                    out!(
                         "max-node-provision-time               {}",
                         d(o.max_node_provision_duration)
                     );
-                    println!(
+                    out!(
                         "zero-or-max-node-scaling              {}",
                         o.zero_or_max_node_scaling
                     );
-                    println!(
+                    out!(
                         "ignore-daemonsets-utilization         {}",
                         o.ignore_daemon_sets_utilization
                     );
-                    println!(
+                    out!(
                         "(values not overridden by the group are the autoscaler's defaults this client sent: none, so CA's built-in ones)"
                     );
                 }

@@ -12,6 +12,128 @@ fn check(path: &std::path::Path) -> std::process::Output {
         .expect("run kamatera-ca-provider")
 }
 
+/// Only the owner may read the file (as a file holding the API secret should be).
+fn private(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+const GLOBAL: &str = "[global]\nkamatera-api-client-id = a\ncluster-name = c\n\
+     default-datacenter = EU\ndefault-image = i\ndefault-network = name=wan\n";
+const GROUP: &str = "\n[nodegroup \"w\"]\ncpu = 2B\nram = 2048\ndisk = size=10\nmax-size = 3\n";
+const SECRET: &str = "Sup3rSecretValue42";
+
+#[test]
+fn errors_never_quote_a_secret_that_a_broken_line_carries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text, expected) in [
+        (
+            "nbsp.ini",
+            format!("{GLOBAL}\u{a0}kamatera-api-secret = {SECRET}\n{GROUP}"),
+            "found '\\u{a0}' (U+00A0) at column 1",
+        ),
+        (
+            "joined.ini",
+            format!(
+                "{GLOBAL}kamatera-api-secret = x1234\ndefault-min-size = 5default-password = {SECRET}\n{GROUP}"
+            ),
+            "invalid integer a value of 38 characters starting with '5' (not shown",
+        ),
+        (
+            "nul.ini",
+            format!("{GLOBAL}kamatera-api-secret = ab\u{0}{SECRET}\n{GROUP}"),
+            "control character U+0000 in the value at column 25",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).expect("write");
+        let out = check(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{name}: missing {expected:?} in {stderr}"
+        );
+        assert!(
+            !stderr.contains(SECRET) && !stdout.contains(SECRET),
+            "{name}: the secret was printed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_secret_from_the_environment_is_blamed_on_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("env.ini");
+    std::fs::write(
+        &path,
+        format!("{GLOBAL}kamatera-api-secret = fine-in-file\n{GROUP}"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .args(["check", "--cloud-config"])
+        .arg(&path)
+        .env_remove("KAMATERA_API_CLIENT_ID")
+        .env("KAMATERA_API_SECRET", "x y")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "$KAMATERA_API_SECRET (which overrides kamatera-api-secret) must be printable ASCII"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("env.ini:8"),
+        "the file's line is not to blame: {stderr}"
+    );
+}
+
+#[test]
+fn a_config_others_can_read_is_warned_about_unless_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("open.ini");
+    std::fs::write(
+        &path,
+        format!("{GLOBAL}kamatera-api-secret = {SECRET}\n{GROUP}"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let stdout = String::from_utf8_lossy(&check(&path).stdout).to_string();
+    assert!(
+        stdout.contains(&format!(
+            "warning: {} holds the Kamatera API secret and is readable by everyone (mode 644): chmod 600 it",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    private(&path);
+    let stdout = String::from_utf8_lossy(&check(&path).stdout).to_string();
+    assert!(!stdout.contains("warning:"), "{stdout}");
+}
+
+#[test]
+fn a_closed_pipe_ends_check_quietly() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.ini");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .args(["check", "--cloud-config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // `| head -0`: the reader goes away before anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 #[test]
 fn accepts_the_example_and_prints_the_groups() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.ini");
@@ -99,6 +221,7 @@ fn says_where_each_label_comes_from_and_warns_about_taints() {
          [nodegroup \"web\"]\ncpu = 2B\nram = 4096\ndisk = size=20\nmax-size = 3\n",
     )
     .expect("write");
+    private(&path);
     let out = check(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

@@ -27,6 +27,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 const PASSWORD: &str = "RootPassword-Zq81";
 const SCRIPT_MARK: &str = "join-token-Vf55";
+const SCRIPT_B64: &str = "IyEvYmluL3NoCmVjaG8gam9pbi10b2tlbi1WZjU1Cg==";
+const SSH_MARK: &str = "AAAAC3NzaC1lZDI1NTE5SSHKEYMARKq7";
 
 fn config_text(api_url: &str, secret: &str, image: &str) -> String {
     // The script is base64 of "#!/bin/sh\necho join-token-Vf55\n".
@@ -41,7 +43,8 @@ default-image = {image}
 default-network = name=wan,ip=auto
 default-min-size = 0
 default-password = {PASSWORD}
-default-script-base64 = IyEvYmluL3NoCmVjaG8gam9pbi10b2tlbi1WZjU1Cg==
+default-ssh-key = ssh-ed25519 {SSH_MARK} ops@test
+default-script-base64 = {SCRIPT_B64}
 
 [nodegroup "web"]
 name-prefix = ops-web
@@ -571,7 +574,7 @@ async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A failing create whose error body echoes the request.
+    // A failing create whose error body echoes the request, every field of it.
     sim.set_endpoint_faults(
         Endpoint::CreateServer,
         EndpointFaults {
@@ -579,20 +582,52 @@ async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
             ..Default::default()
         },
     );
+    sim.update_faults(|f| f.echo_request_in_errors = true);
     ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
         delta: 1,
         id: "web".into(),
     })
     .await
     .expect("increase");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    ca.refresh(pb::RefreshRequest {}).await.expect("refresh");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answers = loop {
+        ca.refresh(pb::RefreshRequest {}).await.expect("refresh");
+        let nodes = ca
+            .node_group_nodes(pb::NodeGroupNodesRequest { id: "web".into() })
+            .await
+            .expect("nodes")
+            .into_inner();
+        let text = format!("{nodes:?}");
+        if text.contains("CREATE_REJECTED") {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        answers.contains("redacted"),
+        "the echo reached the answer, redacted: {answers}"
+    );
 
     let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).to_string();
     assert!(logs.contains("scale-up"), "logs were captured");
     assert!(logs.contains("create accepted"), "{logs}");
-    for secret in [sim::DEMO_SECRET, PASSWORD, SCRIPT_MARK] {
+    assert!(
+        logs.contains("HTTP 400"),
+        "the echoing error was logged: {logs}"
+    );
+    for secret in [
+        sim::DEMO_SECRET,
+        PASSWORD,
+        SCRIPT_MARK,
+        SCRIPT_B64,
+        SSH_MARK,
+    ] {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
+        assert!(
+            !answers.contains(secret),
+            "{secret:?} appears in a gRPC answer"
+        );
     }
 }
 

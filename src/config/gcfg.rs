@@ -216,15 +216,21 @@ impl Parser {
             }
         }
         if key.is_empty() || !key.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            let shown: String = self.chars[self.pos..]
+            // Name the character and its column, never the rest of the line: it may be the
+            // value of a secret.
+            let at = self.pos - key.chars().count();
+            let line_start = self.chars[..at]
                 .iter()
-                .take_while(|c| **c != '\n')
-                .take(40)
-                .collect();
-            return Err(format!(
-                "expected a key name (a letter followed by letters, digits or '-'), found {:?}",
-                format!("{key}{shown}").trim_end()
-            ));
+                .rposition(|c| *c == '\n')
+                .map_or(0, |i| i + 1);
+            let column = at - line_start + 1;
+            return Err(match self.chars.get(at) {
+                Some(c) => format!(
+                    "expected a key name (a letter followed by letters, digits or '-'), found {c:?} (U+{:04X}) at column {column}",
+                    u32::from(*c)
+                ),
+                None => "expected a key name (a letter followed by letters, digits or '-')".into(),
+            });
         }
         let value = if self.at_line_end() {
             self.skip_line();
@@ -300,6 +306,18 @@ impl Parser {
                         _ => return Err("line continuation inside quotes".into()),
                     }
                     keep = out.len();
+                }
+                Some(c) if c.is_control() && c != '\t' => {
+                    // NUL and the like are never meant, and break what reads the value later.
+                    let line_start = self.chars[..self.pos]
+                        .iter()
+                        .rposition(|c| *c == '\n')
+                        .map_or(0, |i| i + 1);
+                    return Err(format!(
+                        "control character U+{:04X} in the value at column {}",
+                        u32::from(c),
+                        self.pos - line_start + 1
+                    ));
                 }
                 Some(c) => {
                     self.bump();

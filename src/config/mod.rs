@@ -28,6 +28,51 @@ pub const ENV_CLIENT_ID: &str = "KAMATERA_API_CLIENT_ID";
 /// Environment variable that overrides `kamatera-api-secret`.
 pub const ENV_SECRET: &str = "KAMATERA_API_SECRET";
 
+/// A warning when the cloud config at `path` holds the API secret (the environment does not
+/// override it) and group or others may read the file.
+pub fn permission_warning(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        let from_env = env(ENV_SECRET).is_some_and(|v| !v.trim().is_empty());
+        if mode & 0o077 == 0 || from_env {
+            return None;
+        }
+        Some(format!(
+            "{} holds the Kamatera API secret and is readable by {} (mode {mode:03o}): chmod 600 it, or pass the secret in ${ENV_SECRET}",
+            path.display(),
+            if mode & 0o007 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            }
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, env);
+        None
+    }
+}
+
+/// A value from the file for an error message. A short plain value is quoted as it is; a
+/// longer one, or one holding `=` (two lines joined by a lost newline can carry the next key's
+/// value, a secret perhaps), is described, not shown.
+pub fn shown(value: impl AsRef<str>) -> String {
+    let value = value.as_ref();
+    let plain = value.chars().all(|c| !c.is_control());
+    if value.chars().count() <= 24 && !value.contains('=') && plain {
+        format!("{value:?}")
+    } else {
+        format!(
+            "a value of {} characters starting with {:?} (not shown: it may hold another key's value)",
+            value.chars().count(),
+            value.chars().next().unwrap_or(' ')
+        )
+    }
+}
+
 /// A fully resolved and validated cloud config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudConfig {

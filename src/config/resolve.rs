@@ -393,7 +393,10 @@ impl Reader<'_> {
                     Some(s.line),
                     self.label,
                     Some(key),
-                    format!("invalid boolean {value:?}; use true/yes/on/1 or false/no/off/0"),
+                    format!(
+                        "invalid boolean {}; use true/yes/on/1 or false/no/off/0",
+                        super::shown(value)
+                    ),
                 );
                 None
             }
@@ -412,7 +415,7 @@ impl Reader<'_> {
                     Some(line),
                     self.label,
                     Some(key),
-                    format!("invalid integer {value:?}"),
+                    format!("invalid integer {}", super::shown(value)),
                 );
                 Err(())
             }
@@ -459,18 +462,30 @@ fn resolve_global(
         );
     }
 
-    // Both travel as HTTP header values: visible ASCII only.
-    for (key, value) in [
-        ("kamatera-api-client-id", &api_client_id),
-        ("kamatera-api-secret", &api_secret),
+    // Both travel as HTTP header values: visible ASCII only. A value from the environment is
+    // blamed on its variable, not on the file.
+    for (key, var, value) in [
+        ("kamatera-api-client-id", ENV_CLIENT_ID, &api_client_id),
+        ("kamatera-api-secret", ENV_SECRET, &api_secret),
     ] {
         if !value.is_empty() && !value.chars().all(|c| c.is_ascii_graphic()) {
-            problems.add(
-                r.string(key).map(|(_, l)| l).or(header),
-                "global",
-                Some(key),
-                "must be printable ASCII without spaces (it is sent as an HTTP header)".into(),
-            );
+            if from_env(var).is_some() {
+                problems.add(
+                    None,
+                    "global",
+                    Some(key),
+                    format!(
+                        "${var} (which overrides {key}) must be printable ASCII without spaces (it is sent as an HTTP header)"
+                    ),
+                );
+            } else {
+                problems.add(
+                    r.string(key).map(|(_, l)| l).or(header),
+                    "global",
+                    Some(key),
+                    "must be printable ASCII without spaces (it is sent as an HTTP header)".into(),
+                );
+            }
         }
     }
 
@@ -551,7 +566,10 @@ fn resolve_global(
                     Some(line),
                     "global",
                     Some(key),
-                    format!("{v:?} is not a price (a number ≥ 0, e.g. 0.012)"),
+                    format!(
+                        "{} is not a price (a number ≥ 0, e.g. 0.012)",
+                        super::shown(v)
+                    ),
                 );
                 None
             }
@@ -990,7 +1008,10 @@ fn resolve_group(
                 Some(line),
                 &label,
                 Some("template-reserved-cpu"),
-                format!("{v:?} is not a CPU amount such as 100m or 0.5"),
+                format!(
+                    "{} is not a CPU amount such as 100m or 0.5",
+                    super::shown(v)
+                ),
             );
             0
         }),
@@ -1002,7 +1023,10 @@ fn resolve_group(
                 Some(line),
                 &label,
                 Some("template-reserved-memory"),
-                format!("{v:?} is not a memory amount such as 512Mi or 1Gi"),
+                format!(
+                    "{} is not a memory amount such as 512Mi or 1Gi",
+                    super::shown(v)
+                ),
             );
             0
         }),
@@ -1037,7 +1061,10 @@ fn resolve_group(
                 Some(line),
                 &label,
                 Some("price-per-hour"),
-                format!("{v:?} is not a price (a number ≥ 0, e.g. 0.05)"),
+                format!(
+                    "{} is not a price (a number ≥ 0, e.g. 0.05)",
+                    super::shown(v)
+                ),
             );
         }
         p
@@ -1257,7 +1284,10 @@ fn read_options(g: &Reader<'_>, label: &str, problems: &mut Problems) -> OptionO
                     Some(line),
                     label,
                     Some(key),
-                    format!("{v:?} is not a fraction between 0 and 1 (e.g. 0.5)"),
+                    format!(
+                        "{} is not a fraction between 0 and 1 (e.g. 0.5)",
+                        super::shown(v)
+                    ),
                 );
                 None
             }
@@ -1272,7 +1302,10 @@ fn read_options(g: &Reader<'_>, label: &str, problems: &mut Problems) -> OptionO
                     Some(line),
                     label,
                     Some(key),
-                    format!("{v:?} is not a duration such as 10m, 1h30m or 45s"),
+                    format!(
+                        "{} is not a duration such as 10m, 1h30m or 45s",
+                        super::shown(v)
+                    ),
                 );
                 None
             }

@@ -50,7 +50,7 @@ fn size(pairs: &[(String, String)], key: &str) -> Result<Option<u32>, String> {
         .find(|(k, _)| k == key)
         .map(|(_, v)| {
             v.parse::<u32>()
-                .map_err(|_| format!("{key} {v:?} is not a number ≥ 0"))
+                .map_err(|_| format!("{key} {} is not a number ≥ 0", super::shown(v)))
         })
         .transpose()
 }
@@ -60,7 +60,8 @@ fn boolean(v: &str) -> Result<bool, String> {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
         _ => Err(format!(
-            "{v:?} is not a boolean (true/yes/on/1 or false/no/off/0)"
+            "{} is not a boolean (true/yes/on/1 or false/no/off/0)",
+            super::shown(v)
         )),
     }
 }
@@ -92,11 +93,11 @@ pub fn parse_schedule(text: &str, base: (u32, u32)) -> Result<ScheduleEntry, Str
             v.parse::<f64>()
                 .ok()
                 .filter(|x| (0.0..=1.0).contains(x))
-                .ok_or_else(|| format!("{k} {v:?} is not a fraction between 0 and 1"))
+                .ok_or_else(|| format!("{k} {} is not a fraction between 0 and 1", super::shown(v)))
         };
         let duration = || {
             super::resolve::parse_duration(v)
-                .ok_or_else(|| format!("{k} {v:?} is not a duration such as 10m"))
+                .ok_or_else(|| format!("{k} {} is not a duration such as 10m", super::shown(v)))
         };
         match k.as_str() {
             "scale-down-utilization-threshold" => {
@@ -146,7 +147,12 @@ pub fn parse_hibernate(text: &str) -> Result<HibernateEntry, String> {
             "drain-timeout" => {
                 drain_timeout = super::resolve::parse_duration(v)
                     .filter(|d| !d.is_zero())
-                    .ok_or_else(|| format!("drain-timeout {v:?} is not a duration such as 10m"))?
+                    .ok_or_else(|| {
+                        format!(
+                            "drain-timeout {} is not a duration such as 10m",
+                            super::shown(v)
+                        )
+                    })?
             }
             _ => {}
         }

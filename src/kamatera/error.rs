@@ -136,17 +136,61 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// Every form in which a secret we sent may come back in an answer: as sent, base64-encoded
+/// (with and without padding, standard and URL-safe), JSON-escaped, and each of its lines of 8
+/// characters or more (an echo cut short still shows whole lines). Very short values would
+/// redact ordinary words; they are not worth hiding this way.
+fn forms(secret: String) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    if secret.len() < 4 {
+        return Vec::new();
+    }
+    let mut out = vec![
+        STANDARD.encode(&secret),
+        STANDARD_NO_PAD.encode(&secret),
+        URL_SAFE.encode(&secret),
+        URL_SAFE_NO_PAD.encode(&secret),
+    ];
+    if let Ok(json) = serde_json::to_string(&secret) {
+        out.push(json.trim_matches('"').to_string());
+    }
+    if secret.contains('\n') {
+        out.extend(
+            secret
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.len() >= 8)
+                .map(str::to_string),
+        );
+    }
+    out.push(secret);
+    // Longest first, so that a form is replaced whole before a part of it.
+    out.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    out.dedup();
+    out
+}
+
+/// Request fields that carry secrets, as an error may quote them back (`key=value` or
+/// `"key": "value"`): their values are redacted whatever they hold.
+static SECRET_FIELDS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r#"(?i)("?(?:password|passwordValidate|script-file|userdata-file|ssh-key|AuthSecret|kamatera-api-secret)"?\s*[=:]\s*)("(?:[^"\\]|\\.)*"|[^,;)\n]*)"#,
+    )
+    .unwrap_or_else(|_| regex::Regex::new("$^").unwrap_or_else(|e| panic!("{e}")))
+});
+
 impl Redactor {
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         Redactor {
-            // Very short values would redact ordinary words; they are not worth hiding this way.
-            secrets: secrets.into_iter().filter(|s| s.len() >= 4).collect(),
+            secrets: secrets.into_iter().flat_map(forms).collect(),
         }
     }
 
     pub fn with(&self, more: impl IntoIterator<Item = String>) -> Self {
         let mut r = self.clone();
-        r.secrets.extend(more.into_iter().filter(|s| s.len() >= 4));
+        r.secrets.extend(more.into_iter().flat_map(forms));
+        r.secrets.sort_by_key(|f| std::cmp::Reverse(f.len()));
         r
     }
 
@@ -156,6 +200,11 @@ impl Redactor {
             if out.contains(s.as_str()) {
                 out = out.replace(s.as_str(), "<redacted>");
             }
+        }
+        if SECRET_FIELDS.is_match(&out) {
+            out = SECRET_FIELDS
+                .replace_all(&out, "${1}<redacted>")
+                .into_owned();
         }
         if out.to_ascii_lowercase().contains("password") {
             out = out
@@ -202,5 +251,32 @@ mod tests {
             "ok\n<line mentioning a password redacted>\nend"
         );
         assert!(r.clean(&"x".repeat(50), 10).starts_with("xxxxxxxxxx… (50"));
+    }
+
+    #[test]
+    fn every_form_of_a_secret_and_every_secret_field_is_redacted() {
+        use base64::Engine;
+        let script = "#!/bin/sh\nkubeadm join --token abcdef.0123456789abcdef\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(script);
+        let r = Redactor::new([script.to_string()]);
+        for echo in [
+            format!("invalid flag value (script-file={b64})"),
+            format!(
+                "bad value {}",
+                serde_json::to_string(script).unwrap_or_default()
+            ),
+            "line 2: kubeadm join --token abcdef.0123456789abcdef: failed".to_string(),
+            format!("{{\"script-file\": \"{}\", \"x\": 1}}", &b64[..10]),
+            "invalid flag value (password=hunter2, ssh-key=ssh-ed25519 AAAA me@x)".into(),
+        ] {
+            let clean = r.clean(&echo, 1000);
+            assert!(!clean.contains("abcdef.0123456789abcdef"), "{clean}");
+            assert!(!clean.contains(&b64[..10]), "{clean}");
+            assert!(
+                !clean.contains("hunter2") && !clean.contains("AAAA"),
+                "{clean}"
+            );
+            assert!(clean.contains("redacted"), "{clean}");
+        }
     }
 }

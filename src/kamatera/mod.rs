@@ -293,7 +293,10 @@ impl Client {
             "userdata-file": "",
             "tag": s.tags.join(" "),
         });
-        let redactor = self.inner.redactor.with([password, script]);
+        let redactor = self
+            .inner
+            .redactor
+            .with([password, script, s.ssh_key.clone()]);
         let v = self
             .call(Call {
                 op: "create server",
