@@ -782,3 +782,118 @@ async fn the_journal_is_written_only_when_in_flight_work_changes() {
     let text = std::fs::read_to_string(&path).expect("written before IncreaseSize answers");
     assert!(text.contains("ops-web-"), "{text}");
 }
+
+/// Sends raw bytes as a request body: what a broken or hostile client does.
+struct RawCodec;
+
+struct RawCoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_requests_get_honest_bounded_answers() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("kamatera_ca_provider=debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let sim = start_sim().await;
+    let (addr, _stop) = common::serve(
+        provider_for(&sim, Arc::new(Metrics::new())),
+        ServeOptions::default(),
+    )
+    .await;
+
+    // Bytes that are no protobuf message: the caller's mistake.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.expect("ready");
+    let err = raw
+        .unary(
+            tonic::Request::new(vec![0xff, 0xff, 0xff, 0xff]),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/clusterautoscaler.cloudprovider.v1.externalgrpc.CloudProvider/NodeGroupTargetSize",
+            ),
+            RawCodec,
+        )
+        .await
+        .expect_err("malformed");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let mut ca = grpc_client::connect(&addr.to_string(), None)
+        .await
+        .expect("connect");
+    // A 1 MB node group id: NotFound with a bounded message (never RESOURCE_EXHAUSTED on the
+    // client because the id came back in the status).
+    let huge = "x".repeat(1 << 20);
+    let err = ca
+        .node_group_target_size(pb::NodeGroupTargetSizeRequest { id: huge.clone() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().len() < 400, "{} bytes", err.message().len());
+    // A node group id that would forge a log line.
+    let err = ca
+        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+            delta: 1,
+            id: "web\nERROR forged: all servers deleted".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).to_string();
+    assert!(logs.contains("NodeGroupIncreaseSize"), "{logs}");
+    assert!(
+        !logs.lines().any(|l| l.starts_with("ERROR forged")),
+        "a forged line: {logs}"
+    );
+    assert!(
+        logs.lines().all(|l| l.len() < 4096),
+        "an unbounded log line"
+    );
+}

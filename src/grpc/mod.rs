@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod client;
+pub mod codec;
 mod convert;
 pub mod tls;
 
@@ -400,8 +401,8 @@ impl CloudProvider for Service {
     ) -> Result<Response<pb::NodeGroupIncreaseSizeResponse>, Status> {
         self.measured("NodeGroupIncreaseSize", async {
             let req = request.into_inner();
-            let span = info_span!("NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
-            info!(rpc = "NodeGroupIncreaseSize", group = %req.id, delta = req.delta);
+            let span = info_span!("NodeGroupIncreaseSize", group = %crate::telemetry::safe(&req.id), delta = req.delta);
+            info!(rpc = "NodeGroupIncreaseSize", group = %crate::telemetry::safe(&req.id), delta = req.delta);
             let r = self
                 .provider
                 .increase_size(&req.id, req.delta)
@@ -420,11 +421,15 @@ impl CloudProvider for Service {
         self.measured("NodeGroupDeleteNodes", async {
             let req = request.into_inner();
             let nodes: Vec<NodeRef> = req.nodes.iter().map(node_ref).collect();
-            let span = info_span!("NodeGroupDeleteNodes", group = %req.id, nodes = nodes.len());
+            let span = info_span!("NodeGroupDeleteNodes", group = %crate::telemetry::safe(&req.id), nodes = nodes.len());
             info!(
                 rpc = "NodeGroupDeleteNodes",
-                group = %req.id,
-                nodes = ?nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>()
+                group = %crate::telemetry::safe(&req.id),
+                nodes = ?nodes
+                    .iter()
+                    .take(50)
+                    .map(|n| crate::telemetry::safe(&n.name))
+                    .collect::<Vec<_>>()
             );
             let r = self
                 .provider
@@ -443,7 +448,7 @@ impl CloudProvider for Service {
     ) -> Result<Response<pb::NodeGroupDecreaseTargetSizeResponse>, Status> {
         self.measured("NodeGroupDecreaseTargetSize", async {
             let req = request.into_inner();
-            info!(rpc = "NodeGroupDecreaseTargetSize", group = %req.id, delta = req.delta);
+            info!(rpc = "NodeGroupDecreaseTargetSize", group = %crate::telemetry::safe(&req.id), delta = req.delta);
             let r = self
                 .provider
                 .decrease_target_size(&req.id, req.delta)

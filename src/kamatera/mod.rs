@@ -137,22 +137,6 @@ pub fn is_server_name(prefix: &str, name: &str) -> bool {
     }) && name.chars().all(plain)
 }
 
-/// `s` for a log line or an error message: quoted, control characters escaped, cut to 200
-/// characters (a hostile or broken value cannot forge lines or flood the log).
-pub fn quote(s: &str) -> String {
-    const MAX: usize = 200;
-    let mut out = String::from("\"");
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX {
-            out.push_str(&format!("\"… ({} characters)", s.chars().count()));
-            return out;
-        }
-        out.extend(c.escape_debug());
-    }
-    out.push('"');
-    out
-}
-
 /// One request as the retry loop sees it.
 struct Call<'a> {
     /// Short operation name for logs, e.g. `list servers`.

@@ -49,7 +49,7 @@ impl std::fmt::Display for Refusal {
             Refusal::BadName(name) => write!(
                 f,
                 "{} is not a server name the provider makes",
-                crate::kamatera::quote(name)
+                crate::telemetry::quoted(name)
             ),
             Refusal::OverMax { existing, max } => write!(
                 f,

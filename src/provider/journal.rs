@@ -301,7 +301,7 @@ pub fn restore(
         if name_prefix_of(&g.name).is_none() {
             dropped.push(format!(
                 "hibernation state of node group {}: not in the config",
-                crate::kamatera::quote(&g.name)
+                crate::telemetry::quoted(&g.name)
             ));
             continue;
         }
@@ -326,11 +326,11 @@ pub fn restore(
         );
     }
     for e in file.instances {
-        let entry = crate::kamatera::quote(&e.name);
+        let entry = crate::telemetry::quoted(&e.name);
         let Some(prefix) = name_prefix_of(&e.group) else {
             dropped.push(format!(
                 "{entry}: node group {} is not in the config",
-                crate::kamatera::quote(&e.group)
+                crate::telemetry::quoted(&e.group)
             ));
             continue;
         };
@@ -344,7 +344,7 @@ pub fn restore(
         if let Some(id) = e.server_id.as_deref().filter(|id| !valid_server_id(id)) {
             dropped.push(format!(
                 "{entry}: malformed server id {}",
-                crate::kamatera::quote(id)
+                crate::telemetry::quoted(id)
             ));
             continue;
         }
@@ -355,7 +355,7 @@ pub fn restore(
             other => {
                 dropped.push(format!(
                     "{entry}: unknown phase {}",
-                    crate::kamatera::quote(other)
+                    crate::telemetry::quoted(other)
                 ));
                 continue;
             }
@@ -378,7 +378,7 @@ pub fn restore(
             other => {
                 dropped.push(format!(
                     "{entry}: unknown create status {}",
-                    crate::kamatera::quote(other)
+                    crate::telemetry::quoted(other)
                 ));
                 continue;
             }
@@ -391,7 +391,7 @@ pub fn restore(
                 code: "JOURNAL_UNREADABLE",
                 message: format!(
                     "the state file holds an unreadable command id {} for this instance",
-                    crate::kamatera::quote(id)
+                    crate::telemetry::quoted(id)
                 ),
             });
             if inst.create == CreateStatus::Accepted && inst.phase == Phase::Creating {
@@ -484,7 +484,7 @@ pub fn verify(
                         name.clone(),
                         format!(
                             "server {id} is listed as {}, not as this entry",
-                            crate::kamatera::quote(&s.name)
+                            crate::telemetry::quoted(&s.name)
                         ),
                     ));
                     None

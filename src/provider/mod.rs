@@ -40,7 +40,7 @@ use state::{Action, CommandKind, GroupTags, Instance, Limits, Observed, Pending,
 /// Errors the autoscaler sees; the gRPC layer maps each to a status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    #[error("node group {0:?} not found")]
+    #[error("node group {} not found", crate::telemetry::quoted(.0))]
     UnknownGroup(String),
     #[error("{0}")]
     InvalidArgument(String),
@@ -486,8 +486,9 @@ impl Provider {
                     Some(i) if i.group == group => names.push(i.name.clone()),
                     _ => {
                         return Err(ProviderError::InvalidArgument(format!(
-                            "node {:?} (provider ID {:?}) does not belong to node group {group}",
-                            node.name, node.provider_id
+                            "node {} (provider ID {}) does not belong to node group {group}",
+                            crate::telemetry::quoted(&node.name),
+                            crate::telemetry::quoted(&node.provider_id)
                         )));
                     }
                 }
@@ -673,8 +674,9 @@ impl Provider {
         };
         let g = group.ok_or_else(|| {
             ProviderError::NotFound(format!(
-                "node {:?} (provider ID {:?}) is not in any node group",
-                node.name, node.provider_id
+                "node {} (provider ID {}) is not in any node group",
+                crate::telemetry::quoted(&node.name),
+                crate::telemetry::quoted(&node.provider_id)
             ))
         })?;
         let price = g.price_per_hour.ok_or_else(|| {

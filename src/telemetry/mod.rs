@@ -112,6 +112,33 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.0, 22))
 }
 
+/// Characters of an outside value shown in a log line or an error message, at most.
+const SHOWN_CHARS: usize = 200;
+
+/// An outside value (an RPC field, a journal entry, an API answer) for a log line or an error
+/// message: control characters escaped (no forged log lines), cut to 200 characters (no
+/// megabyte lines or status messages), no quotes.
+pub fn safe(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            out.push_str(&format!("… ({} characters)", s.chars().count()));
+            return out;
+        }
+        if c.is_control() || c == '"' || c == '\\' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// [`safe`], in double quotes.
+pub fn quoted(s: &str) -> String {
+    format!("\"{}\"", safe(s))
+}
+
 /// Every metric the process exports, prefixed `kamatera_ca_`.
 pub struct Metrics {
     registry: Registry,
