@@ -1277,12 +1277,23 @@ impl Provider {
                     error = e.detail(),
                     "batched queue poll failed; polling commands one by one"
                 );
+                // A bounded number, concurrently: a few ids the API rejects cannot stall the
+                // pass (and with it readiness) one timeout after another.
+                let answers: Vec<(String, std::result::Result<Vec<CommandStatus>, KamateraError>)> =
+                    futures_util::stream::iter(pending.iter().take(SINGLE_POLLS).cloned())
+                        .map(|id| async move {
+                            let r = client.command_status(std::slice::from_ref(&id)).await;
+                            (id, r)
+                        })
+                        .buffer_unordered(self.inner.options.max_concurrent_requests.max(1))
+                        .collect()
+                        .await;
                 let mut statuses = Vec::new();
                 let mut failed = Vec::new();
-                for id in pending.iter().take(SINGLE_POLLS) {
-                    match client.command_status(std::slice::from_ref(id)).await {
+                for (id, r) in answers {
+                    match r {
                         Ok(s) => statuses.extend(s),
-                        Err(_) => failed.push(id.clone()),
+                        Err(_) => failed.push(id),
                     }
                 }
                 if statuses.is_empty() {
