@@ -48,20 +48,7 @@ async fn kill_9_mid_scale_up_then_restart() {
         },
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("cloud.ini");
-    std::fs::write(
-        &config,
-        format!(
-            "[global]\nkamatera-api-client-id = {}\nkamatera-api-secret = {}\nkamatera-api-url = {}\n\
-             cluster-name = crash\ndefault-datacenter = EU\ndefault-image = ubuntu_server_24.04_64-bit\n\
-             default-network = name=wan,ip=auto\n\n[nodegroup \"burst\"]\nname-prefix = crash\n\
-             min-size = 0\nmax-size = 20\ncpu = 1A\nram = 1024\ndisk = size=20\n",
-            sim::DEMO_CLIENT_ID,
-            sim::DEMO_SECRET,
-            sim.url()
-        ),
-    )
-    .expect("config");
+    let config = write_config(dir.path(), &sim);
     let state = dir.path().join("state.json");
 
     let mut first = start(&config, &state);

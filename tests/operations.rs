@@ -511,15 +511,20 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
+/// Captures this thread's log output (text format) at `filter` while the guard lives.
+fn capture_logs(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
+        .with_env_filter(filter)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn logs_of_a_full_scale_up_and_down_hold_no_secret() {
+    let (captured, _guard) = capture_logs("trace");
 
     let sim = start_sim().await;
     // Errors echo what they were sent, to tempt a leak.
@@ -831,13 +836,7 @@ impl tonic::codec::Decoder for RawCoder {
 
 #[tokio::test]
 async fn malformed_and_hostile_requests_get_honest_bounded_answers() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("kamatera_ca_provider=debug")
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_logs("kamatera_ca_provider=debug");
     let sim = start_sim().await;
     let (addr, _stop) = common::serve(
         provider_for(&sim, Arc::new(Metrics::new())),

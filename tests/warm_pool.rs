@@ -336,6 +336,23 @@ async fn fake_kube(dir: &tempfile::TempDir) -> (FakeKube, kamatera_ca_provider::
     (fake, kube)
 }
 
+/// One node group (parking with `power`, at most `cap` parked) with Kubernetes access to a fake
+/// cluster; the directory holds its kubeconfig.
+async fn with_kube(power: bool, cap: u32) -> (Env, FakeKube, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, kube) = fake_kube(&dir).await;
+    let e = env(
+        Case {
+            power,
+            cap,
+            groups: 1,
+        },
+        Some(kube),
+    )
+    .await;
+    (e, fake, dir)
+}
+
 async fn until(what: &str, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
@@ -362,14 +379,7 @@ const PROVIDER_LABELS: [(&str, &str); 2] = [
 
 #[tokio::test]
 async fn gone_servers_nodes_are_deleted_and_a_reregistered_node_is_labelled() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
-    let case = Case {
-        power: true,
-        cap: 1,
-        groups: 1,
-    };
-    let mut e = env(case, Some(kube)).await;
+    let (mut e, fake, _dir) = with_kube(true, 1).await;
     let names: Vec<String> = e.scale_up("a", 2).await.into_iter().collect();
     for n in &names {
         // Joined with the shipped script, then tainted by the autoscaler's scale-down.
@@ -469,17 +479,7 @@ async fn gone_servers_nodes_are_deleted_and_a_reregistered_node_is_labelled() {
 
 #[tokio::test]
 async fn a_server_powered_on_before_its_node_went_keeps_a_released_node() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
-    let mut e = env(
-        Case {
-            power: true,
-            cap: 0,
-            groups: 1,
-        },
-        Some(kube),
-    )
-    .await;
+    let (mut e, fake, _dir) = with_kube(true, 0).await;
     let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
     fake.add_node(
         &name,
@@ -519,17 +519,7 @@ async fn a_server_powered_on_before_its_node_went_keeps_a_released_node() {
 
 #[tokio::test]
 async fn an_unconfirmed_servers_node_is_kept_a_confirmed_gone_ones_is_deleted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
-    let mut e = env(
-        Case {
-            power: false,
-            cap: 0,
-            groups: 1,
-        },
-        Some(kube),
-    )
-    .await;
+    let (mut e, fake, _dir) = with_kube(false, 0).await;
     let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
     fake.add_node(&name, &[], false, &format!("{PREFIX}{name}"));
     // The listings stop showing the server, but it exists (a lookup by id finds it).
@@ -565,17 +555,7 @@ async fn an_unconfirmed_servers_node_is_kept_a_confirmed_gone_ones_is_deleted() 
 
 #[tokio::test]
 async fn node_matched_by_name_gets_its_provider_id_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
-    let mut e = env(
-        Case {
-            power: false,
-            cap: 0,
-            groups: 1,
-        },
-        Some(kube),
-    )
-    .await;
+    let (mut e, fake, _dir) = with_kube(false, 0).await;
     let name = e.scale_up("a", 1).await.into_iter().next().expect("one");
     fake.add_node(&name, &[], false, "");
     let by_name = pb::ExternalGrpcNode {

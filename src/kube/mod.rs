@@ -409,18 +409,15 @@ impl Kube {
     /// kubelet no longer reports Ready. The delete carries the Node's uid and resourceVersion as
     /// preconditions, so a Node that changed after it was checked is checked again.
     pub async fn delete_gone_node(&self, name: &str, tie: &Tie) -> Result<NodeDeletion, KubeError> {
-        let attempts = self.retry.attempts.max(1);
-        for attempt in 1..=attempts {
-            let node = match self.nodes.get_opt(name).await {
-                Ok(Some(n)) => n,
-                Ok(None) => return Ok(NodeDeletion::NotFound),
-                Err(e) => return Err(api_error(&format!("node {name}"), e)),
+        self.retry_conflicts(name, || async {
+            let Some(node) = self.get_node(name).await? else {
+                return Ok(Some(NodeDeletion::NotFound));
             };
             if let Some(why) = tie.mismatch(&node) {
-                return Ok(NodeDeletion::NotTied(why));
+                return Ok(Some(NodeDeletion::NotTied(why)));
             }
             if is_ready(&node) {
-                return Ok(NodeDeletion::StillReady);
+                return Ok(Some(NodeDeletion::StillReady));
             }
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
@@ -429,25 +426,14 @@ impl Kube {
                 }),
                 ..DeleteParams::default()
             };
-            match self.nodes.delete(name, &params).await {
-                Ok(_) => return Ok(NodeDeletion::Deleted),
-                Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(NodeDeletion::NotFound),
-                Err(kube::Error::Api(s)) if s.is_conflict() && attempt < attempts => {
-                    tracing::debug!(
-                        node = name,
-                        attempt,
-                        "node changed before its delete; checking again"
-                    );
-                    tokio::time::sleep(self.retry.delay).await;
-                }
-                Err(kube::Error::Api(s)) if s.is_conflict() => break,
-                Err(e) => return Err(api_error(&format!("node {name}"), e)),
-            }
-        }
-        Err(KubeError::Conflicts {
-            node: name.to_string(),
-            attempts,
+            written(
+                self.nodes.delete(name, &params).await,
+                name,
+                NodeDeletion::Deleted,
+                NodeDeletion::NotFound,
+            )
         })
+        .await
     }
 
     /// Every Node, then every change to them: a kube-runtime watcher (list, then watch from the
@@ -475,43 +461,77 @@ impl Kube {
         name: &str,
         change: impl Fn(&Node) -> Change<T>,
     ) -> Result<Option<T>, KubeError> {
-        let attempts = self.retry.attempts.max(1);
-        for attempt in 1..=attempts {
-            let node = match self.nodes.get_opt(name).await {
-                Ok(Some(n)) => n,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(api_error(&format!("node {name}"), e)),
+        self.retry_conflicts(name, || async {
+            let Some(node) = self.get_node(name).await? else {
+                return Ok(Some(None));
             };
             let (mut patch, result) = match change(&node) {
                 Change::Write(patch, result) => (patch, result),
-                Change::Keep(result) => return Ok(Some(result)),
+                Change::Keep(result) => return Ok(Some(Some(result))),
             };
             if let Some(rv) = &node.metadata.resource_version {
                 patch["metadata"]["resourceVersion"] = json!(rv);
             }
-            match self
+            let r = self
                 .nodes
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(Some(result)),
-                Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(None),
-                Err(kube::Error::Api(s)) if s.is_conflict() && attempt < attempts => {
-                    tracing::debug!(
-                        node = name,
-                        attempt,
-                        "node changed while we wrote it; retrying"
-                    );
-                    tokio::time::sleep(self.retry.delay).await;
-                }
-                Err(kube::Error::Api(s)) if s.is_conflict() => break,
-                Err(e) => return Err(api_error(&format!("node {name}"), e)),
+                .await;
+            written(r, name, Some(result), None)
+        })
+        .await
+    }
+
+    async fn get_node(&self, name: &str) -> Result<Option<Node>, KubeError> {
+        self.nodes
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(&format!("node {name}"), e))
+    }
+
+    /// Runs `attempt` (read the Node, decide, write conditionally) until it meets no conflict
+    /// (`Ok(None)` means one), at most `retry.attempts` times, `retry.delay` apart.
+    async fn retry_conflicts<T, F>(
+        &self,
+        name: &str,
+        attempt: impl Fn() -> F,
+    ) -> Result<T, KubeError>
+    where
+        F: std::future::Future<Output = Result<Option<T>, KubeError>>,
+    {
+        let attempts = self.retry.attempts.max(1);
+        for n in 1..=attempts {
+            if let Some(done) = attempt().await? {
+                return Ok(done);
+            }
+            if n < attempts {
+                tracing::debug!(
+                    node = name,
+                    attempt = n,
+                    "node changed while we wrote it; retrying"
+                );
+                tokio::time::sleep(self.retry.delay).await;
             }
         }
         Err(KubeError::Conflicts {
             node: name.to_string(),
             attempts,
         })
+    }
+}
+
+/// What a conditional write's answer means: `done` when written, `gone` when the Node is not
+/// there, `None` on a conflict (read again and retry), an error otherwise.
+fn written<T, R>(
+    r: Result<R, kube::Error>,
+    name: &str,
+    done: T,
+    gone: T,
+) -> Result<Option<T>, KubeError> {
+    match r {
+        Ok(_) => Ok(Some(done)),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(Some(gone)),
+        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(None),
+        Err(e) => Err(api_error(&format!("node {name}"), e)),
     }
 }
 

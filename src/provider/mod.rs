@@ -1279,15 +1279,17 @@ impl Provider {
                 );
                 // A bounded number, concurrently: a few ids the API rejects cannot stall the
                 // pass (and with it readiness) one timeout after another.
-                let answers: Vec<(String, std::result::Result<Vec<CommandStatus>, KamateraError>)> =
-                    futures_util::stream::iter(pending.iter().take(SINGLE_POLLS).cloned())
-                        .map(|id| async move {
-                            let r = client.command_status(std::slice::from_ref(&id)).await;
-                            (id, r)
-                        })
-                        .buffer_unordered(self.inner.options.max_concurrent_requests.max(1))
-                        .collect()
-                        .await;
+                let answers: Vec<(
+                    String,
+                    std::result::Result<Vec<CommandStatus>, KamateraError>,
+                )> = futures_util::stream::iter(pending.iter().take(SINGLE_POLLS).cloned())
+                    .map(|id| async move {
+                        let r = client.command_status(std::slice::from_ref(&id)).await;
+                        (id, r)
+                    })
+                    .buffer_unordered(self.inner.options.max_concurrent_requests.max(1))
+                    .collect()
+                    .await;
                 let mut statuses = Vec::new();
                 let mut failed = Vec::new();
                 for (id, r) in answers {
