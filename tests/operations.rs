@@ -896,3 +896,43 @@ async fn malformed_and_hostile_requests_get_honest_bounded_answers() {
         "an unbounded log line"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_make_the_background_reconcile_skip_its_turn() {
+    let sim = start_sim().await;
+    let cfg = CloudConfig::parse(
+        "ops.ini",
+        &config_text(&sim.url(), sim::DEMO_SECRET, "ubuntu_server_24.04_64-bit"),
+        &|_| None,
+    )
+    .expect("config");
+    let provider = Provider::new(
+        cfg.clone(),
+        common::test_client(&cfg, Arc::new(Metrics::new())),
+        ProviderOptions {
+            reconcile_interval: Duration::from_millis(600),
+            ..ProviderOptions::default()
+        },
+    );
+    let background = provider.start_background();
+    let (addr, _stop) = common::serve(provider, ServeOptions::default()).await;
+    let mut ca = grpc_client::connect(&addr.to_string(), None)
+        .await
+        .expect("connect");
+    // Let the background loop run its first pass, then an autoscaler refreshes faster than
+    // the interval: every listing is a Refresh's.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = sim.requests(Endpoint::ListServers);
+    let mut refreshes = 0;
+    for _ in 0..20 {
+        ca.refresh(pb::RefreshRequest {}).await.expect("refresh");
+        refreshes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.requests(Endpoint::ListServers) - before, refreshes);
+    // Without refreshes the background loop lists on its own.
+    let quiet = sim.requests(Endpoint::ListServers);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sim.requests(Endpoint::ListServers) > quiet);
+    background.abort();
+}

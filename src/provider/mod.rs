@@ -198,6 +198,8 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// Serialises journal writes; holds the state version and the text last written.
     journal: tokio::sync::Mutex<(u64, Option<String>)>,
+    /// When the last reconcile finished (the background loop skips its turn after a recent one).
+    last_pass: Mutex<Option<tokio::time::Instant>>,
     /// Work restored from the journal, started once the first listing verified it.
     deferred: Mutex<Vec<Action>>,
     /// The node controller's queue and Node copy (see `nodes`).
@@ -221,6 +223,7 @@ impl Provider {
                 journal: tokio::sync::Mutex::new((0, None)),
                 node_work: Mutex::new(nodes::NodeWork::default()),
                 deferred: Mutex::new(Vec::new()),
+                last_pass: Mutex::new(None),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
@@ -939,8 +942,9 @@ impl Provider {
         // A reconcile is running: its result is what the waiter gets.
     }
 
-    /// Reconciles on `reconcile_interval`, and runs the hibernation controller every
-    /// `hibernation_tick` once Kamatera was read, until the returned task is aborted.
+    /// Reconciles on `reconcile_interval` when nothing else did within it (Refresh), and runs
+    /// the hibernation controller every `hibernation_tick` once Kamatera was read, until the
+    /// returned task is aborted.
     pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
         let p = self.clone();
         tokio::spawn(async move {
@@ -951,7 +955,17 @@ impl Provider {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let _ = p.reconcile().await;
+                        // Only when no Refresh reconciled within the interval: an autoscaler
+                        // looping every 10 s already keeps the state fresh.
+                        let recent = p
+                            .inner
+                            .last_pass
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_some_and(|t| t.elapsed() < p.inner.options.reconcile_interval);
+                        if !recent {
+                            let _ = p.reconcile().await;
+                        }
                     }
                     _ = hib.tick() => {
                         // Drains need the instances: only after the first listing.
@@ -980,6 +994,11 @@ impl Provider {
                 Err(e) => st.last_error = Some(e.safe_message().to_string()),
             }
         }
+        *self
+            .inner
+            .last_pass
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
         // Unlock before announcing: a `refresh` that sees this announcement must be able to start
         // a new pass rather than find the lock still held and wait for nothing.
         drop(guard);
