@@ -336,3 +336,87 @@ async fn unreadable_command_ids_never_hold_readiness_hostage() {
             .is_some_and(|e| e.error_code == "JOURNAL_UNREADABLE")
     }));
 }
+
+/// Every API request the simulator counted.
+fn api_calls(sim: &sim::SimHandle) -> u64 {
+    sim.with_state(|s| s.requests.values().sum())
+}
+
+/// An in-process provider on `config` with the journal at `state`.
+fn provider(config: &Path, state: &Path) -> kamatera_ca_provider::provider::Provider {
+    use kamatera_ca_provider::config::CloudConfig;
+    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+    let cfg = CloudConfig::load(config).expect("config");
+    let client = common::test_client(
+        &cfg,
+        std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new()),
+    );
+    Provider::new(
+        cfg,
+        client,
+        ProviderOptions {
+            state_file: Some(state.to_path_buf()),
+            reconcile_interval: Duration::from_secs(3600),
+            ..ProviderOptions::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_restart_reads_no_tags_it_has_seen() {
+    let sim = common::start_sim(Timing::fast(), Default::default()).await;
+    for i in 0..2000 {
+        // The group's servers and other workloads of the account.
+        let tags = if i % 2 == 0 {
+            vec!["k8sca-crash".to_string(), "k8scang-burst".to_string()]
+        } else {
+            Vec::new()
+        };
+        sim.seed_server(sim::SeedServer {
+            name: format!("crash-{i:011x}"),
+            datacenter: "EU".into(),
+            power_on: true,
+            tags,
+            cpu: "1A".into(),
+            ram_mb: 1024,
+        });
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &sim);
+    let state = dir.path().join("state.json");
+
+    // Cold: one listing and one tag read per server.
+    let cold = provider(&config, &state);
+    cold.restore();
+    let before = api_calls(&sim);
+    let r = cold.reconcile().await.expect("cold reconcile");
+    let cold_calls = api_calls(&sim) - before;
+    assert_eq!((r.listed, r.tag_reads), (2000, 2000));
+    assert_eq!(cold_calls, 2001);
+    cold.persist().await.expect("journal written");
+    assert_eq!(cold.target_size("burst").expect("target"), 1000);
+    drop(cold);
+
+    // Warm: the journal's tag cache makes the first pass one listing.
+    let warm = provider(&config, &state);
+    warm.restore();
+    let before = api_calls(&sim);
+    let started = std::time::Instant::now();
+    let r = warm.reconcile().await.expect("warm reconcile");
+    let warm_calls = api_calls(&sim) - before;
+    eprintln!(
+        "warm restart at 2,000 servers: {warm_calls} Kamatera calls, ready in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(warm_calls <= 3, "{warm_calls} calls before ready");
+    assert_eq!(r.tag_reads, 0);
+    assert!(warm.ready());
+    assert_eq!(
+        warm.target_size("burst").expect("target"),
+        1000,
+        "the same servers are the group's"
+    );
+    let size = std::fs::metadata(&state).expect("journal").len();
+    eprintln!("journal with 2,000 servers' tags: {size} bytes");
+    assert!(size < 200 * 1024, "{size} bytes");
+}

@@ -40,6 +40,17 @@ struct File {
     /// Hibernation of node groups (absent in older files: every group awake).
     #[serde(default)]
     groups: Vec<GroupEntry>,
+    /// Tags of the servers seen, grouped by tag set, so that a restart reads tags only of
+    /// servers it has never seen (absent in older files: a cold start).
+    #[serde(default)]
+    tags: Vec<TagSet>,
+}
+
+/// Servers (ids) that carry exactly these tags.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct TagSet {
+    tags: Vec<String>,
+    ids: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -162,13 +173,30 @@ pub fn render(cluster: &str, state: &State) -> String {
             }
         })
         .collect();
+    let mut sets: std::collections::BTreeMap<&Vec<String>, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (id, tags) in &state.tags {
+        sets.entry(tags).or_default().push(id.clone());
+    }
+    let tags = sets
+        .into_iter()
+        .map(|(tags, mut ids)| {
+            ids.sort();
+            TagSet {
+                tags: tags.clone(),
+                ids,
+            }
+        })
+        .collect();
     let file = File {
         version: VERSION,
         cluster: cluster.to_string(),
         instances,
         groups,
+        tags,
     };
-    serde_json::to_string_pretty(&file).unwrap_or_default()
+    // Compact: at 10,000 servers the tag cache must fit a ConfigMap (1 MiB) with room to spare.
+    serde_json::to_string(&file).unwrap_or_default()
 }
 
 /// Writes `text` to `path` atomically and durably (blocking; call off the runtime).
@@ -297,6 +325,23 @@ pub fn restore(
             .unwrap_or_else(jiff::Timestamp::now)
     };
     let mut dropped = Vec::new();
+    let plain_tag = |t: &String| (1..=128).contains(&t.len()) && !t.chars().any(char::is_control);
+    for set in file.tags {
+        if !set.tags.iter().all(plain_tag) {
+            dropped.push("a cached tag set with a malformed tag".to_string());
+            continue;
+        }
+        for id in set.ids {
+            if valid_server_id(&id) {
+                state.tags.insert(id, set.tags.clone());
+            } else {
+                dropped.push(format!(
+                    "cached tags of malformed server id {}",
+                    crate::telemetry::quoted(&id)
+                ));
+            }
+        }
+    }
     for g in file.groups {
         if name_prefix_of(&g.name).is_none() {
             dropped.push(format!(

@@ -54,6 +54,8 @@ pub enum ProviderError {
 
 /// Servers missing from a listing looked up by id per reconcile, at most.
 const LOOKUPS_PER_RECONCILE: usize = 4;
+/// How often one server's cached tags are read again.
+const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Where the provider reads the time for schedules (tests set it).
 #[derive(Clone)]
@@ -1046,21 +1048,41 @@ impl Provider {
                 .chain(presumed.iter().map(|o| o.id.as_str()))
                 .collect();
             st.tags.retain(|id, _| listed_ids.contains(id.as_str()));
+            st.live_tags.retain(|id| listed_ids.contains(id.as_str()));
             let mut known = std::collections::HashMap::new();
             let mut unknown = Vec::new();
             for s in &servers {
-                if let Some(t) = st.tags.get(&s.id) {
+                // A name from the journal is only a claim: its server's tags are read.
+                let claimed = st.unverified.contains(&s.name);
+                if let Some(t) = st.tags.get(&s.id).filter(|_| !claimed) {
                     known.insert(s.id.clone(), t.clone());
                 } else if let Some(inst) = st.instances.get(&s.name)
-                    && !st.unverified.contains(&s.name)
+                    && !claimed
                     && let Some(g) = cfg.node_group(&inst.group)
                 {
-                    // Named by this process: created with the group's tags. (A name from the
-                    // journal is only a claim: its server's tags are read.)
+                    // Named by this process: created with the group's tags.
                     known.insert(s.id.clone(), g.server.tags.clone());
+                    st.live_tags.insert(s.id.clone());
                 } else {
                     unknown.push(s.id.clone());
                 }
+            }
+            // Cached tags (a warm restart takes them from the journal) are read again, one
+            // server a minute once the provider is ready, so a tag changed by hand is noticed
+            // without multiplying the steady API cost.
+            if st.last_recheck.is_none() {
+                // The clock starts with the first pass: none in the first minute.
+                st.last_recheck = Some(Instant::now());
+            } else if st
+                .last_recheck
+                .is_some_and(|t| t.elapsed() >= RECHECK_EVERY)
+            {
+                let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+                let again = st.recheck(&ids, &unknown, 1);
+                if !again.is_empty() {
+                    st.last_recheck = Some(Instant::now());
+                }
+                unknown.extend(again);
             }
             (known, unknown)
         };
@@ -1074,9 +1096,14 @@ impl Provider {
                 .buffer_unordered(self.inner.options.max_concurrent_tag_reads.max(1))
                 .collect()
                 .await;
+        let mut live = Vec::new();
         for (id, r) in fetched {
             match r {
                 Ok(tags) => {
+                    if known.get(&id).is_some_and(|had| *had != tags) {
+                        info!(server_id = %id, tags = ?tags, "a server's tags changed");
+                    }
+                    live.push(id.clone());
                     known.insert(id, tags);
                 }
                 Err(e) => {
@@ -1117,6 +1144,7 @@ impl Provider {
                     st.tags.insert(o.id.clone(), t.clone());
                 }
             }
+            st.live_tags.extend(live);
             let actions = st.apply(
                 &observed,
                 &statuses,
@@ -1450,6 +1478,12 @@ impl Provider {
 
     async fn run(&self, action: Action) {
         let client = &self.inner.client;
+        if let Action::PowerOn { server_id, .. }
+        | Action::PowerOff { server_id, .. }
+        | Action::Terminate { server_id, .. } = &action
+        {
+            self.read_tags_before_mutation(server_id).await;
+        }
         let admitted = {
             let mut st = self.lock();
             if let Action::Create { name, .. } = &action {
@@ -1552,6 +1586,28 @@ impl Provider {
                 let result = client.terminate(&server_id).await;
                 self.after_delete_step(&name, CommandKind::Terminate, result);
                 self.persist_logged().await;
+            }
+        }
+    }
+
+    /// The guard decides on tags this process read from the API: tags it only has from the
+    /// journal (a warm restart) are read now, once per server.
+    async fn read_tags_before_mutation(&self, server_id: &str) {
+        if self.lock().live_tags.contains(server_id) {
+            return;
+        }
+        match self.inner.client.server_tags(server_id).await {
+            Ok(tags) => {
+                let mut st = self.lock();
+                st.tags.insert(server_id.to_string(), tags);
+                st.live_tags.insert(server_id.to_string());
+            }
+            Err(e) => {
+                debug!(
+                    server_id,
+                    error = e.detail(),
+                    "cannot read the tags of a server to mutate; the guard decides on what it has"
+                )
             }
         }
     }

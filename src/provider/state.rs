@@ -209,8 +209,14 @@ pub struct GroupHibernation {
 pub struct State {
     pub instances: BTreeMap<String, Instance>,
     by_group: HashMap<String, std::collections::BTreeSet<String>>,
-    /// Tags by server id, read once per server.
+    /// Tags by server id, read once per server (or restored from the journal).
     pub tags: HashMap<String, Vec<String>>,
+    /// Ids whose tags this process read from the API (or set when creating the server):
+    /// the only tags the mutation guard trusts.
+    pub live_tags: std::collections::HashSet<String>,
+    /// Where the round-robin re-reading of cached tags stands, and when it last read one.
+    pub recheck_cursor: usize,
+    pub last_recheck: Option<Instant>,
     pub last_success: Option<Instant>,
     pub last_error: Option<String>,
     pub reconciles: u64,
@@ -336,6 +342,29 @@ impl State {
                 .group_instances(group)
                 .filter(|i| i.phase == Phase::Deleting && i.park)
                 .count()
+    }
+
+    /// Up to `n` listed ids (`listed`, in listing order) whose cached tags are to be read again:
+    /// first those this process never read itself (restored from the journal), then the rest
+    /// in turn. `skip` are read anyway.
+    pub fn recheck(&mut self, listed: &[String], skip: &[String], n: usize) -> Vec<String> {
+        let cached = |id: &String| self.tags.contains_key(id) && !skip.contains(id);
+        let mut out: Vec<String> = listed
+            .iter()
+            .filter(|id| cached(id) && !self.live_tags.contains(*id))
+            .take(n)
+            .cloned()
+            .collect();
+        let mut tries = listed.len();
+        while out.len() < n && tries > 0 {
+            tries -= 1;
+            let id = &listed[self.recheck_cursor % listed.len()];
+            self.recheck_cursor = self.recheck_cursor.wrapping_add(1);
+            if cached(id) && !out.contains(id) {
+                out.push(id.clone());
+            }
+        }
+        out
     }
 
     /// Moves a deleted instance whose create outcome is unknown and whose server was never seen
@@ -1420,5 +1449,31 @@ mod park_tests {
         assert_eq!(st.parked_or_parking("g"), 2, "both count toward the cap");
         let names: Vec<String> = st.reusable("g").into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["a"], "a server tagged further is left alone");
+    }
+}
+
+#[cfg(test)]
+mod recheck_tests {
+    use super::*;
+
+    #[test]
+    fn rechecks_tags_only_the_journal_vouched_for_first_then_all_in_turn() {
+        let mut st = State::default();
+        let ids: Vec<String> = ["a", "b", "c", "d"].map(String::from).into();
+        for id in &ids {
+            st.tags.insert(id.clone(), vec!["k8sca-c".into()]);
+        }
+        st.live_tags.extend(["a".to_string(), "c".to_string()]);
+        // Restored from the journal, never read by this process: first.
+        assert_eq!(st.recheck(&ids, &[], 2), ["b", "d"]);
+        st.live_tags.extend(["b".to_string(), "d".to_string()]);
+        // Then every server in turn, skipping those read anyway this pass.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.extend(st.recheck(&ids, &["c".to_string()], 1));
+        }
+        assert_eq!(seen, ["a", "b", "d", "a"]);
+        // Uncached ids are never "re"-read.
+        assert!(st.recheck(&["zz".to_string()], &[], 3).is_empty());
     }
 }
