@@ -132,8 +132,13 @@ struct ServeArgs {
     /// The restart journal (in-flight creates and deletions), written atomically. Default:
     /// /var/lib/kamatera-ca-provider/state.json, or none with --simulate. If it cannot be
     /// written, the provider warns and runs without it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "state_configmap")]
     state_file: Option<PathBuf>,
+    /// The restart journal in a ConfigMap (NAMESPACE/NAME), written optimistically; it outlives
+    /// the pod. Default in a cluster (in-cluster service account, no --state-file):
+    /// <pod namespace>/kamatera-ca-provider-state-<cluster-name>.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    state_configmap: Option<String>,
     /// Seconds a create whose outcome is unknown (timeout, 5xx, or on the wire when the process
     /// stopped) waits for its server to appear before it reports CREATE_UNCERTAIN.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
@@ -456,10 +461,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let api_url = cfg.api_url.clone();
-    let state_file = match (&args.state_file, args.simulate) {
-        (Some(p), _) => Some(p.clone()),
-        (None, true) => None,
-        (None, false) => Some(PathBuf::from(DEFAULT_STATE_FILE)),
+    let in_cluster = kube
+        .as_ref()
+        .is_some_and(|k| *k.source() == kamatera_ca_provider::kube::Source::InCluster);
+    let state_configmap = match (&args.state_configmap, &args.state_file, &kube) {
+        (Some(spec), _, Some(k)) => {
+            let (ns, name) = spec
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--state-configmap {spec:?}: expected NAMESPACE/NAME")
+                })?;
+            Some(k.journal_map(ns, name))
+        }
+        (Some(spec), _, None) => {
+            anyhow::bail!(
+                "--state-configmap {spec:?} needs Kubernetes access (--kubeconfig, KUBECONFIG or the in-cluster service account)"
+            )
+        }
+        (None, None, Some(k)) if in_cluster && !args.simulate => {
+            kamatera_ca_provider::kube::pod_namespace().map(|ns| {
+                k.journal_map(
+                    &ns,
+                    &format!(
+                        "kamatera-ca-provider-state-{}",
+                        cfg.cluster_name.to_lowercase()
+                    ),
+                )
+            })
+        }
+        _ => None,
+    };
+    if let Some(map) = &state_configmap {
+        tracing::info!(journal = %map, "the restart journal lives in a ConfigMap");
+    }
+    let state_file = match (&args.state_file, args.simulate, &state_configmap) {
+        (_, _, Some(_)) => None,
+        (Some(p), _, None) => Some(p.clone()),
+        (None, true, None) => None,
+        (None, false, None) => Some(PathBuf::from(DEFAULT_STATE_FILE)),
     };
     let state_file = state_file.and_then(|p| match kamatera_ca_provider::provider::probe_state_file(&p) {
         Ok(()) => Some(p),
@@ -478,12 +518,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         client,
         ProviderOptions {
             state_file,
+            state_configmap,
             uncertain_create_grace: Duration::from_secs(args.uncertain_create_grace_seconds),
             kube,
             ..ProviderOptions::default()
         },
     );
-    provider.restore();
+    provider.restore().await;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -13,19 +13,51 @@ use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, Timing};
 use pb::instance_status::InstanceState;
 use tonic::transport::Channel;
 
-/// Starts `serve` on a config and state file.
-fn start(config: &Path, state: &Path) -> common::ServeProcess {
-    let (config, state) = (config.display().to_string(), state.display().to_string());
+/// Where the journal of a `serve` process lives.
+enum Journal {
+    File(std::path::PathBuf),
+    /// A ConfigMap `kube-system/crash-state` in a fake cluster (with its kubeconfig).
+    ConfigMap(common::fake_kube::FakeKube, std::path::PathBuf),
+}
+
+impl Journal {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Journal::File(p) => vec!["--state-file".into(), p.display().to_string()],
+            Journal::ConfigMap(_, kubeconfig) => vec![
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                "--state-configmap".into(),
+                "kube-system/crash-state".into(),
+            ],
+        }
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Journal::File(p) => std::fs::read_to_string(p).ok(),
+            Journal::ConfigMap(fake, _) => {
+                fake.configmap_data("kube-system", "crash-state", "journal.json")
+            }
+        }
+    }
+}
+
+/// Starts `serve` on a config and a journal.
+fn start_with(config: &Path, journal: &Journal) -> common::ServeProcess {
+    let config = config.display().to_string();
+    let mut args: Vec<String> = vec!["--cloud-config".into(), config];
+    args.extend(journal.args());
     // A create journaled as sent whose request never left the dying process waits this long for
     // its server before it reports an error (120 s by default).
-    common::spawn_serve(&[
-        "--cloud-config",
-        &config,
-        "--state-file",
-        &state,
-        "--uncertain-create-grace-seconds",
-        "1",
-    ])
+    args.extend(["--uncertain-create-grace-seconds".into(), "1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::spawn_serve(&args)
+}
+
+/// Starts `serve` on a config and state file.
+fn start(config: &Path, state: &Path) -> common::ServeProcess {
+    start_with(config, &Journal::File(state.to_path_buf()))
 }
 
 async fn nodes(ca: &mut CloudProviderClient<Channel>) -> Vec<pb::Instance> {
@@ -38,6 +70,21 @@ async fn nodes(ca: &mut CloudProviderClient<Channel>) -> Vec<pb::Instance> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_scale_up_then_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    kill_9_then_restart(dir.path(), Journal::File(dir.path().join("state.json"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_a_new_pod_on_the_same_configmap_buys_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = common::fake_kube::FakeKube::start().await;
+    let kubeconfig = fake.kubeconfig(dir.path());
+    kill_9_then_restart(dir.path(), Journal::ConfigMap(fake, kubeconfig)).await;
+}
+
+/// kill -9 in the middle of a scale-up of 10, a new process on the same journal: exactly 10
+/// servers, none bought twice.
+async fn kill_9_then_restart(dir: &Path, journal: Journal) {
     let sim = common::start_sim(Timing::fast(), Default::default()).await;
     // Creates are carried out at once but answered slowly: the provider dies waiting.
     sim.set_endpoint_faults(
@@ -47,11 +94,9 @@ async fn kill_9_mid_scale_up_then_restart() {
             ..Default::default()
         },
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &sim);
-    let state = dir.path().join("state.json");
+    let config = write_config(dir, &sim);
 
-    let mut first = start(&config, &state);
+    let mut first = start_with(&config, &journal);
     let addr = first.addr.clone();
     let mut ca = CloudProviderClient::connect(format!("http://{addr}"))
         .await
@@ -82,14 +127,14 @@ async fn kill_9_mid_scale_up_then_restart() {
         sent_before < 10,
         "the crash must come mid scale-up ({sent_before} creates sent)"
     );
-    let journal = std::fs::read_to_string(&state).expect("the state file exists");
+    let text = journal.text().expect("the journal exists");
     assert!(
-        journal.contains("\"sent\"") || journal.contains("\"queued\""),
-        "{journal}"
+        text.contains("\"sent\"") || text.contains("\"queued\""),
+        "{text}"
     );
 
     sim.update_faults(|f| f.endpoints.clear());
-    let second = start(&config, &state);
+    let second = start_with(&config, &journal);
     let addr = second.addr.clone();
     let mut ca = CloudProviderClient::connect(format!("http://{addr}"))
         .await
@@ -387,7 +432,7 @@ async fn a_warm_restart_reads_no_tags_it_has_seen() {
 
     // Cold: one listing and one tag read per server.
     let cold = provider(&config, &state);
-    cold.restore();
+    cold.restore().await;
     let before = api_calls(&sim);
     let r = cold.reconcile().await.expect("cold reconcile");
     let cold_calls = api_calls(&sim) - before;
@@ -399,7 +444,7 @@ async fn a_warm_restart_reads_no_tags_it_has_seen() {
 
     // Warm: the journal's tag cache makes the first pass one listing.
     let warm = provider(&config, &state);
-    warm.restore();
+    warm.restore().await;
     let before = api_calls(&sim);
     let started = std::time::Instant::now();
     let r = warm.reconcile().await.expect("warm reconcile");
@@ -419,4 +464,117 @@ async fn a_warm_restart_reads_no_tags_it_has_seen() {
     let size = std::fs::metadata(&state).expect("journal").len();
     eprintln!("journal with 2,000 servers' tags: {size} bytes");
     assert!(size < 200 * 1024, "{size} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configmap_journal_retries_conflicts_and_holds_creates_while_unreachable() {
+    use kamatera_ca_provider::config::CloudConfig;
+    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+    let sim = common::start_sim(Timing::fast(), Default::default()).await;
+    let fake = common::fake_kube::FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &sim);
+    kamatera_ca_provider::kamatera::install_crypto_provider();
+    let kube = kamatera_ca_provider::kube::Kube::from_kubeconfig_file(&fake.kubeconfig(dir.path()))
+        .await
+        .expect("kube")
+        .with_retry(kamatera_ca_provider::kube::ConflictRetry {
+            attempts: 3,
+            delay: Duration::from_millis(10),
+        });
+    let new_provider = || {
+        let cfg = CloudConfig::load(&config).expect("config");
+        let client = common::test_client(
+            &cfg,
+            std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new()),
+        );
+        Provider::new(
+            cfg,
+            client,
+            ProviderOptions {
+                state_configmap: Some(kube.journal_map("kube-system", "crash-state")),
+                reconcile_interval: Duration::from_secs(3600),
+                ..ProviderOptions::default()
+            },
+        )
+    };
+    let journal = || fake.configmap_data("kube-system", "crash-state", "journal.json");
+
+    let p = new_provider();
+    assert_eq!(p.restore().await, Default::default(), "no ConfigMap yet");
+    p.reconcile().await.expect("reconcile");
+    p.increase_size("burst", 2).await.expect("increase");
+    let first = journal().expect("created with the first write");
+    assert_eq!(first.matches("\"group\":\"burst\"").count(), 2, "{first}");
+
+    // Someone else wrote the ConfigMap meanwhile: read its version, write again.
+    fake.configmap_conflict_next(1);
+    p.increase_size("burst", 1).await.expect("increase");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while journal().is_none_or(|j| j.matches("\"group\":\"burst\"").count() != 3) {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", journal());
+        p.persist().await.ok();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while sim.requests(Endpoint::CreateServer) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "creates not sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The API server is unreachable: a create that cannot be journaled is not sent, and says so.
+    fake.configmaps_down(true);
+    p.increase_size("burst", 1)
+        .await
+        .expect("the intent is accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = p
+            .nodes("burst")
+            .expect("nodes")
+            .into_iter()
+            .filter(|i| {
+                i.error
+                    .as_ref()
+                    .is_some_and(|e| e.code == "JOURNAL_UNAVAILABLE")
+            })
+            .count();
+        if held == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no JOURNAL_UNAVAILABLE"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sim.requests(Endpoint::CreateServer),
+        3,
+        "nothing unjournaled was sent"
+    );
+
+    // A new pod while the API is still down: it cannot read the journal, so it sends nothing.
+    let q = new_provider();
+    assert!(q.restore().await.discarded.is_some());
+    q.reconcile().await.expect("listing works");
+    q.increase_size("burst", 1).await.expect("intent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.requests(Endpoint::CreateServer), 3);
+    // Back: the next pass reads the journal; its creates on the wire are known again.
+    fake.configmaps_down(false);
+    q.reconcile().await.expect("reconcile");
+    let names: Vec<String> = q
+        .nodes("burst")
+        .expect("nodes")
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    for i in p
+        .nodes("burst")
+        .expect("nodes")
+        .into_iter()
+        .filter(|i| i.error.is_none())
+    {
+        assert!(names.contains(&i.id), "{} restored: {names:?}", i.id);
+    }
 }

@@ -140,7 +140,7 @@ async fn env(s: Setup<'_>) -> Env {
             ..ProviderOptions::default()
         },
     );
-    provider.restore();
+    provider.restore().await;
     let (addr, stop) = common::serve(provider.clone(), ServeOptions::default()).await;
     let mut ca = Ca::connect(addr).await;
     ca.refresh().await;

@@ -30,6 +30,12 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write the journal: {0}")]
+    Kube(#[from] crate::kube::KubeError),
+    #[error(
+        "the journal has not been read yet (its store was unreachable at startup); nothing that needs it is sent"
+    )]
+    Unread,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -288,35 +294,36 @@ pub fn restore(
             );
         }
     };
-    let file: File = match serde_json::from_str(&text) {
+    match restore_text(&text, cluster, name_prefix_of, state, now) {
+        Ok(r) => r,
+        Err(why) => (set_aside(path, why), Vec::new()),
+    }
+}
+
+/// [`restore`] from the journal's text, wherever it was kept; `Err` says why the whole text is
+/// unusable (not a journal, another version, another cluster).
+pub fn restore_text(
+    text: &str,
+    cluster: &str,
+    name_prefix_of: &dyn Fn(&str) -> Option<String>,
+    state: &mut State,
+    now: Instant,
+) -> Result<(Restored, Vec<Action>), String> {
+    let file: File = match serde_json::from_str(text) {
         Ok(f) => f,
-        Err(e) => {
-            return (
-                set_aside(path, format!("not a valid state file ({e})")),
-                Vec::new(),
-            );
-        }
+        Err(e) => return Err(format!("not a valid state file ({e})")),
     };
     if file.version != VERSION {
-        return (
-            set_aside(
-                path,
-                format!("state file version {} is not {VERSION}", file.version),
-            ),
-            Vec::new(),
-        );
+        return Err(format!(
+            "state file version {} is not {VERSION}",
+            file.version
+        ));
     }
     if file.cluster != cluster {
-        return (
-            set_aside(
-                path,
-                format!(
-                    "state file belongs to cluster {:?}, not {cluster:?}",
-                    file.cluster
-                ),
-            ),
-            Vec::new(),
-        );
+        return Err(format!(
+            "state file belongs to cluster {:?}, not {cluster:?}",
+            file.cluster
+        ));
     }
     let mut to_send = Vec::new();
     let mut restored = 0;
@@ -492,14 +499,14 @@ pub fn restore(
         }
         restored += 1;
     }
-    (
+    Ok((
         Restored {
             instances: restored,
             discarded: None,
             dropped,
         },
         to_send,
-    )
+    ))
 }
 
 /// Checks the instances restored from the journal against the first listing: an entry naming

@@ -52,6 +52,17 @@ pub enum ProviderError {
     NotFound(String),
 }
 
+/// What the provider knows of its ConfigMap journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MapVersion {
+    /// Not there yet (or not used): the first write creates it.
+    Absent,
+    /// Read or written at this resourceVersion.
+    At(String),
+    /// Could not be read: nothing may overwrite it, no create may be sent.
+    Unread,
+}
+
 /// Servers missing from a listing looked up by id per reconcile, at most.
 const LOOKUPS_PER_RECONCILE: usize = 4;
 /// How often one server's cached tags are read again.
@@ -114,8 +125,11 @@ pub struct ProviderOptions {
     /// Consecutive listings a known server must be missing from before it is looked up by id
     /// (only a lookup that finds no such server, or a completed terminate, makes it gone).
     pub vanish_misses: u32,
-    /// The restart journal; `None` keeps in-flight intent in memory only.
+    /// The restart journal as a file; `None` keeps in-flight intent in memory only (unless
+    /// `state_configmap` is set, which wins).
     pub state_file: Option<std::path::PathBuf>,
+    /// The restart journal in a ConfigMap (in a cluster: it outlives the pod).
+    pub state_configmap: Option<crate::kube::JournalMap>,
     /// Kubernetes access for Node cleanup on park and providerIDs; `None` skips both.
     pub kube: Option<crate::kube::Kube>,
     /// The time schedules are evaluated at.
@@ -139,6 +153,7 @@ impl Default for ProviderOptions {
             uncertain_create_grace: Duration::from_secs(2 * 60),
             vanish_misses: 3,
             state_file: None,
+            state_configmap: None,
             kube: None,
             clock: Clock::system(),
             drain_poll: Duration::from_secs(5),
@@ -200,6 +215,9 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// Serialises journal writes; holds the state version and the text last written.
     journal: tokio::sync::Mutex<(u64, Option<String>)>,
+    /// The ConfigMap journal's resourceVersion last read or written; set when it could not be
+    /// read at startup (`Unread`), which holds back every write and create until it is.
+    journal_map_version: Mutex<MapVersion>,
     /// When the last reconcile finished (the background loop skips its turn after a recent one).
     last_pass: Mutex<Option<tokio::time::Instant>>,
     /// Work restored from the journal, started once the first listing verified it.
@@ -226,6 +244,7 @@ impl Provider {
                 node_work: Mutex::new(nodes::NodeWork::default()),
                 deferred: Mutex::new(Vec::new()),
                 last_pass: Mutex::new(None),
+                journal_map_version: Mutex::new(MapVersion::Absent),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
@@ -1032,6 +1051,11 @@ impl Provider {
     }
 
     async fn reconcile_locked(&self) -> std::result::Result<ReconcileReport, KamateraError> {
+        if self.journal_unread() {
+            // The journal may hold creates on the wire before a restart: read it before
+            // anything could buy them again.
+            self.restore().await;
+        }
         let cfg = &self.inner.config;
         let client = &self.inner.client;
         let mut servers = client.list_servers(&cfg.filter_name_prefix).await?;
@@ -1358,36 +1382,78 @@ impl Provider {
     /// Loads the journal (if configured) and resumes what it holds once the first listing has
     /// verified it (see `journal::verify`): creates that were only queued are sent then; creates
     /// that were on the wire are watched, never sent again. Entries that fail the config's rules
-    /// are dropped, one log line each. Call once, before the first reconcile.
-    pub fn restore(&self) -> Restored {
-        let Some(path) = self.inner.options.state_file.clone() else {
-            return Restored::default();
-        };
+    /// are dropped, one log line each. Call once, before the first reconcile. A ConfigMap that
+    /// cannot be read is tried again before each reconcile; until then no create is sent.
+    pub async fn restore(&self) -> Restored {
         let cfg = &self.inner.config;
-        let (restored, to_start) = {
+        let prefix_of = |g: &str| cfg.node_group(g).map(|g| g.server.name_prefix.clone());
+        let (restored, to_start, place) = if let Some(map) = &self.inner.options.state_configmap {
+            let read = map.read().await;
+            let place = map.to_string();
+            let mut version = self
+                .inner
+                .journal_map_version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match read {
+                Err(e) => {
+                    *version = MapVersion::Unread;
+                    drop(version);
+                    warn!(journal = %place, error = %e, "cannot read the journal; no create is sent until it is read (retried before each reconcile)");
+                    return Restored {
+                        discarded: Some(format!("cannot read {place}: {e}")),
+                        ..Restored::default()
+                    };
+                }
+                Ok(None) => {
+                    *version = MapVersion::Absent;
+                    return Restored::default();
+                }
+                Ok(Some((text, rv))) => {
+                    *version = MapVersion::At(rv);
+                    drop(version);
+                    let mut st = self.lock();
+                    match journal::restore_text(
+                        &text,
+                        &cfg.cluster_name,
+                        &prefix_of,
+                        &mut st,
+                        Instant::now(),
+                    ) {
+                        Ok((r, a)) => (r, a, place),
+                        Err(why) => (
+                            Restored {
+                                discarded: Some(format!("{why} (the next write replaces it)")),
+                                ..Restored::default()
+                            },
+                            Vec::new(),
+                            place,
+                        ),
+                    }
+                }
+            }
+        } else if let Some(path) = &self.inner.options.state_file {
             let mut st = self.lock();
-            journal::restore(
-                &path,
-                &cfg.cluster_name,
-                &|g| cfg.node_group(g).map(|g| g.server.name_prefix.clone()),
-                &mut st,
-                Instant::now(),
-            )
+            let (r, a) =
+                journal::restore(path, &cfg.cluster_name, &prefix_of, &mut st, Instant::now());
+            (r, a, path.display().to_string())
+        } else {
+            return Restored::default();
         };
         match &restored.discarded {
             Some(why) => {
-                warn!(path = %path.display(), "ignoring the state file: {why}; starting from Kamatera's listing")
+                warn!(journal = %place, "ignoring the journal: {why}; starting from Kamatera's listing")
             }
             None if restored.instances > 0 => info!(
-                path = %path.display(),
+                journal = %place,
                 instances = restored.instances,
                 resume = to_start.len(),
-                "resumed in-flight work from the state file"
+                "resumed in-flight work from the journal"
             ),
             None => {}
         }
         for why in &restored.dropped {
-            warn!(path = %path.display(), "dropped a state file entry: {why}");
+            warn!(journal = %place, "dropped a state file entry: {why}");
             self.metrics().refused_mutation("journal", "invalid_entry");
         }
         self.inner
@@ -1396,6 +1462,15 @@ impl Provider {
             .unwrap_or_else(|p| p.into_inner())
             .extend(to_start);
         restored
+    }
+
+    fn journal_unread(&self) -> bool {
+        *self
+            .inner
+            .journal_map_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            == MapVersion::Unread
     }
 
     /// Checks what the journal restored against the listing (after the first listing, and
@@ -1426,12 +1501,18 @@ impl Provider {
     }
 
     /// Writes the journal if the in-flight work changed since the last write (coalesced, off
-    /// the runtime's threads; an idle provider writes nothing). No-op without a state file.
+    /// the runtime's threads; an idle provider writes nothing): to its ConfigMap, conditional on
+    /// the version last read or written, or atomically to its file. No-op without either.
     pub async fn persist(&self) -> std::result::Result<(), journal::JournalError> {
-        let Some(path) = self.inner.options.state_file.clone() else {
+        let map = self.inner.options.state_configmap.as_ref();
+        let path = self.inner.options.state_file.clone();
+        if map.is_none() && path.is_none() {
             return Ok(());
-        };
+        }
         let mut written = self.inner.journal.lock().await;
+        if self.journal_unread() {
+            return Err(journal::JournalError::Unread);
+        }
         let (version, text) = {
             let st = self.lock();
             if written.1.is_some() && st.version <= written.0 {
@@ -1446,15 +1527,40 @@ impl Provider {
             written.0 = version;
             return Ok(());
         }
-        let to_write = text.clone();
-        let result = tokio::task::spawn_blocking(move || journal::write_atomic(&path, &to_write))
-            .await
-            .unwrap_or_else(|e| {
-                Err(journal::JournalError::Write {
-                    path: String::new(),
-                    source: std::io::Error::other(e.to_string()),
+        let result = if let Some(map) = map {
+            let at = match &*self
+                .inner
+                .journal_map_version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+            {
+                MapVersion::At(rv) => Some(rv.clone()),
+                _ => None,
+            };
+            match map.write(&text, at).await {
+                Ok(rv) => {
+                    *self
+                        .inner
+                        .journal_map_version
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = MapVersion::At(rv);
+                    Ok(())
+                }
+                Err(e) => Err(journal::JournalError::Kube(e)),
+            }
+        } else if let Some(path) = path {
+            let to_write = text.clone();
+            tokio::task::spawn_blocking(move || journal::write_atomic(&path, &to_write))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(journal::JournalError::Write {
+                        path: String::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
                 })
-            });
+        } else {
+            Ok(())
+        };
         if result.is_ok() {
             *written = (version, Some(text));
         }
@@ -1516,8 +1622,24 @@ impl Provider {
             Action::Create { name, group } => {
                 let Ok(cfg) = self.group(&group) else { return };
                 // Write-ahead: a crash from here on leaves "sent" in the journal, so the restarted
-                // provider watches for the server instead of buying another.
-                self.persist_logged().await;
+                // provider watches for the server instead of buying another. A create whose
+                // journal entry could not be stored is not sent: nothing is bought.
+                if let Err(e) = self.persist().await {
+                    warn!(server = %name, error = %e, "not sending a create the journal could not record");
+                    self.metrics()
+                        .refused_mutation("create", "journal_unavailable");
+                    let mut st = self.lock();
+                    if let Some(inst) = st.instances.get_mut(&name) {
+                        inst.create = CreateStatus::Rejected;
+                        inst.error = Some(ErrorInfo {
+                            class: ErrorClass::Other,
+                            code: "JOURNAL_UNAVAILABLE",
+                            message: format!("create of {name} not sent: {e}"),
+                        });
+                        st.version += 1;
+                    }
+                    return;
+                }
                 let result = client
                     .create_server(CreateServer {
                         name: &name,

@@ -55,6 +55,12 @@ struct Inner {
     log: Vec<Recorded>,
     conflicts: u32,
     version: u64,
+    /// ConfigMaps by (namespace, name).
+    configmaps: HashMap<(String, String), Value>,
+    /// ConfigMap requests answer 503 (the API server is unreachable for them).
+    configmaps_down: bool,
+    /// The next ConfigMap writes answer 409 (someone else wrote it meanwhile).
+    configmap_conflicts: u32,
 }
 
 impl Inner {
@@ -70,6 +76,9 @@ impl Inner {
             log: Vec::new(),
             conflicts: 0,
             version: 0,
+            configmaps: HashMap::new(),
+            configmaps_down: false,
+            configmap_conflicts: 0,
         }
     }
 
@@ -127,6 +136,14 @@ impl FakeKube {
                     .delete(delete_node),
             )
             .route("/api/v1/pods", axum::routing::get(list_pods))
+            .route(
+                "/api/v1/namespaces/{ns}/configmaps",
+                axum::routing::post(create_configmap),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/configmaps/{name}",
+                axum::routing::get(get_configmap).put(replace_configmap),
+            )
             .route(
                 "/api/v1/namespaces/{ns}/pods/{name}/eviction",
                 axum::routing::post(evict_pod),
@@ -246,6 +263,25 @@ impl FakeKube {
         g.compacted = g.version;
         g.history.clear();
         g.drop_watches.send_modify(|n| *n += 1);
+    }
+
+    /// The `data` entry `key` of a ConfigMap, if there is one.
+    pub fn configmap_data(&self, ns: &str, name: &str, key: &str) -> Option<String> {
+        self.lock()
+            .configmaps
+            .get(&(ns.to_string(), name.to_string()))
+            .and_then(|cm| cm["data"][key].as_str().map(str::to_string))
+    }
+
+    /// ConfigMap requests answer 503 while `down`.
+    pub fn configmaps_down(&self, down: bool) {
+        self.lock().configmaps_down = down;
+    }
+
+    /// The next `n` ConfigMap writes answer 409 Conflict (and the ConfigMap changes version,
+    /// as when someone else wrote it).
+    pub fn configmap_conflict_next(&self, n: u32) {
+        self.lock().configmap_conflicts = n;
     }
 
     /// Names of the Nodes there are, sorted.
@@ -714,4 +750,110 @@ fn merge(target: &mut Value, patch: &Value) {
             merge(t.entry(k.clone()).or_insert(Value::Null), v);
         }
     }
+}
+
+fn unavailable() -> Response {
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "the server is currently unable to handle the request",
+    )
+}
+
+async fn get_configmap(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let g = inner.lock().expect("lock");
+    if g.configmaps_down {
+        return unavailable();
+    }
+    match g.configmaps.get(&(ns, name.clone())) {
+        Some(cm) => ok(cm),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("configmaps \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn create_configmap(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    if g.configmaps_down {
+        return unavailable();
+    }
+    let Ok(mut cm) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let name = cm["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = (ns, name.clone());
+    if g.configmaps.contains_key(&key) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("configmaps \"{name}\" already exists"),
+        );
+    }
+    let rv = g.bump();
+    cm["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.configmaps.insert(key, cm.clone());
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        cm.to_string(),
+    )
+        .into_response()
+}
+
+async fn replace_configmap(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    if g.configmaps_down {
+        return unavailable();
+    }
+    let Ok(mut cm) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let key = (ns, name.clone());
+    let Some(current) = g.configmaps.get(&key).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("configmaps \"{name}\" not found"),
+        );
+    };
+    if g.configmap_conflicts > 0 {
+        g.configmap_conflicts -= 1;
+        let rv = g.bump();
+        if let Some(c) = g.configmaps.get_mut(&key) {
+            c["metadata"]["resourceVersion"] = json!(rv.to_string());
+        }
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        );
+    }
+    if cm["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        );
+    }
+    let rv = g.bump();
+    cm["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.configmaps.insert(key, cm.clone());
+    ok(&cm)
 }
