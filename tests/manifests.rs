@@ -202,7 +202,68 @@ fn check_secure(d: &Deployment, file: &str) {
     );
 }
 
-/// The provider container: probes on its admin port, its INI passes `check`, state on a volume.
+/// The provider's journal: a ConfigMap shipped in the manifest (no state volume that dies with
+/// the pod), which a Role bound to the provider's ServiceAccount lets it get and update, by name.
+fn check_journal(m: &Manifest, d: &Deployment, file: &str, a: &[String]) {
+    assert!(
+        flag(a, "--state-file").is_none(),
+        "{file}: the journal must outlive the pod"
+    );
+    let spec = flag(a, "--state-configmap").expect("--state-configmap");
+    let (ns, name) = spec.split_once('/').expect("NAMESPACE/NAME");
+    assert!(
+        m.config_maps
+            .iter()
+            .any(|c| c.metadata.name.as_deref() == Some(name)
+                && c.metadata.namespace.as_deref() == Some(ns)),
+        "{file}: ConfigMap {spec} is shipped"
+    );
+    let volumes = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    assert!(
+        volumes.iter().all(|v| v.empty_dir.is_none()),
+        "{file}: no state emptyDir"
+    );
+    let granted = configmap_verbs(m, &service_account(d, file), ns, name);
+    for verb in ["get", "update"] {
+        assert!(
+            granted.contains(verb),
+            "{file}: cannot {verb} {spec}: {granted:?}"
+        );
+    }
+}
+
+/// The verbs Roles bound to ServiceAccount `sa` grant on ConfigMap `ns/name`, by name.
+fn configmap_verbs(m: &Manifest, sa: &str, ns: &str, name: &str) -> BTreeSet<String> {
+    m.role_bindings
+        .iter()
+        .filter(|b| {
+            b.metadata.namespace.as_deref() == Some(ns)
+                && b.subjects
+                    .iter()
+                    .flatten()
+                    .any(|s| s.kind == "ServiceAccount" && s.name == sa)
+        })
+        .filter_map(|b| {
+            m.roles.iter().find(|r| {
+                b.role_ref.kind == "Role" && r.metadata.name.as_deref() == Some(&b.role_ref.name)
+            })
+        })
+        .flat_map(|r| r.rules.iter().flatten())
+        .filter(|r| {
+            r.resources.iter().flatten().any(|x| x == "configmaps")
+                && r.resource_names.iter().flatten().any(|n| n == name)
+        })
+        .flat_map(|r| r.verbs.clone())
+        .collect()
+}
+
+/// The provider container: probes on its admin port, its INI passes `check`, the journal in a
+/// ConfigMap.
 fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
     let p = container(d, "kamatera-ca-provider").expect("provider container");
     let a = args(p);
@@ -229,12 +290,7 @@ fn check_provider(m: &Manifest, d: &Deployment, file: &str) -> Vec<String> {
             "{file}: {what} probe port is the admin server's"
         );
     }
-    let state = flag(&a, "--state-file").expect("--state-file");
-    let (vol, _) = mounted(d, p, state);
-    assert!(
-        vol.empty_dir.is_some() || vol.persistent_volume_claim.is_some(),
-        "{file}: the state file needs a writable volume"
-    );
+    check_journal(m, d, file, &a);
 
     // The INI in the Secret passes `check` once the placeholders are filled in.
     let ini_path = flag(&a, "--cloud-config").expect("--cloud-config");
@@ -633,6 +689,38 @@ fn helm_values_run_the_provider_as_a_native_sidecar() {
         .as_str()
         .expect("a fixed ServiceAccount name");
     let objects = v["extraObjects"].as_array().expect("extraObjects");
+    // Its journal: a ConfigMap among the extra objects, readable and writable by name, and no
+    // state volume that would die with the pod.
+    let mut extra = Manifest::default();
+    for o in objects {
+        match o["kind"].as_str() {
+            Some("ConfigMap") => extra.config_maps.push(typed(o.clone(), "helm values")),
+            Some("Role") => extra.roles.push(typed(o.clone(), "helm values")),
+            Some("RoleBinding") => extra.role_bindings.push(typed(o.clone(), "helm values")),
+            _ => {}
+        }
+    }
+    let spec = flag(&a, "--state-configmap").expect("--state-configmap");
+    let (ns, name) = spec.split_once('/').expect("NAMESPACE/NAME");
+    assert!(
+        extra
+            .config_maps
+            .iter()
+            .any(|c| c.metadata.name.as_deref() == Some(name))
+    );
+    let verbs = configmap_verbs(&extra, sa, ns, name);
+    assert!(
+        verbs.contains("get") && verbs.contains("update"),
+        "{verbs:?}"
+    );
+    assert!(
+        v["extraVolumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|vol| vol.get("emptyDir").is_none()),
+        "no state emptyDir"
+    );
     let role: ClusterRole = objects
         .iter()
         .find(|o| o["kind"] == "ClusterRole")

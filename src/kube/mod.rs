@@ -567,17 +567,18 @@ impl std::fmt::Display for JournalMap {
 }
 
 impl JournalMap {
-    /// The journal text and the ConfigMap's resourceVersion; `None` when there is no
-    /// ConfigMap or it holds no journal yet.
-    pub async fn read(&self) -> Result<Option<(String, String)>, KubeError> {
+    /// The journal text (`None` when the ConfigMap holds none yet, as the empty one the
+    /// manifests ship) and the ConfigMap's resourceVersion; `None` when there is no ConfigMap.
+    pub async fn read(&self) -> Result<Option<(Option<String>, String)>, KubeError> {
         let cm = self
             .api
             .get_opt(&self.name)
             .await
             .map_err(|e| api_error(&self.to_string(), e))?;
-        Ok(cm.and_then(|cm| {
+        Ok(cm.map(|cm| {
             let rv = cm.metadata.resource_version.clone().unwrap_or_default();
-            cm.data?.get(JOURNAL_KEY).cloned().map(|t| (t, rv))
+            let text = cm.data.and_then(|d| d.get(JOURNAL_KEY).cloned());
+            (text, rv)
         }))
     }
 

@@ -1409,7 +1409,12 @@ impl Provider {
                     *version = MapVersion::Absent;
                     return Restored::default();
                 }
-                Ok(Some((text, rv))) => {
+                Ok(Some((None, rv))) => {
+                    // The ConfigMap exists (the manifests ship it empty): written in place.
+                    *version = MapVersion::At(rv);
+                    return Restored::default();
+                }
+                Ok(Some((Some(text), rv))) => {
                     *version = MapVersion::At(rv);
                     drop(version);
                     let mut st = self.lock();
