@@ -139,6 +139,17 @@ struct ServeArgs {
     /// <pod namespace>/kamatera-ca-provider-state-<cluster-name>.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     state_configmap: Option<String>,
+    /// Run as one of several replicas: only the holder of a coordination.k8s.io Lease
+    /// reconciles, mutates and answers; the others stand by (NOT_SERVING, not ready) and take
+    /// over from the ConfigMap journal when the holder is gone. Needs the journal in a ConfigMap.
+    #[arg(long)]
+    leader_elect: bool,
+    /// The Lease (NAMESPACE/NAME). Default: <pod namespace>/kamatera-ca-provider.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    leader_elect_lease: Option<String>,
+    /// How long a Lease holds without renewal; the holder stops acting after two thirds of it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    leader_elect_lease_seconds: u64,
     /// Seconds a create whose outcome is unknown (timeout, 5xx, or on the wire when the process
     /// stopped) waits for its server to appear before it reports CREATE_UNCERTAIN.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
@@ -495,6 +506,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(map) = &state_configmap {
         tracing::info!(journal = %map, "the restart journal lives in a ConfigMap");
     }
+    let leader_elect = if args.leader_elect {
+        let Some(k) = &kube else {
+            anyhow::bail!(
+                "--leader-elect needs Kubernetes access (--kubeconfig, KUBECONFIG or the in-cluster service account)"
+            );
+        };
+        if state_configmap.is_none() {
+            anyhow::bail!(
+                "--leader-elect needs the journal in a ConfigMap (--state-configmap): a file would not move to the next holder"
+            );
+        }
+        let (ns, name) = match &args.leader_elect_lease {
+            Some(spec) => spec
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                .map(|(ns, name)| (ns.to_string(), name.to_string()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--leader-elect-lease {spec:?}: expected NAMESPACE/NAME")
+                })?,
+            None => (
+                kamatera_ca_provider::kube::pod_namespace().unwrap_or_else(|| "kube-system".into()),
+                "kamatera-ca-provider".to_string(),
+            ),
+        };
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("kamatera-ca-provider-{:08x}", rand::random::<u32>()));
+        let lock = k.lease(
+            &ns,
+            &name,
+            &identity,
+            Duration::from_secs(args.leader_elect_lease_seconds.max(3)),
+        );
+        tracing::info!(lease = %lock, identity = %identity, "leader election: standing by until the lease is ours");
+        Some(Arc::new(lock))
+    } else {
+        None
+    };
     let state_file = match (&args.state_file, args.simulate, &state_configmap) {
         (_, _, Some(_)) => None,
         (Some(p), _, None) => Some(p.clone()),
@@ -519,12 +568,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ProviderOptions {
             state_file,
             state_configmap,
+            leader_elect: leader_elect.clone(),
             uncertain_create_grace: Duration::from_secs(args.uncertain_create_grace_seconds),
             kube,
             ..ProviderOptions::default()
         },
     );
-    provider.restore().await;
+    if leader_elect.is_none() {
+        // With leader election, the replica that acquires the lease restores the journal.
+        provider.restore().await;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -578,13 +631,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|t| t.spawn_watcher(Duration::from_secs(args.tls_reload_seconds.max(1))));
 
-    match provider.reconcile().await {
-        Ok(r) => tracing::info!(servers = r.listed, "first Kamatera listing done"),
-        Err(e) => tracing::warn!(
-            error = e.detail(),
-            "first Kamatera listing failed; Refresh answers Unavailable until one succeeds"
-        ),
+    if leader_elect.is_none() {
+        match provider.reconcile().await {
+            Ok(r) => tracing::info!(servers = r.listed, "first Kamatera listing done"),
+            Err(e) => tracing::warn!(
+                error = e.detail(),
+                "first Kamatera listing failed; Refresh answers Unavailable until one succeeds"
+            ),
+        }
     }
+    let election = provider.start_leader_election();
     let background = provider.start_background();
     let node_controller = provider.start_node_controller();
     let provider_for_flush = provider.clone();
@@ -600,6 +656,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     background.abort();
     if let Some(n) = node_controller {
         n.abort();
+    }
+    if let Some(e) = election {
+        e.abort();
     }
     if let Some(w) = tls_watcher {
         w.abort();

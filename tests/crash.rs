@@ -578,3 +578,183 @@ async fn the_configmap_journal_retries_conflicts_and_holds_creates_while_unreach
         assert!(names.contains(&i.id), "{} restored: {names:?}", i.id);
     }
 }
+
+/// A provider with the journal in `kube-system/crash-state` and leader election on
+/// `kube-system/crash-lease` as `identity` (2 s leases, renewed every 200 ms).
+async fn replica(
+    config: &Path,
+    kubeconfig: &Path,
+    identity: &str,
+) -> kamatera_ca_provider::provider::Provider {
+    use kamatera_ca_provider::config::CloudConfig;
+    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+    kamatera_ca_provider::kamatera::install_crypto_provider();
+    let kube = kamatera_ca_provider::kube::Kube::from_kubeconfig_file(kubeconfig)
+        .await
+        .expect("kube");
+    let cfg = CloudConfig::load(config).expect("config");
+    let client = common::test_client(
+        &cfg,
+        std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new()),
+    );
+    Provider::new(
+        cfg,
+        client,
+        ProviderOptions {
+            state_configmap: Some(kube.journal_map("kube-system", "crash-state")),
+            leader_elect: Some(std::sync::Arc::new(kube.lease(
+                "kube-system",
+                "crash-lease",
+                identity,
+                Duration::from_secs(2),
+            ))),
+            lease_retry: Duration::from_millis(200),
+            reconcile_interval: Duration::from_secs(3600),
+            uncertain_create_grace: Duration::from_secs(1),
+            ..ProviderOptions::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_one_replica_acts_and_the_other_takes_over_without_buying_twice() {
+    let sim = std::sync::Arc::new(common::start_sim(Timing::fast(), Default::default()).await);
+    // Creates are carried out at once but answered slowly: the holder dies waiting.
+    sim.set_endpoint_faults(
+        Endpoint::CreateServer,
+        EndpointFaults {
+            answer_delay_ms: 400,
+            ..Default::default()
+        },
+    );
+    let fake = common::fake_kube::FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &sim);
+    let kubeconfig = fake.kubeconfig(dir.path());
+
+    // Replica "a" runs in a runtime of its own: dropping it ends every task of it at once, as
+    // a killed pod would (its lease is not released).
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (die_tx, die_rx) = tokio::sync::oneshot::channel::<()>();
+    let a = {
+        let (config, kubeconfig, sim, fake) = (
+            config.clone(),
+            kubeconfig.clone(),
+            sim.clone(),
+            fake.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let a = replica(&config, &kubeconfig, "a").await;
+                a.start_leader_election();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while !a.is_leader() {
+                    assert!(tokio::time::Instant::now() < deadline, "a never led");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(
+                    fake.lease_holder("kube-system", "crash-lease").as_deref(),
+                    Some("a")
+                );
+                a.refresh().await.expect("refresh");
+                a.increase_size("burst", 4).await.expect("increase");
+                while sim.requests(Endpoint::CreateServer) < 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let _ = ready_tx.send(());
+                let _ = die_rx.await;
+            });
+            // The runtime drops here: replica a is gone mid scale-up.
+        })
+    };
+
+    tokio::task::spawn_blocking(move || ready_rx.recv())
+        .await
+        .expect("join")
+        .expect("a scaled up");
+    let b = replica(&config, &kubeconfig, "b").await;
+    b.start_leader_election();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // While a holds the lease, b stands by: not ready, and refuses to act.
+    assert!(!b.is_leader());
+    assert!(b.readiness().is_err(), "a standing-by replica is not ready");
+    let err = b.increase_size("burst", 1).await.expect_err("standing by");
+    assert!(
+        matches!(
+            err,
+            kamatera_ca_provider::provider::ProviderError::Unavailable(_)
+        ),
+        "{err:?}"
+    );
+
+    let _ = die_tx.send(());
+    tokio::task::spawn_blocking(move || a.join())
+        .await
+        .expect("join")
+        .expect("replica a");
+    let creates_before_takeover = sim.requests(Endpoint::CreateServer);
+
+    // b takes over once a's lease expires, from the journal a left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !b.is_leader() {
+        assert!(tokio::time::Instant::now() < deadline, "b never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fake.lease_holder("kube-system", "crash-lease").as_deref(),
+        Some("b")
+    );
+    sim.update_faults(|f| f.endpoints.clear());
+    // The autoscaler goes on asking for 4.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        b.refresh().await.expect("refresh");
+        let nodes = b.nodes("burst").expect("nodes");
+        let failed: Vec<kamatera_ca_provider::provider::NodeRef> = nodes
+            .iter()
+            .filter(|i| i.error.is_some())
+            .map(|i| kamatera_ca_provider::provider::NodeRef {
+                provider_id: i.id.clone(),
+                name: i.id.clone(),
+                ..Default::default()
+            })
+            .collect();
+        if !failed.is_empty() {
+            b.delete_nodes("burst", &failed)
+                .await
+                .expect("delete failed");
+        }
+        let target = b.target_size("burst").expect("target");
+        if target < 4 {
+            b.increase_size("burst", 4 - target as i32)
+                .await
+                .expect("increase");
+        }
+        let running = nodes
+            .iter()
+            .filter(|i| i.phase == kamatera_ca_provider::provider::Phase::Running)
+            .count();
+        if running == 4 && target == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no steady state: {nodes:?}\n{:#}",
+            sim.snapshot()["servers"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let servers = sim.snapshot()["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(servers.len(), 4, "exactly the 4 asked for: {servers:#?}");
+    eprintln!(
+        "creates: {creates_before_takeover} by a before it died, {} in all",
+        sim.requests(Endpoint::CreateServer)
+    );
+}

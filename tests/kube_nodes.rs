@@ -585,10 +585,11 @@ template-label = team=data
             "linux",
             "kubelet's kept"
         );
-        assert_eq!(
-            w.metric("kamatera_ca_kube_node_updates_total{kind=\"label\",result=\"updated\"}"),
-            1.0
-        );
+        // Counted once the write's answer is back (the fake shows the labels a moment before).
+        let updated = "kamatera_ca_kube_node_updates_total{kind=\"label\",result=\"updated\"}";
+        until("counted", || w.metric(updated) == 1.0).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(w.metric(updated), 1.0, "one write");
 
         // With Kubernetes access the template promises exactly these, plus the kubelet's.
         let resp =

@@ -98,20 +98,34 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// Flips the health service to SERVING after the first successful reconcile.
+/// Keeps the health service SERVING exactly while the provider can answer: after its first
+/// successful reconcile, and (with leader election) while it holds the lease.
 async fn report_health(provider: Provider, reporter: tonic_health::server::HealthReporter) {
     let mut reconciles = provider.subscribe_reconciles();
+    let mut leadership = provider.subscribe_leadership();
+    let mut serving = false;
     loop {
-        if provider.ready() {
-            reporter.set_serving::<CloudProviderServer<Service>>().await;
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
-            info!("gRPC health: SERVING");
-            return;
+        let now = provider.ready() && provider.is_leader();
+        if now != serving {
+            let status = if now {
+                reporter.set_serving::<CloudProviderServer<Service>>().await;
+                tonic_health::ServingStatus::Serving
+            } else {
+                reporter
+                    .set_not_serving::<CloudProviderServer<Service>>()
+                    .await;
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            info!(
+                "gRPC health: {}",
+                if now { "SERVING" } else { "NOT_SERVING" }
+            );
+            serving = now;
         }
-        if reconciles.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = reconciles.changed() => if r.is_err() { return },
+            r = leadership.changed() => if r.is_err() { return },
         }
     }
 }

@@ -135,6 +135,15 @@ impl Provider {
     /// (`MAX_SIZE_REACHED`, the autoscaler backs the group off), anything that is not the
     /// group's is forgotten (it never was the provider's to touch).
     pub(super) fn admit(&self, st: &mut State, action: &Action) -> bool {
+        if !self.is_leader() {
+            // Lost the lease meanwhile: the holder carries the work on from the journal.
+            warn!(
+                action = kind(action),
+                "not the lease holder any more: refused a cloud mutation"
+            );
+            self.metrics().refused_mutation(kind(action), "not_leader");
+            return false;
+        }
         let now = self.inner.options.clock.now();
         let manual = |group: &str| {
             st.hibernation

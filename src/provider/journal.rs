@@ -36,6 +36,8 @@ pub enum JournalError {
         "the journal has not been read yet (its store was unreachable at startup); nothing that needs it is sent"
     )]
     Unread,
+    #[error("this replica does not hold the lease; the journal is the holder's")]
+    NotLeader,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,6 +14,7 @@
 mod guard;
 mod hibernate;
 mod journal;
+mod leader;
 mod nodes;
 mod state;
 mod template;
@@ -130,6 +131,11 @@ pub struct ProviderOptions {
     pub state_file: Option<std::path::PathBuf>,
     /// The restart journal in a ConfigMap (in a cluster: it outlives the pod).
     pub state_configmap: Option<crate::kube::JournalMap>,
+    /// With a Lease, only the replica that holds it reconciles, mutates and answers the
+    /// autoscaler; `None`: this process is the only one.
+    pub leader_elect: Option<std::sync::Arc<crate::kube::LeaseLock>>,
+    /// How often the Lease is renewed (or tried for).
+    pub lease_retry: Duration,
     /// Kubernetes access for Node cleanup on park and providerIDs; `None` skips both.
     pub kube: Option<crate::kube::Kube>,
     /// The time schedules are evaluated at.
@@ -154,6 +160,8 @@ impl Default for ProviderOptions {
             vanish_misses: 3,
             state_file: None,
             state_configmap: None,
+            leader_elect: None,
+            lease_retry: Duration::from_secs(2),
             kube: None,
             clock: Clock::system(),
             drain_poll: Duration::from_secs(5),
@@ -218,6 +226,8 @@ struct Inner {
     /// The ConfigMap journal's resourceVersion last read or written; set when it could not be
     /// read at startup (`Unread`), which holds back every write and create until it is.
     journal_map_version: Mutex<MapVersion>,
+    /// True while this process may act: it holds the Lease, or there is no leader election.
+    leader: watch::Sender<bool>,
     /// When the last reconcile finished (the background loop skips its turn after a recent one).
     last_pass: Mutex<Option<tokio::time::Instant>>,
     /// Work restored from the journal, started once the first listing verified it.
@@ -231,6 +241,7 @@ struct Inner {
 impl Provider {
     pub fn new(config: CloudConfig, client: Client, options: ProviderOptions) -> Provider {
         let (finished, _) = watch::channel(0);
+        let (leader, _) = watch::channel(options.leader_elect.is_none());
         Provider {
             inner: Arc::new(Inner {
                 requests: Arc::new(Semaphore::new(options.max_concurrent_requests.max(1))),
@@ -244,6 +255,7 @@ impl Provider {
                 node_work: Mutex::new(nodes::NodeWork::default()),
                 deferred: Mutex::new(Vec::new()),
                 last_pass: Mutex::new(None),
+                leader,
                 journal_map_version: Mutex::new(MapVersion::Absent),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
@@ -254,6 +266,17 @@ impl Provider {
         // Transitions never leave the state half-updated across a panic point that matters;
         // keep serving rather than poisoning every later call.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Ok` while this process may act (see [`Provider::is_leader`]).
+    fn acting(&self) -> Result<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(ProviderError::Unavailable(
+                "this replica is standing by: another one holds the lease".into(),
+            ))
+        }
     }
 
     fn group(&self, id: &str) -> Result<&NodeGroupConfig> {
@@ -408,6 +431,7 @@ impl Provider {
     /// created. Writes the intent to the journal before answering.
     pub async fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
         let cfg = self.group(group)?;
+        self.acting()?;
         if delta <= 0 {
             return Err(ProviderError::InvalidArgument(format!(
                 "delta must be positive, have: {delta}"
@@ -500,6 +524,7 @@ impl Provider {
     /// way it is powered off first.
     pub async fn delete_nodes(&self, group: &str, nodes: &[NodeRef]) -> Result<()> {
         let cfg = self.group(group)?;
+        self.acting()?;
         let now = Instant::now();
         let mut actions = Vec::new();
         {
@@ -590,6 +615,7 @@ impl Provider {
     /// Lowers the target by cancelling capacity that has no server yet; never deletes a node.
     pub async fn decrease_target_size(&self, group: &str, delta: i32) -> Result<()> {
         self.group(group)?;
+        self.acting()?;
         if delta >= 0 {
             return Err(ProviderError::InvalidArgument(format!(
                 "delta must be negative, have: {delta}"
@@ -763,6 +789,12 @@ impl Provider {
 
     /// `Ok` while the last successful reconcile is recent enough; else why not.
     pub fn readiness(&self) -> std::result::Result<(), String> {
+        if let (false, Some(lock)) = (self.is_leader(), &self.inner.options.leader_elect) {
+            return Err(format!(
+                "standing by: {lock} is held by another replica (this one is {})",
+                lock.identity
+            ));
+        }
         let st = self.lock();
         let max = self.inner.options.max_staleness;
         match st.last_success {
@@ -924,6 +956,7 @@ impl Provider {
     /// Triggers a reconcile and waits for it up to `refresh_wait`. Errors only while the
     /// provider has never seen Kamatera's state (it cannot answer truthfully then).
     pub async fn refresh(&self) -> Result<()> {
+        self.acting()?;
         let mut rx = self.inner.finished.subscribe();
         let seen = *rx.borrow_and_update();
         self.trigger();
@@ -984,13 +1017,13 @@ impl Provider {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .is_some_and(|t| t.elapsed() < p.inner.options.reconcile_interval);
-                        if !recent {
+                        if !recent && p.is_leader() {
                             let _ = p.reconcile().await;
                         }
                     }
                     _ = hib.tick() => {
                         // Drains need the instances: only after the first listing.
-                        if p.ready() {
+                        if p.ready() && p.is_leader() {
                             p.control_hibernation().await;
                         }
                     }
@@ -1517,6 +1550,10 @@ impl Provider {
         let mut written = self.inner.journal.lock().await;
         if self.journal_unread() {
             return Err(journal::JournalError::Unread);
+        }
+        if !self.is_leader() {
+            // The journal is the holder's: a replica standing by never overwrites it.
+            return Err(journal::JournalError::NotLeader);
         }
         let (version, text) = {
             let st = self.lock();

@@ -143,6 +143,9 @@ impl Provider {
         let Some(kube) = self.inner.options.kube.clone() else {
             return;
         };
+        if !self.is_leader() {
+            return;
+        }
         let batch: Vec<(String, Gone)> = {
             let mut w = self.node_work();
             if w.sweeping || w.gone.is_empty() {
@@ -294,6 +297,9 @@ impl Provider {
         let Some(kube) = self.inner.options.kube.clone() else {
             return;
         };
+        if !self.is_leader() {
+            return;
+        }
         let Some((tie, group)) = self.node_owner(node) else {
             return;
         };

@@ -57,6 +57,8 @@ struct Inner {
     version: u64,
     /// ConfigMaps by (namespace, name).
     configmaps: HashMap<(String, String), Value>,
+    /// Leases by (namespace, name).
+    leases: HashMap<(String, String), Value>,
     /// ConfigMap requests answer 503 (the API server is unreachable for them).
     configmaps_down: bool,
     /// The next ConfigMap writes answer 409 (someone else wrote it meanwhile).
@@ -77,6 +79,7 @@ impl Inner {
             conflicts: 0,
             version: 0,
             configmaps: HashMap::new(),
+            leases: HashMap::new(),
             configmaps_down: false,
             configmap_conflicts: 0,
         }
@@ -139,6 +142,14 @@ impl FakeKube {
             .route(
                 "/api/v1/namespaces/{ns}/configmaps",
                 axum::routing::post(create_configmap),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                axum::routing::post(create_lease),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                axum::routing::get(get_lease).put(replace_lease),
             )
             .route(
                 "/api/v1/namespaces/{ns}/configmaps/{name}",
@@ -282,6 +293,14 @@ impl FakeKube {
     /// as when someone else wrote it).
     pub fn configmap_conflict_next(&self, n: u32) {
         self.lock().configmap_conflicts = n;
+    }
+
+    /// The holder of a Lease, if any.
+    pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
+        self.lock()
+            .leases
+            .get(&(ns.to_string(), name.to_string()))
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     }
 
     /// Names of the Nodes there are, sorted.
@@ -856,4 +875,77 @@ async fn replace_configmap(
     cm["metadata"]["resourceVersion"] = json!(rv.to_string());
     g.configmaps.insert(key, cm.clone());
     ok(&cm)
+}
+
+async fn get_lease(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let g = inner.lock().expect("lock");
+    match g.leases.get(&(ns, name.clone())) {
+        Some(l) => ok(l),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("leases.coordination.k8s.io \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn create_lease(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let name = lease["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = (ns, name.clone());
+    if g.leases.contains_key(&key) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+        );
+    }
+    let rv = g.bump();
+    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.leases.insert(key, lease.clone());
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        lease.to_string(),
+    )
+        .into_response()
+}
+
+async fn replace_lease(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut g = inner.lock().expect("lock");
+    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let key = (ns, name.clone());
+    let Some(current) = g.leases.get(&key).cloned() else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such lease");
+    };
+    if lease["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        );
+    }
+    let rv = g.bump();
+    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.leases.insert(key, lease.clone());
+    ok(&lease)
 }
