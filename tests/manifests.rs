@@ -27,6 +27,8 @@ struct Manifest {
     config_maps: Vec<ConfigMap>,
     deployments: Vec<Deployment>,
     services: Vec<Service>,
+    leases: Vec<k8s_openapi::api::coordination::v1::Lease>,
+    budgets: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
     /// cert-manager objects (no k8s-openapi type): kind and body.
     cert_manager: Vec<(String, Value)>,
 }
@@ -59,6 +61,8 @@ fn load(file: &str) -> Manifest {
             ("v1", "ConfigMap") => m.config_maps.push(typed(v, file)),
             ("apps/v1", "Deployment") => m.deployments.push(typed(v, file)),
             ("v1", "Service") => m.services.push(typed(v, file)),
+            ("coordination.k8s.io/v1", "Lease") => m.leases.push(typed(v, file)),
+            ("policy/v1", "PodDisruptionBudget") => m.budgets.push(typed(v, file)),
             ("cert-manager.io/v1", kind @ ("Issuer" | "Certificate")) => {
                 assert!(v["spec"].is_object(), "{file}: {kind} without spec");
                 m.cert_manager.push((kind.to_string(), v));
@@ -557,6 +561,73 @@ fn mtls_deployment_wires_certificates_to_both_sides() {
     check_secure(provider, file);
     let cc = ca_cloud_config(&m, ca);
     let pa = check_provider(&m, provider, file);
+
+    // Two replicas, one acting: the lease is shipped, its RBAC is by name, a budget keeps one
+    // replica through drains.
+    assert_eq!(provider.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert!(pa.iter().any(|a| a == "--leader-elect"), "{pa:?}");
+    let lease = flag(&pa, "--leader-elect-lease").expect("--leader-elect-lease");
+    let (ns, name) = lease.split_once('/').expect("NAMESPACE/NAME");
+    assert!(
+        m.leases
+            .iter()
+            .any(|l| l.metadata.name.as_deref() == Some(name)
+                && l.metadata.namespace.as_deref() == Some(ns))
+    );
+    let sa = service_account(provider, file);
+    let lease_verbs: BTreeSet<String> = m
+        .role_bindings
+        .iter()
+        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == sa))
+        .filter_map(|b| {
+            m.roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
+        })
+        .flat_map(|r| r.rules.iter().flatten())
+        .filter(|r| {
+            r.api_groups
+                .iter()
+                .flatten()
+                .any(|g| g == "coordination.k8s.io")
+                && r.resources.iter().flatten().any(|x| x == "leases")
+                && r.resource_names.iter().flatten().any(|n| n == name)
+        })
+        .flat_map(|r| r.verbs.clone())
+        .collect();
+    assert!(
+        lease_verbs.contains("get") && lease_verbs.contains("update"),
+        "{lease_verbs:?}"
+    );
+    let pod_labels = provider
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let pdb = m.budgets.first().expect("a PodDisruptionBudget");
+    let spec = pdb.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let selects = spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default();
+    assert!(
+        !selects.is_empty() && selects.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the budget selects the provider's pods"
+    );
+    assert!(
+        container(provider, "kamatera-ca-provider")
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.name == "POD_NAME"),
+        "each replica names itself in the lease"
+    );
 
     // The autoscaler dials the Service; the Service reaches the provider's gRPC port.
     let address = cc.get("address").expect("address");
