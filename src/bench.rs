@@ -67,6 +67,52 @@ pub struct ScaleResult {
     pub scale_up_seconds: f64,
     pub increase_ms: Vec<f64>,
     pub peak_rss_mb: f64,
+    /// Start → ready and Kamatera calls before ready, with no journal and then from the journal
+    /// the first start wrote (each request answered after [`RESTART_LATENCY_MS`]).
+    pub cold: (f64, u64),
+    pub warm: (f64, u64),
+    /// Servers in the account at the restarts (seeded, scaled up, and created by the
+    /// IncreaseSize measurement).
+    pub account_servers: usize,
+}
+
+/// The round trip each Kamatera request takes in the restart measurement.
+pub const RESTART_LATENCY_MS: u64 = 44;
+
+/// Starts `serve` on `config` with the journal at `state`, waits until Refresh succeeds (the
+/// first listing done), and returns the milliseconds and the Kamatera calls that took.
+async fn restart(
+    exe: &Path,
+    config: &str,
+    state: &Path,
+    sim: &SimHandle,
+) -> Result<(f64, u64), BenchError> {
+    let before = total_requests(sim);
+    let started = Instant::now();
+    let state_arg = state.display().to_string();
+    let serve = spawn_serve(
+        exe,
+        &["--cloud-config", config, "--state-file", &state_arg],
+        Duration::from_secs(120),
+    )?;
+    let channel = Channel::from_shared(format!("http://{}", serve.addr))
+        .map_err(|e| BenchError::Setup(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let mut ca = CloudProviderClient::new(channel);
+    while ca.refresh(pb::RefreshRequest {}).await.is_err() {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(BenchError::Setup("not ready after 600 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let figures = (
+        started.elapsed().as_secs_f64() * 1000.0,
+        total_requests(sim) - before,
+    );
+    drop(serve);
+    Ok(figures)
 }
 
 fn group_name(i: usize) -> String {
@@ -558,6 +604,15 @@ pub async fn run_scale(
 
     let peak_rss_mb = peak_rss_mb(serve.child.id());
     drop(serve);
+
+    // Restarts, every Kamatera request answered after a realistic round trip: cold (no
+    // journal: one tag read per server), then warm from the journal the cold start wrote.
+    sim.update_faults(|f| f.all.latency_ms = RESTART_LATENCY_MS);
+    let account_servers = sim.with_state(|s| s.servers.len());
+    let state = dir.join(format!("state-{groups}x{per_group}.json"));
+    let _ = std::fs::remove_file(&state);
+    let cold = restart(&exe, &config_arg, &state, &sim).await?;
+    let warm = restart(&exe, &config_arg, &state, &sim).await?;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ScaleResult {
@@ -573,6 +628,9 @@ pub async fn run_scale(
         scale_up_seconds,
         increase_ms,
         peak_rss_mb,
+        cold,
+        warm,
+        account_servers,
     })
 }
 
@@ -644,6 +702,23 @@ pub fn render(results: &[ScaleResult], opts: &BenchOptions, command: &str) -> St
             percentile(&inc, 0.5),
             inc.last().copied().unwrap_or(f64::NAN),
             r.peak_rss_mb
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n## Restarts\n\nThe provider started again on the same account, every Kamatera request answered after \
+         {RESTART_LATENCY_MS} ms (a realistic round trip): cold without a journal (one tag read per \
+         server), then warm from the journal the cold start wrote (the tags of every server seen). \
+         Ready = the first Refresh that succeeds (the start's own listing, then the one Refresh \
+         waits for).\n\n\
+         | scale | servers in the account | cold: ready | cold: Kamatera calls | warm: ready | warm: Kamatera calls |\n\
+         |---|---|---|---|---|---|"
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} × {} | {} | {:.0} ms | {} | {:.0} ms | {} |",
+            r.groups, r.per_group, r.account_servers, r.cold.0, r.cold.1, r.warm.0, r.warm.1
         );
     }
     let _ = writeln!(out, "\n## Against the targets\n");

@@ -42,6 +42,7 @@ fn bench_writes_a_complete_report() {
         "| Refresh | 40 |",
         "Scale-up of 50 servers across 5 groups",
         "create_server 50",
+        "## Restarts",
     ] {
         assert!(
             report.contains(expected),
@@ -50,4 +51,19 @@ fn bench_writes_a_complete_report() {
     }
     // One listing per steady refresh, and nothing else.
     assert!(report.contains("| 1.00 |"), "{report}");
+    // A warm restart reads no tags: at most 3 calls (listings), where a cold one reads a tag
+    // per server in the account.
+    let restart = report
+        .lines()
+        .find(|l| l.starts_with("| 5 × 2 | ") && l.matches('|').count() == 7)
+        .unwrap_or_else(|| panic!("no restart row in:\n{report}"));
+    let cells: Vec<&str> = restart.split('|').map(str::trim).collect();
+    let num = |i: usize| {
+        cells[i]
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{restart}"))
+    };
+    let (servers, cold, warm) = (num(2), num(4), num(6));
+    assert!(cold > servers, "cold: a tag read per server: {restart}");
+    assert!(warm <= 3, "warm: listings only: {restart}");
 }
