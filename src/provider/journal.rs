@@ -805,3 +805,36 @@ mod tests {
         assert!(probe(Path::new("/nonexistent-dir/state.json")).is_err());
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_servers_fit_a_configmap() {
+        let now = Instant::now();
+        let mut st = State::default();
+        for i in 0..10_000u32 {
+            let group = format!("group-{:02}", i % 20);
+            st.tags.insert(
+                format!("{i:08x}-1b2c-4d5e-8f90-{:012x}", u64::from(i) * 7919),
+                vec!["k8sca-production".into(), format!("k8scang-{group}")],
+            );
+        }
+        // And a scale-up of 100 in flight.
+        for i in 0..100u32 {
+            let mut inst = Instance::creating(format!("g-{i:011x}"), "g".into(), now);
+            inst.create = CreateStatus::Accepted;
+            inst.command = Some(Pending {
+                id: format!("{}", 1_000_000 + i),
+                kind: CommandKind::Create,
+                since: now,
+                unknown_since: None,
+            });
+            st.insert(format!("g-{i:011x}"), inst);
+        }
+        let text = render("production", &st);
+        eprintln!("journal at 10,000 servers and 100 creates in flight: {} bytes", text.len());
+        assert!(text.len() < 1024 * 1024 * 6 / 10, "{} bytes", text.len());
+    }
+}
