@@ -387,22 +387,33 @@ fn api_calls(sim: &sim::SimHandle) -> u64 {
     sim.with_state(|s| s.requests.values().sum())
 }
 
-/// An in-process provider on `config` with the journal at `state`.
-fn provider(config: &Path, state: &Path) -> kamatera_ca_provider::provider::Provider {
-    use kamatera_ca_provider::config::CloudConfig;
-    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
-    let cfg = CloudConfig::load(config).expect("config");
+/// An in-process provider on `config` with `options` (reconciling only when asked).
+fn provider_with(
+    config: &Path,
+    options: kamatera_ca_provider::provider::ProviderOptions,
+) -> kamatera_ca_provider::provider::Provider {
+    let cfg = kamatera_ca_provider::config::CloudConfig::load(config).expect("config");
     let client = common::test_client(
         &cfg,
         std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new()),
     );
-    Provider::new(
+    kamatera_ca_provider::provider::Provider::new(
         cfg,
         client,
-        ProviderOptions {
-            state_file: Some(state.to_path_buf()),
+        kamatera_ca_provider::provider::ProviderOptions {
             reconcile_interval: Duration::from_secs(3600),
-            ..ProviderOptions::default()
+            ..options
+        },
+    )
+}
+
+/// An in-process provider on `config` with the journal at `state`.
+fn provider(config: &Path, state: &Path) -> kamatera_ca_provider::provider::Provider {
+    provider_with(
+        config,
+        kamatera_ca_provider::provider::ProviderOptions {
+            state_file: Some(state.to_path_buf()),
+            ..Default::default()
         },
     )
 }
@@ -468,8 +479,7 @@ async fn a_warm_restart_reads_no_tags_it_has_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configmap_journal_retries_conflicts_and_holds_creates_while_unreachable() {
-    use kamatera_ca_provider::config::CloudConfig;
-    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+    use kamatera_ca_provider::provider::ProviderOptions;
     let sim = common::start_sim(Timing::fast(), Default::default()).await;
     let fake = common::fake_kube::FakeKube::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -483,17 +493,10 @@ async fn the_configmap_journal_retries_conflicts_and_holds_creates_while_unreach
             delay: Duration::from_millis(10),
         });
     let new_provider = || {
-        let cfg = CloudConfig::load(&config).expect("config");
-        let client = common::test_client(
-            &cfg,
-            std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new()),
-        );
-        Provider::new(
-            cfg,
-            client,
+        provider_with(
+            &config,
             ProviderOptions {
                 state_configmap: Some(kube.journal_map("kube-system", "crash-state")),
-                reconcile_interval: Duration::from_secs(3600),
                 ..ProviderOptions::default()
             },
         )
@@ -586,21 +589,13 @@ async fn replica(
     kubeconfig: &Path,
     identity: &str,
 ) -> kamatera_ca_provider::provider::Provider {
-    use kamatera_ca_provider::config::CloudConfig;
-    use kamatera_ca_provider::provider::{Provider, ProviderOptions};
     kamatera_ca_provider::kamatera::install_crypto_provider();
     let kube = kamatera_ca_provider::kube::Kube::from_kubeconfig_file(kubeconfig)
         .await
         .expect("kube");
-    let cfg = CloudConfig::load(config).expect("config");
-    let client = common::test_client(
-        &cfg,
-        std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new()),
-    );
-    Provider::new(
-        cfg,
-        client,
-        ProviderOptions {
+    provider_with(
+        config,
+        kamatera_ca_provider::provider::ProviderOptions {
             state_configmap: Some(kube.journal_map("kube-system", "crash-state")),
             leader_elect: Some(std::sync::Arc::new(kube.lease(
                 "kube-system",
@@ -609,9 +604,8 @@ async fn replica(
                 Duration::from_secs(2),
             ))),
             lease_retry: Duration::from_millis(200),
-            reconcile_interval: Duration::from_secs(3600),
             uncertain_create_grace: Duration::from_secs(1),
-            ..ProviderOptions::default()
+            ..Default::default()
         },
     )
 }

@@ -834,7 +834,10 @@ mod size_tests {
             st.insert(format!("g-{i:011x}"), inst);
         }
         let text = render("production", &st);
-        eprintln!("journal at 10,000 servers and 100 creates in flight: {} bytes", text.len());
+        eprintln!(
+            "journal at 10,000 servers and 100 creates in flight: {} bytes",
+            text.len()
+        );
         assert!(text.len() < 1024 * 1024 * 6 / 10, "{} bytes", text.len());
     }
 }

@@ -55,10 +55,8 @@ struct Inner {
     log: Vec<Recorded>,
     conflicts: u32,
     version: u64,
-    /// ConfigMaps by (namespace, name).
-    configmaps: HashMap<(String, String), Value>,
-    /// Leases by (namespace, name).
-    leases: HashMap<(String, String), Value>,
+    /// Namespaced objects (ConfigMaps, Leases) by (resource, namespace, name).
+    objects: HashMap<(&'static str, String, String), Value>,
     /// ConfigMap requests answer 503 (the API server is unreachable for them).
     configmaps_down: bool,
     /// The next ConfigMap writes answer 409 (someone else wrote it meanwhile).
@@ -78,8 +76,7 @@ impl Inner {
             log: Vec::new(),
             conflicts: 0,
             version: 0,
-            configmaps: HashMap::new(),
-            leases: HashMap::new(),
+            objects: HashMap::new(),
             configmaps_down: false,
             configmap_conflicts: 0,
         }
@@ -141,19 +138,21 @@ impl FakeKube {
             .route("/api/v1/pods", axum::routing::get(list_pods))
             .route(
                 "/api/v1/namespaces/{ns}/configmaps",
-                axum::routing::post(create_configmap),
+                axum::routing::post(|st, p, b| create_object(CONFIGMAPS, st, p, b)),
             )
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
-                axum::routing::post(create_lease),
+                axum::routing::post(|st, p, b| create_object(LEASES, st, p, b)),
             )
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
-                axum::routing::get(get_lease).put(replace_lease),
+                axum::routing::get(|st, p| get_object(LEASES, st, p))
+                    .put(|st, p, b| replace_object(LEASES, st, p, b)),
             )
             .route(
                 "/api/v1/namespaces/{ns}/configmaps/{name}",
-                axum::routing::get(get_configmap).put(replace_configmap),
+                axum::routing::get(|st, p| get_object(CONFIGMAPS, st, p))
+                    .put(|st, p, b| replace_object(CONFIGMAPS, st, p, b)),
             )
             .route(
                 "/api/v1/namespaces/{ns}/pods/{name}/eviction",
@@ -279,8 +278,8 @@ impl FakeKube {
     /// The `data` entry `key` of a ConfigMap, if there is one.
     pub fn configmap_data(&self, ns: &str, name: &str, key: &str) -> Option<String> {
         self.lock()
-            .configmaps
-            .get(&(ns.to_string(), name.to_string()))
+            .objects
+            .get(&(CONFIGMAPS, ns.to_string(), name.to_string()))
             .and_then(|cm| cm["data"][key].as_str().map(str::to_string))
     }
 
@@ -298,8 +297,8 @@ impl FakeKube {
     /// The holder of a Lease, if any.
     pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
         self.lock()
-            .leases
-            .get(&(ns.to_string(), name.to_string()))
+            .objects
+            .get(&(LEASES, ns.to_string(), name.to_string()))
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     }
 
@@ -779,165 +778,112 @@ fn unavailable() -> Response {
     )
 }
 
-async fn get_configmap(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    let g = inner.lock().expect("lock");
-    if g.configmaps_down {
-        return unavailable();
-    }
-    match g.configmaps.get(&(ns, name.clone())) {
-        Some(cm) => ok(cm),
-        None => status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("configmaps \"{name}\" not found"),
-        ),
-    }
-}
+const CONFIGMAPS: &str = "configmaps";
+const LEASES: &str = "leases";
 
-async fn create_configmap(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    Path(ns): Path<String>,
-    body: Bytes,
-) -> Response {
-    let mut g = inner.lock().expect("lock");
+/// ConfigMap requests meet the unreachable and conflict knobs; Leases never do.
+fn knobs(g: &mut Inner, resource: &str, write: bool) -> Option<Response> {
+    if resource != CONFIGMAPS {
+        return None;
+    }
     if g.configmaps_down {
-        return unavailable();
+        return Some(unavailable());
     }
-    let Ok(mut cm) = serde_json::from_slice::<Value>(&body) else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
-    };
-    let name = cm["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let key = (ns, name.clone());
-    if g.configmaps.contains_key(&key) {
-        return status(
-            StatusCode::CONFLICT,
-            "AlreadyExists",
-            &format!("configmaps \"{name}\" already exists"),
-        );
-    }
-    let rv = g.bump();
-    cm["metadata"]["resourceVersion"] = json!(rv.to_string());
-    g.configmaps.insert(key, cm.clone());
-    (
-        StatusCode::CREATED,
-        [("content-type", "application/json")],
-        cm.to_string(),
-    )
-        .into_response()
-}
-
-async fn replace_configmap(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    Path((ns, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let mut g = inner.lock().expect("lock");
-    if g.configmaps_down {
-        return unavailable();
-    }
-    let Ok(mut cm) = serde_json::from_slice::<Value>(&body) else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
-    };
-    let key = (ns, name.clone());
-    let Some(current) = g.configmaps.get(&key).cloned() else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("configmaps \"{name}\" not found"),
-        );
-    };
-    if g.configmap_conflicts > 0 {
+    (write && g.configmap_conflicts > 0).then(|| {
         g.configmap_conflicts -= 1;
-        let rv = g.bump();
-        if let Some(c) = g.configmaps.get_mut(&key) {
-            c["metadata"]["resourceVersion"] = json!(rv.to_string());
-        }
-        return status(
+        status(
             StatusCode::CONFLICT,
             "Conflict",
             "the object has been modified",
-        );
-    }
-    if cm["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-        return status(
-            StatusCode::CONFLICT,
-            "Conflict",
-            "the object has been modified",
-        );
-    }
-    let rv = g.bump();
-    cm["metadata"]["resourceVersion"] = json!(rv.to_string());
-    g.configmaps.insert(key, cm.clone());
-    ok(&cm)
+        )
+    })
 }
 
-async fn get_lease(
+async fn get_object(
+    resource: &'static str,
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    let g = inner.lock().expect("lock");
-    match g.leases.get(&(ns, name.clone())) {
-        Some(l) => ok(l),
+    let mut g = inner.lock().expect("lock");
+    if let Some(r) = knobs(&mut g, resource, false) {
+        return r;
+    }
+    match g.objects.get(&(resource, ns, name.clone())) {
+        Some(o) => ok(o),
         None => status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("leases.coordination.k8s.io \"{name}\" not found"),
+            &format!("{resource} \"{name}\" not found"),
         ),
     }
 }
 
-async fn create_lease(
+async fn create_object(
+    resource: &'static str,
     State(inner): State<Arc<Mutex<Inner>>>,
     Path(ns): Path<String>,
     body: Bytes,
 ) -> Response {
     let mut g = inner.lock().expect("lock");
-    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+    if let Some(r) = knobs(&mut g, resource, false) {
+        return r;
+    }
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
     };
-    let name = lease["metadata"]["name"]
+    let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let key = (ns, name.clone());
-    if g.leases.contains_key(&key) {
+    let key = (resource, ns, name.clone());
+    if g.objects.contains_key(&key) {
         return status(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+            &format!("{resource} \"{name}\" already exists"),
         );
     }
     let rv = g.bump();
-    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
-    g.leases.insert(key, lease.clone());
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.objects.insert(key, object.clone());
     (
         StatusCode::CREATED,
         [("content-type", "application/json")],
-        lease.to_string(),
+        object.to_string(),
     )
         .into_response()
 }
 
-async fn replace_lease(
+/// PUT with the resourceVersion precondition; a ConfigMap conflict injected by the test also
+/// moves the stored version, as a concurrent writer would.
+async fn replace_object(
+    resource: &'static str,
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
     let mut g = inner.lock().expect("lock");
-    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+    let key = (resource, ns, name.clone());
+    if let Some(r) = knobs(&mut g, resource, true) {
+        if r.status() == StatusCode::CONFLICT {
+            let rv = g.bump();
+            if let Some(o) = g.objects.get_mut(&key) {
+                o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            }
+        }
+        return r;
+    }
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
     };
-    let key = (ns, name.clone());
-    let Some(current) = g.leases.get(&key).cloned() else {
-        return status(StatusCode::NOT_FOUND, "NotFound", "no such lease");
+    let Some(current) = g.objects.get(&key).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{resource} \"{name}\" not found"),
+        );
     };
-    if lease["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+    if object["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
         return status(
             StatusCode::CONFLICT,
             "Conflict",
@@ -945,7 +891,7 @@ async fn replace_lease(
         );
     }
     let rv = g.bump();
-    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
-    g.leases.insert(key, lease.clone());
-    ok(&lease)
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    g.objects.insert(key, object.clone());
+    ok(&object)
 }
