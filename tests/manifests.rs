@@ -243,6 +243,19 @@ fn check_journal(m: &Manifest, d: &Deployment, file: &str, a: &[String]) {
 
 /// The verbs Roles bound to ServiceAccount `sa` grant on ConfigMap `ns/name`, by name.
 fn configmap_verbs(m: &Manifest, sa: &str, ns: &str, name: &str) -> BTreeSet<String> {
+    verbs_by_name(m, sa, ns, "", "configmaps", name)
+}
+
+/// The verbs Roles bound to ServiceAccount `sa` in `ns` grant on the object `name` of
+/// `resource` in API group `group` ("" = core), by name.
+fn verbs_by_name(
+    m: &Manifest,
+    sa: &str,
+    ns: &str,
+    group: &str,
+    resource: &str,
+    name: &str,
+) -> BTreeSet<String> {
     m.role_bindings
         .iter()
         .filter(|b| {
@@ -259,7 +272,8 @@ fn configmap_verbs(m: &Manifest, sa: &str, ns: &str, name: &str) -> BTreeSet<Str
         })
         .flat_map(|r| r.rules.iter().flatten())
         .filter(|r| {
-            r.resources.iter().flatten().any(|x| x == "configmaps")
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
                 && r.resource_names.iter().flatten().any(|n| n == name)
         })
         .flat_map(|r| r.verbs.clone())
@@ -575,26 +589,7 @@ fn mtls_deployment_wires_certificates_to_both_sides() {
                 && l.metadata.namespace.as_deref() == Some(ns))
     );
     let sa = service_account(provider, file);
-    let lease_verbs: BTreeSet<String> = m
-        .role_bindings
-        .iter()
-        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == sa))
-        .filter_map(|b| {
-            m.roles
-                .iter()
-                .find(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name))
-        })
-        .flat_map(|r| r.rules.iter().flatten())
-        .filter(|r| {
-            r.api_groups
-                .iter()
-                .flatten()
-                .any(|g| g == "coordination.k8s.io")
-                && r.resources.iter().flatten().any(|x| x == "leases")
-                && r.resource_names.iter().flatten().any(|n| n == name)
-        })
-        .flat_map(|r| r.verbs.clone())
-        .collect();
+    let lease_verbs = verbs_by_name(&m, &sa, ns, "coordination.k8s.io", "leases", name);
     assert!(
         lease_verbs.contains("get") && lease_verbs.contains("update"),
         "{lease_verbs:?}"
