@@ -17,6 +17,7 @@ mod journal;
 mod leader;
 mod nodes;
 mod state;
+mod store;
 mod template;
 mod windows;
 
@@ -37,6 +38,7 @@ pub use windows::{InForce, Manual};
 
 pub use journal::{Restored, probe as probe_state_file};
 use state::{Action, CommandKind, GroupTags, Instance, Limits, Observed, Pending, State};
+use store::MapVersion;
 
 /// Errors the autoscaler sees; the gRPC layer maps each to a status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,17 +53,6 @@ pub enum ProviderError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
-}
-
-/// What the provider knows of its ConfigMap journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum MapVersion {
-    /// Not there yet (or not used): the first write creates it.
-    Absent,
-    /// Read or written at this resourceVersion.
-    At(String),
-    /// Could not be read: nothing may overwrite it, no create may be sent.
-    Unread,
 }
 
 /// Servers missing from a listing looked up by id per reconcile, at most.
@@ -1409,209 +1400,6 @@ impl Provider {
                     (statuses, failed)
                 }
             }
-        }
-    }
-
-    /// Loads the journal (if configured) and resumes what it holds once the first listing has
-    /// verified it (see `journal::verify`): creates that were only queued are sent then; creates
-    /// that were on the wire are watched, never sent again. Entries that fail the config's rules
-    /// are dropped, one log line each. Call once, before the first reconcile. A ConfigMap that
-    /// cannot be read is tried again before each reconcile; until then no create is sent.
-    pub async fn restore(&self) -> Restored {
-        let cfg = &self.inner.config;
-        let prefix_of = |g: &str| cfg.node_group(g).map(|g| g.server.name_prefix.clone());
-        let (restored, to_start, place) = if let Some(map) = &self.inner.options.state_configmap {
-            let read = map.read().await;
-            let place = map.to_string();
-            let mut version = self
-                .inner
-                .journal_map_version
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match read {
-                Err(e) => {
-                    *version = MapVersion::Unread;
-                    drop(version);
-                    warn!(journal = %place, error = %e, "cannot read the journal; no create is sent until it is read (retried before each reconcile)");
-                    return Restored {
-                        discarded: Some(format!("cannot read {place}: {e}")),
-                        ..Restored::default()
-                    };
-                }
-                Ok(None) => {
-                    *version = MapVersion::Absent;
-                    return Restored::default();
-                }
-                Ok(Some((None, rv))) => {
-                    // The ConfigMap exists (the manifests ship it empty): written in place.
-                    *version = MapVersion::At(rv);
-                    return Restored::default();
-                }
-                Ok(Some((Some(text), rv))) => {
-                    *version = MapVersion::At(rv);
-                    drop(version);
-                    let mut st = self.lock();
-                    match journal::restore_text(
-                        &text,
-                        &cfg.cluster_name,
-                        &prefix_of,
-                        &mut st,
-                        Instant::now(),
-                    ) {
-                        Ok((r, a)) => (r, a, place),
-                        Err(why) => (
-                            Restored {
-                                discarded: Some(format!("{why} (the next write replaces it)")),
-                                ..Restored::default()
-                            },
-                            Vec::new(),
-                            place,
-                        ),
-                    }
-                }
-            }
-        } else if let Some(path) = &self.inner.options.state_file {
-            let mut st = self.lock();
-            let (r, a) =
-                journal::restore(path, &cfg.cluster_name, &prefix_of, &mut st, Instant::now());
-            (r, a, path.display().to_string())
-        } else {
-            return Restored::default();
-        };
-        match &restored.discarded {
-            Some(why) => {
-                warn!(journal = %place, "ignoring the journal: {why}; starting from Kamatera's listing")
-            }
-            None if restored.instances > 0 => info!(
-                journal = %place,
-                instances = restored.instances,
-                resume = to_start.len(),
-                "resumed in-flight work from the journal"
-            ),
-            None => {}
-        }
-        for why in &restored.dropped {
-            warn!(journal = %place, "dropped a state file entry: {why}");
-            self.metrics().refused_mutation("journal", "invalid_entry");
-        }
-        self.inner
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(to_start);
-        restored
-    }
-
-    fn journal_unread(&self) -> bool {
-        *self
-            .inner
-            .journal_map_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            == MapVersion::Unread
-    }
-
-    /// Checks what the journal restored against the listing (after the first listing, and
-    /// again for entries whose tags could not be read). True once nothing restored is left
-    /// unverified: the work the journal deferred may start.
-    fn verify_restored(
-        &self,
-        servers: &[kamatera::Server],
-        tags: &std::collections::HashMap<String, Vec<String>>,
-    ) -> bool {
-        let cfg = &self.inner.config;
-        let (dropped, settled) = {
-            let mut st = self.lock();
-            if st.unverified.is_empty() {
-                (Vec::new(), true)
-            } else {
-                let dropped = journal::verify(&mut st, servers, tags, &|g| {
-                    cfg.node_group(g).map(|g| g.server.tags.clone())
-                });
-                (dropped, st.unverified.is_empty())
-            }
-        };
-        for (name, why) in &dropped {
-            warn!(server = %name, "dropped a state file entry that the listing contradicts: {why}");
-            self.metrics().refused_mutation("journal", "contradicted");
-        }
-        settled
-    }
-
-    /// Writes the journal if the in-flight work changed since the last write (coalesced, off
-    /// the runtime's threads; an idle provider writes nothing): to its ConfigMap, conditional on
-    /// the version last read or written, or atomically to its file. No-op without either.
-    pub async fn persist(&self) -> std::result::Result<(), journal::JournalError> {
-        let map = self.inner.options.state_configmap.as_ref();
-        let path = self.inner.options.state_file.clone();
-        if map.is_none() && path.is_none() {
-            return Ok(());
-        }
-        let mut written = self.inner.journal.lock().await;
-        if self.journal_unread() {
-            return Err(journal::JournalError::Unread);
-        }
-        if !self.is_leader() {
-            // The journal is the holder's: a replica standing by never overwrites it.
-            return Err(journal::JournalError::NotLeader);
-        }
-        let (version, text) = {
-            let st = self.lock();
-            if written.1.is_some() && st.version <= written.0 {
-                return Ok(());
-            }
-            (
-                st.version,
-                journal::render(&self.inner.config.cluster_name, &st),
-            )
-        };
-        if written.1.as_deref() == Some(text.as_str()) {
-            written.0 = version;
-            return Ok(());
-        }
-        let result = if let Some(map) = map {
-            let at = match &*self
-                .inner
-                .journal_map_version
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-            {
-                MapVersion::At(rv) => Some(rv.clone()),
-                _ => None,
-            };
-            match map.write(&text, at).await {
-                Ok(rv) => {
-                    *self
-                        .inner
-                        .journal_map_version
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = MapVersion::At(rv);
-                    Ok(())
-                }
-                Err(e) => Err(journal::JournalError::Kube(e)),
-            }
-        } else if let Some(path) = path {
-            let to_write = text.clone();
-            tokio::task::spawn_blocking(move || journal::write_atomic(&path, &to_write))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(journal::JournalError::Write {
-                        path: String::new(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                })
-        } else {
-            Ok(())
-        };
-        if result.is_ok() {
-            *written = (version, Some(text));
-        }
-        result
-    }
-
-    async fn persist_logged(&self) {
-        if let Err(e) = self.persist().await {
-            warn!(error = %e, "cannot write the state file; in-flight work would be recovered from tags only after a restart");
         }
     }
 
