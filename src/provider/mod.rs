@@ -11,11 +11,13 @@
 //! - Kamatera is the truth for what exists (both tags = membership); the provider is the truth
 //!   for what is in flight.
 
+mod gauges;
 mod guard;
 mod hibernate;
 mod journal;
 mod leader;
 mod nodes;
+mod pricing;
 mod state;
 mod store;
 mod template;
@@ -690,85 +692,6 @@ impl Provider {
         )
     }
 
-    /// True when every node group has a `price-per-hour` (pricing answers are on).
-    pub fn pricing_enabled(&self) -> bool {
-        let groups = &self.inner.config.node_groups;
-        !groups.is_empty() && groups.iter().all(|g| g.price_per_hour.is_some())
-    }
-
-    /// What running `node` from `start` to `end` costs: its group's `price-per-hour` times the
-    /// hours. The group comes from the node's `kamatera.com/node-group` label (template nodes),
-    /// else from the instance it matches.
-    pub fn node_price(
-        &self,
-        node: &NodeRef,
-        start: jiff::Timestamp,
-        end: jiff::Timestamp,
-    ) -> Result<f64> {
-        let hours = hours_between(start, end)?;
-        let group = if !node.group_label.is_empty() {
-            self.inner.config.node_group(&node.group_label)
-        } else {
-            let st = self.lock();
-            self.find_instance(&st, node)
-                .and_then(|i| self.inner.config.node_group(&i.group))
-        };
-        let g = group.ok_or_else(|| {
-            ProviderError::NotFound(format!(
-                "node {} (provider ID {}) is not in any node group",
-                crate::telemetry::quoted(&node.name),
-                crate::telemetry::quoted(&node.provider_id)
-            ))
-        })?;
-        let price = g.price_per_hour.ok_or_else(|| {
-            ProviderError::FailedPrecondition(format!(
-                "node group {} has no price-per-hour",
-                g.name
-            ))
-        })?;
-        Ok(price.0 * hours)
-    }
-
-    /// What running a pod that requests `cpu` cores and `memory_bytes` costs from `start` to
-    /// `end`: `pod-price-per-cpu-hour` / `pod-price-per-gib-hour`, or rates derived from the
-    /// cheapest node group (half of its hourly price per core, half per GiB).
-    pub fn pod_price(
-        &self,
-        cpu: f64,
-        memory_bytes: f64,
-        start: jiff::Timestamp,
-        end: jiff::Timestamp,
-    ) -> Result<f64> {
-        let hours = hours_between(start, end)?;
-        let (per_cpu, per_gib) = self.pod_rates();
-        let gib = memory_bytes / (1024.0 * 1024.0 * 1024.0);
-        Ok((cpu.max(0.0) * per_cpu + gib.max(0.0) * per_gib) * hours)
-    }
-
-    /// The hourly price of one core and of one GiB for pods.
-    pub fn pod_rates(&self) -> (f64, f64) {
-        let cfg = &self.inner.config;
-        if let Some(p) = cfg.pod_prices {
-            return (p.per_cpu_hour.0, p.per_gib_hour.0);
-        }
-        let mut per_cpu = f64::INFINITY;
-        let mut per_gib = f64::INFINITY;
-        for g in &cfg.node_groups {
-            let Some(price) = g.price_per_hour else {
-                continue;
-            };
-            let cores = f64::from(g.server.cpu_cores().max(1));
-            let gib = (f64::from(g.server.ram_mb) / 1024.0).max(1.0 / 1024.0);
-            per_cpu = per_cpu.min(price.0 / 2.0 / cores);
-            per_gib = per_gib.min(price.0 / 2.0 / gib);
-        }
-        if per_cpu.is_finite() && per_gib.is_finite() {
-            (per_cpu, per_gib)
-        } else {
-            (0.0, 0.0)
-        }
-    }
-
     pub fn gpu_label(&self) -> &str {
         &self.inner.config.gpu_label
     }
@@ -817,126 +740,6 @@ impl Provider {
     /// Changes each time a reconcile finishes.
     pub fn subscribe_reconciles(&self) -> watch::Receiver<u64> {
         self.inner.finished.subscribe()
-    }
-
-    /// Fills the state gauges (sizes, instances by state, errors, commands, staleness,
-    /// schedules and hibernation).
-    pub fn export_gauges(&self) {
-        let m = self.metrics();
-        let timed: Vec<(String, InForce, u8)> = self
-            .inner
-            .config
-            .node_groups
-            .iter()
-            .filter(|g| {
-                !g.schedules.is_empty() || !g.hibernate.is_empty() || self.has_hibernation(&g.name)
-            })
-            .map(|g| {
-                let phase = self
-                    .lock()
-                    .hibernation
-                    .get(&g.name)
-                    .map(|h| u8::from(&h.phase))
-                    .unwrap_or(0);
-                (g.name.clone(), self.in_force_for(g), phase)
-            })
-            .collect();
-        let st = self.lock();
-        m.group_size.clear();
-        m.instances.clear();
-        m.parked.clear();
-        m.schedule_window.clear();
-        m.hibernation_state.clear();
-        m.next_transition.clear();
-        m.instances_in_error.clear();
-        for g in &self.inner.config.node_groups {
-            let size = |kind: &str, v: usize| {
-                m.group_size
-                    .get_or_create(&crate::telemetry::GroupKind {
-                        group: g.name.clone(),
-                        kind: kind.into(),
-                    })
-                    .set(i64::try_from(v).unwrap_or(i64::MAX));
-            };
-            size("min", g.min_size as usize);
-            size("max", g.max_size as usize);
-            size("target", st.target_size(&g.name));
-            if let Some((_, f, phase)) = timed.iter().find(|(n, _, _)| *n == g.name) {
-                // Sizes in force (schedules, hibernation) next to the configured ones.
-                size("min_in_force", f.min_size as usize);
-                size("max_in_force", f.max_size as usize);
-                let label = crate::telemetry::Group {
-                    group: g.name.clone(),
-                };
-                m.schedule_window
-                    .get_or_create(&label)
-                    .set(f.schedule.map_or(0, |i| i as i64 + 1));
-                m.hibernation_state
-                    .get_or_create(&label)
-                    .set(i64::from(*phase));
-                m.next_transition
-                    .get_or_create(&label)
-                    .set(f.next_change.map_or(0, |t| t.as_second()));
-            }
-            m.parked
-                .get_or_create(&crate::telemetry::Group {
-                    group: g.name.clone(),
-                })
-                .set(i64::try_from(st.parked.get(&g.name).map_or(0, Vec::len)).unwrap_or(0));
-            for (phase, label) in [
-                (Phase::Creating, "creating"),
-                (Phase::Running, "running"),
-                (Phase::Deleting, "deleting"),
-            ] {
-                let n = st
-                    .group_instances(&g.name)
-                    .filter(|i| i.phase == phase)
-                    .count();
-                m.instances
-                    .get_or_create(&crate::telemetry::GroupState {
-                        group: g.name.clone(),
-                        state: label.into(),
-                    })
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-            for (class, label) in [
-                (ErrorClass::OutOfResources, "out_of_resources"),
-                (ErrorClass::Other, "other"),
-            ] {
-                let n = st
-                    .group_instances(&g.name)
-                    .filter(|i| i.error.as_ref().is_some_and(|e| e.class == class))
-                    .count();
-                m.instances_in_error
-                    .get_or_create(&crate::telemetry::GroupClass {
-                        group: g.name.clone(),
-                        class: label.into(),
-                    })
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-        }
-        let pending: Vec<Instant> = st
-            .instances
-            .values()
-            .filter_map(|i| i.command.as_ref().map(|c| c.since))
-            .collect();
-        m.pending_commands
-            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
-        m.watched_names
-            .set(i64::try_from(st.watched.len()).unwrap_or(i64::MAX));
-        m.oldest_pending_command_age.set(
-            pending
-                .iter()
-                .map(|t| t.elapsed().as_secs_f64())
-                .fold(0.0, f64::max),
-        );
-        m.staleness.set(
-            st.last_success
-                .map(|t| t.elapsed().as_secs_f64())
-                .unwrap_or(-1.0),
-        );
-        drop(st);
-        m.ready.set(i64::from(self.readiness().is_ok()));
     }
 
     /// Age of the last successful reconcile.
@@ -1648,15 +1451,4 @@ impl Provider {
 
 fn result_label(r: &str) -> crate::telemetry::ResultLabel {
     crate::telemetry::ResultLabel { result: r.into() }
-}
-
-/// Hours from `start` to `end`; an end before the start is the caller's mistake.
-fn hours_between(start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
-    let d = end.duration_since(start);
-    if d.is_negative() {
-        return Err(ProviderError::InvalidArgument(format!(
-            "end time {end} is before start time {start}"
-        )));
-    }
-    Ok(d.as_secs_f64() / 3600.0)
 }
