@@ -560,7 +560,8 @@ async fn hibernation_drains_removes_servers_and_resumes_at_the_window_end() {
     for n in &names {
         assert!(was_cordoned(&fake, n), "{n} cordoned");
     }
-    until_true("the gone servers' Nodes deleted", || {
+    // Reconciles (Refresh) see the servers gone; their Nodes follow.
+    e.until("the gone servers' Nodes deleted", |_| {
         names.iter().all(|n| fake.node(n).is_none())
     })
     .await;
@@ -802,7 +803,8 @@ async fn a_restart_mid_drain_resumes_the_drain_and_keeps_hibernating() {
     for n in &names {
         assert!(was_cordoned(&fake, n), "{n} cordoned");
     }
-    until_true("the gone servers' Nodes deleted", || {
+    // Reconciles (Refresh) see the servers gone; their Nodes follow.
+    e.until("the gone servers' Nodes deleted", |_| {
         names.iter().all(|n| fake.node(n).is_none())
     })
     .await;

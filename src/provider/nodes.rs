@@ -83,6 +83,8 @@ pub(super) struct NodeWork {
     gone: BTreeMap<String, (Gone, Instant)>,
     /// A sweep of `gone` is running.
     sweeping: bool,
+    /// Servers were queued while a sweep ran (it works on the batch it took): sweep again.
+    queued_meanwhile: bool,
     /// The watcher's copy of every Node; `None` until the node controller starts.
     store: Option<Store<Node>>,
     /// Nodes whose conflicting label was reported (node name, key), so it is counted once.
@@ -148,7 +150,11 @@ impl Provider {
         }
         let batch: Vec<(String, Gone)> = {
             let mut w = self.node_work();
-            if w.sweeping || w.gone.is_empty() {
+            if w.sweeping {
+                w.queued_meanwhile = true;
+                return;
+            }
+            if w.gone.is_empty() {
                 return;
             }
             w.gone.retain(|_, (_, since)| since.elapsed() < GONE_WINDOW);
@@ -225,7 +231,14 @@ impl Provider {
                     p.node_work().gone.remove(&server);
                 }
             }
-            p.node_work().sweeping = false;
+            let again = {
+                let mut w = p.node_work();
+                w.sweeping = false;
+                std::mem::take(&mut w.queued_meanwhile)
+            };
+            if again {
+                p.sweep_gone_nodes();
+            }
         });
     }
 
