@@ -407,7 +407,19 @@ async fn drain_primitives_cordon_list_evict_delete() {
         ..pod("other", None, false)
     });
 
-    assert!(k.cordon("w-6", true).await.expect("cordon"));
+    fake.add_node("w-7", &[], false, "kamatera://somebody-else");
+    assert_eq!(
+        k.cordon(&tie("w-6"), true).await.expect("cordon"),
+        kube::Cordoned::Done
+    );
+    assert!(
+        matches!(
+            k.cordon(&tie("w-7"), true).await.expect("not tied"),
+            kube::Cordoned::NotTied(_)
+        ),
+        "another server's Node is not cordoned"
+    );
+    assert!(!fake.unschedulable("w-7"));
     assert!(fake.unschedulable("w-6"));
     let pods = k.pods_to_evict("w-6").await.expect("list");
     let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
@@ -424,9 +436,15 @@ async fn drain_primitives_cordon_list_evict_delete() {
     assert_eq!(k.evict(&pods[0]).await.expect("again"), Eviction::Gone);
     k.delete_pod(&pods[1]).await.expect("delete");
     assert_eq!(fake.pods(), ["apps/agent", "apps/other"]);
-    assert!(k.cordon("w-6", false).await.expect("uncordon"));
+    assert_eq!(
+        k.cordon(&tie("w-6"), false).await.expect("uncordon"),
+        kube::Cordoned::Done
+    );
     assert!(!fake.unschedulable("w-6"));
-    assert!(!k.cordon("missing", true).await.expect("no node"));
+    assert_eq!(
+        k.cordon(&tie("missing"), true).await.expect("no node"),
+        kube::Cordoned::NotFound
+    );
 }
 
 /// The provider as Kamatera's node controller: a simulated account, a fake cluster, the

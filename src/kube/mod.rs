@@ -817,6 +817,16 @@ impl std::fmt::Display for PodRef {
     }
 }
 
+/// What cordoning (or uncordoning) a server's Node did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cordoned {
+    /// The Node is (now) as asked.
+    Done,
+    NotFound,
+    /// Left alone: the Node does not belong to the server (see [`Tie::mismatch`]).
+    NotTied(String),
+}
+
 /// What an eviction request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Eviction {
@@ -828,27 +838,30 @@ pub enum Eviction {
 }
 
 impl Kube {
-    /// Marks the Node unschedulable (`on`) or schedulable again. `false` when there is no
-    /// such Node.
-    pub async fn cordon(&self, name: &str, on: bool) -> Result<bool, KubeError> {
+    /// Marks the Node of `tie`'s server (named like it) unschedulable (`on`) or schedulable
+    /// again; a Node that is not the server's is left alone.
+    pub async fn cordon(&self, tie: &Tie, on: bool) -> Result<Cordoned, KubeError> {
         let r = self
-            .read_modify_write(name, |node| {
+            .read_modify_write(&tie.server, |node| {
+                if let Some(why) = tie.mismatch(node) {
+                    return Change::Keep(Cordoned::NotTied(why));
+                }
                 let now = node
                     .spec
                     .as_ref()
                     .and_then(|s| s.unschedulable)
                     .unwrap_or(false);
                 if now == on {
-                    Change::Keep(())
+                    Change::Keep(Cordoned::Done)
                 } else {
                     Change::Write(
                         json!({ "spec": { "unschedulable": if on { json!(true) } else { Value::Null } } }),
-                        (),
+                        Cordoned::Done,
                     )
                 }
             })
             .await?;
-        Ok(r.is_some())
+        Ok(r.unwrap_or(Cordoned::NotFound))
     }
 
     /// The pods on a node that a drain must move: not DaemonSet pods, not static (mirror) pods,

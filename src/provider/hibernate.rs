@@ -172,10 +172,12 @@ impl Provider {
                         .into_iter()
                         .collect()
                 };
+                let ties: Vec<crate::kube::Tie> = names.iter().map(|n| self.tie(n)).collect();
                 tokio::spawn(async move {
-                    for n in names {
-                        match kube.cordon(&n, false).await {
-                            Ok(true) => {
+                    for tie in ties {
+                        let n = tie.server.clone();
+                        match kube.cordon(&tie, false).await {
+                            Ok(crate::kube::Cordoned::Done) => {
                                 let _ = kube
                                     .node_event(
                                         &n,
@@ -185,7 +187,7 @@ impl Provider {
                                     )
                                     .await;
                             }
-                            Ok(false) => {}
+                            Ok(_) => {}
                             Err(e) => {
                                 warn!(node = %n, error = %e, "cannot uncordon the node after hibernation")
                             }
@@ -343,10 +345,20 @@ impl Provider {
         force: bool,
     ) -> Drained {
         let mut out = Drained::default();
+        let mut to_drain = Vec::with_capacity(nodes.len());
         for n in nodes {
-            if let Err(e) = kube.cordon(n, true).await {
-                warn!(node = %n, error = %e, "cannot cordon the node");
+            match kube.cordon(&self.tie(n), true).await {
+                Ok(crate::kube::Cordoned::NotTied(why)) => {
+                    // Not this server's Node: neither cordoned nor emptied; the server goes
+                    // the way of any scale-down.
+                    warn!(node = %n, %why, "not draining a Node that is not the server's");
+                    out.drained.push(n.clone());
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(node = %n, error = %e, "cannot cordon the node"),
             }
+            to_drain.push(n.clone());
             self.node_event(
                 n,
                 false,
@@ -356,7 +368,7 @@ impl Provider {
         }
         // One event per blocked pod and drain, not one per retry.
         let mut reported = BTreeSet::new();
-        let mut pending: Vec<String> = nodes.to_vec();
+        let mut pending: Vec<String> = to_drain;
         loop {
             if !self.wants_hibernation(group) {
                 out.cancelled = true;
@@ -428,7 +440,7 @@ impl Provider {
                             "drain timed out: node kept running and uncordoned (force=false)"
                                 .into(),
                         );
-                        if let Err(e) = kube.cordon(&n, false).await {
+                        if let Err(e) = kube.cordon(&self.tie(&n), false).await {
                             warn!(node = %n, error = %e, "cannot uncordon the node");
                         }
                         out.kept.push(n);

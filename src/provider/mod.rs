@@ -283,6 +283,14 @@ impl Provider {
         format!("{}{}", self.inner.config.provider_id_prefix, name)
     }
 
+    /// What ties a Node to server `name`: its providerID, or no providerID and the name.
+    fn tie(&self, name: &str) -> crate::kube::Tie {
+        crate::kube::Tie {
+            server: name.to_string(),
+            provider_id: self.provider_id(name),
+        }
+    }
+
     /// The server name a providerID refers to: strips the configured prefix, or the default
     /// `kamatera://`; a string with neither is taken as a bare server name (old providers).
     fn server_name<'a>(&self, provider_id: &'a str) -> &'a str {

@@ -165,10 +165,7 @@ impl Provider {
         tokio::spawn(async move {
             let m = p.metrics();
             for (server, why) in batch {
-                let tie = Tie {
-                    provider_id: p.provider_id(&server),
-                    server: server.clone(),
-                };
+                let tie = p.tie(&server);
                 match p.standing(&server, why) {
                     Standing::Gone => {}
                     Standing::Back => {
@@ -295,13 +292,7 @@ impl Provider {
         if inst.phase == Phase::Deleting {
             return None;
         }
-        Some((
-            Tie {
-                server: server.to_string(),
-                provider_id: self.provider_id(server),
-            },
-            inst.group.clone(),
-        ))
+        Some((self.tie(server), inst.group.clone()))
     }
 
     /// Adds what the Node of one of the provider's servers lacks (in the background); reports a
