@@ -637,31 +637,25 @@ async fn with_leader_election_one_replica_acts_and_the_other_takes_over_without_
             sim.clone(),
             fake.clone(),
         );
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let a = replica(&config, &kubeconfig, "a").await;
-                a.start_leader_election();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                while !a.is_leader() {
-                    assert!(tokio::time::Instant::now() < deadline, "a never led");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                assert_eq!(
-                    fake.lease_holder("kube-system", "crash-lease").as_deref(),
-                    Some("a")
-                );
-                a.refresh().await.expect("refresh");
-                a.increase_size("burst", 4).await.expect("increase");
-                while sim.requests(Endpoint::CreateServer) < 2 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                let _ = ready_tx.send(());
-                let _ = die_rx.await;
-            });
+        common::in_own_runtime(move || async move {
+            let a = replica(&config, &kubeconfig, "a").await;
+            a.start_leader_election();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !a.is_leader() {
+                assert!(tokio::time::Instant::now() < deadline, "a never led");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                fake.lease_holder("kube-system", "crash-lease").as_deref(),
+                Some("a")
+            );
+            a.refresh().await.expect("refresh");
+            a.increase_size("burst", 4).await.expect("increase");
+            while sim.requests(Endpoint::CreateServer) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = ready_tx.send(());
+            let _ = die_rx.await;
             // The runtime drops here: replica a is gone mid scale-up.
         })
     };

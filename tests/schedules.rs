@@ -741,33 +741,27 @@ async fn a_restart_mid_drain_resumes_the_drain_and_keeps_hibernating() {
     let first = {
         let (sim, fake, state, kubeconfig) =
             (sim.clone(), fake.clone(), state.clone(), kubeconfig.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut e = env(Setup {
-                    group_extra,
-                    start: "2026-11-23T19:00",
-                    kube: Some(kube(kubeconfig).await),
-                    state_file: Some(state.clone()),
-                    sim: Some(sim),
-                    ..Setup::default()
-                })
-                .await;
-                let names = e.scale_up(2).await;
-                register(&fake, &names);
-                e.at("2026-11-23T20:00");
-                e.until("one node drained, the other held by its budget", |_| {
-                    fake.pods().len() == 3
-                })
-                .await;
-                assert_eq!(e.status().await.phase, "draining");
-                let journal = std::fs::read_to_string(&state).expect("journal");
-                assert!(journal.contains("\"draining\""), "{journal}");
-                names
+        common::in_own_runtime(move || async move {
+            let mut e = env(Setup {
+                group_extra,
+                start: "2026-11-23T19:00",
+                kube: Some(kube(kubeconfig).await),
+                state_file: Some(state.clone()),
+                sim: Some(sim),
+                ..Setup::default()
             })
+            .await;
+            let names = e.scale_up(2).await;
+            register(&fake, &names);
+            e.at("2026-11-23T20:00");
+            e.until("one node drained, the other held by its budget", |_| {
+                fake.pods().len() == 3
+            })
+            .await;
+            assert_eq!(e.status().await.phase, "draining");
+            let journal = std::fs::read_to_string(&state).expect("journal");
+            assert!(journal.contains("\"draining\""), "{journal}");
+            names
         })
     };
     let names = tokio::task::spawn_blocking(move || first.join())

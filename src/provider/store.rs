@@ -221,7 +221,7 @@ impl Provider {
 
     pub(super) async fn persist_logged(&self) {
         if let Err(e) = self.persist().await {
-            warn!(error = %e, "cannot write the state file; in-flight work would be recovered from tags only after a restart");
+            warn!(error = %e, "cannot write the journal; in-flight work would be recovered from tags only after a restart");
         }
     }
 }
