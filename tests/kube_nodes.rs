@@ -313,6 +313,28 @@ async fn release_removes_only_the_autoscalers_taints_of_the_servers_node() {
 }
 
 #[tokio::test]
+async fn a_journal_write_retries_a_conflict_only_while_it_is_still_the_writer() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = client(&fake, &dir).await;
+    let map = k.journal_map("kube-system", "j");
+    let data = || fake.configmap_data("kube-system", "j", "journal.json");
+    let rv = map.write("one", None, &|| true).await.expect("created");
+    // Someone else wrote it meanwhile: while still the writer, read the version and write.
+    fake.configmap_conflict_next(1);
+    let rv2 = map.write("two", Some(rv), &|| true).await.expect("retried");
+    assert_eq!(data().as_deref(), Some("two"));
+    // A replica that lost its lease meanwhile gives up instead of writing over the new one.
+    fake.configmap_conflict_next(1);
+    let e = map
+        .write("stale", Some(rv2), &|| false)
+        .await
+        .expect_err("no longer the writer");
+    assert!(e.to_string().contains("the lease was lost"), "{e}");
+    assert_eq!(data().as_deref(), Some("two"), "nothing overwritten");
+}
+
+#[tokio::test]
 async fn missing_node_is_not_an_error() {
     let fake = FakeKube::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -585,12 +585,25 @@ impl JournalMap {
     /// Stores `text`, conditional on `version` (the resourceVersion last read or written;
     /// `None`: the ConfigMap is created if missing). On a conflict the current version is read
     /// and the write tried again, a bounded number of times: this process is the journal's only
-    /// writer. Returns the new resourceVersion.
-    pub async fn write(&self, text: &str, version: Option<String>) -> Result<String, KubeError> {
+    /// writer, as long as `still_writer` says so (checked before every retry: a replica that
+    /// lost its lease meanwhile must not write over the new holder's journal). Returns the new
+    /// resourceVersion.
+    pub async fn write(
+        &self,
+        text: &str,
+        version: Option<String>,
+        still_writer: &(dyn Fn() -> bool + Sync),
+    ) -> Result<String, KubeError> {
         use k8s_openapi::api::core::v1::ConfigMap;
         let mut version = version;
         let attempts = self.retry.attempts.max(1);
         for attempt in 1..=attempts {
+            if attempt > 1 && !still_writer() {
+                return Err(KubeError::Request {
+                    object: self.to_string(),
+                    message: "no longer this replica's to write (the lease was lost)".into(),
+                });
+            }
             let cm = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),

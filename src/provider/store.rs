@@ -189,7 +189,7 @@ impl Provider {
                 MapVersion::At(rv) => Some(rv.clone()),
                 _ => None,
             };
-            match map.write(&text, at).await {
+            match map.write(&text, at, &|| self.is_leader()).await {
                 Ok(rv) => {
                     *self
                         .inner
