@@ -525,56 +525,60 @@ pub fn verify(
     let mut dropped = Vec::new();
     let names: Vec<String> = state.unverified.iter().cloned().collect();
     for name in names {
-        let Some(inst) = state.instances.get(&name) else {
-            state.unverified.remove(&name);
-            continue;
+        let verdict = match state.instances.get(&name) {
+            None => Ok(()),
+            Some(inst) => check_entry(&name, inst, listed, tags, group_tags),
         };
-        let want = group_tags(&inst.group).unwrap_or_default();
-        let server = match &inst.server_id {
-            Some(id) => match listed.iter().find(|s| &s.id == id) {
-                Some(s) if s.name == name => Some(s),
-                Some(s) => {
-                    dropped.push((
-                        name.clone(),
-                        format!(
-                            "server {id} is listed as {}, not as this entry",
-                            crate::telemetry::quoted(&s.name)
-                        ),
-                    ));
-                    None
-                }
-                None => {
-                    dropped.push((name.clone(), format!("server {id} is not listed")));
-                    None
-                }
-            },
-            None => listed.iter().find(|s| s.name == name),
-        };
-        if dropped.last().is_some_and(|(n, _)| *n == name) {
-            state.unverified.remove(&name);
-            state.remove(&name);
-            continue;
-        }
-        if let Some(s) = server {
-            match tags.get(&s.id) {
-                None => continue, // tags not read this time: decide next pass
-                Some(have) if want.iter().all(|t| have.contains(t)) => {}
-                Some(_) => {
-                    dropped.push((
-                        name.clone(),
-                        format!(
-                            "server {} lacks the tags {} of its node group",
-                            s.id,
-                            want.join(" ")
-                        ),
-                    ));
-                    state.remove(&name);
-                }
+        match verdict {
+            // Tags not read this time: decided on the next pass.
+            Err(None) => continue,
+            Err(Some(why)) => {
+                state.remove(&name);
+                dropped.push((name.clone(), why));
             }
+            Ok(()) => {}
         }
         state.unverified.remove(&name);
     }
     dropped
+}
+
+/// One restored entry against the listing: `Ok` when it holds, `Err(Some(why))` when it does
+/// not, `Err(None)` when its server's tags are not known yet.
+fn check_entry(
+    name: &str,
+    inst: &Instance,
+    listed: &[crate::kamatera::Server],
+    tags: &std::collections::HashMap<String, Vec<String>>,
+    group_tags: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<(), Option<String>> {
+    let server = match &inst.server_id {
+        Some(id) => match listed.iter().find(|s| &s.id == id) {
+            Some(s) if s.name == name => s,
+            Some(s) => {
+                return Err(Some(format!(
+                    "server {id} is listed as {}, not as this entry",
+                    crate::telemetry::quoted(&s.name)
+                )));
+            }
+            None => return Err(Some(format!("server {id} is not listed"))),
+        },
+        // A create that may have bought a server: nothing to check until one is listed.
+        None => match listed.iter().find(|s| s.name == name) {
+            Some(s) => s,
+            None => return Ok(()),
+        },
+    };
+    let want = group_tags(&inst.group).unwrap_or_default();
+    match tags.get(&server.id) {
+        None => Err(None),
+        Some(have) if want.iter().all(|t| have.contains(t)) => Ok(()),
+        Some(_) => Err(Some(format!(
+            "server {} lacks the tags {} of its node group",
+            server.id,
+            want.join(" ")
+        ))),
+    }
 }
 
 fn set_aside(path: &Path, why: String) -> Restored {
