@@ -1,7 +1,7 @@
 //! Schedules, hibernation and pricing through the real gRPC server, against the simulator and a
 //! fake Kubernetes API server, with a clock the test moves.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

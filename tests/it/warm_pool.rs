@@ -9,7 +9,7 @@
 //! node registered without a providerID gets one, and without Kubernetes access parking still
 //! works.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Operating the provider: mutual TLS (with rotation), health, readiness, metrics, log hygiene,
 //! the `client` and `check --online` commands.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! kill -9 in the middle of a scale-up, restart on the same state file: exactly the servers the
 //! autoscaler asked for, none bought twice.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

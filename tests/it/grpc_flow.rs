@@ -1,7 +1,7 @@
 //! The provider behind its real gRPC server on loopback, driven by a real tonic client the way the
 //! cluster-autoscaler drives it, against the Kamatera simulator.
 
-mod common;
+use crate::common;
 
 use common::ca::{Ca, error_code, state};
 use common::req;

@@ -4,7 +4,7 @@
 //! invariants: no server bought twice, none orphaned (tagged but untracked), none left after a
 //! completed delete.
 
-mod common;
+use crate::common;
 
 use common::req;
 use std::collections::HashSet;

@@ -4,7 +4,7 @@
 //! only when tied to the server and not Ready; conflicts are retried within a bound; no access
 //! means no calls and no errors.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

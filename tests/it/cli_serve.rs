@@ -1,7 +1,7 @@
 //! `serve --simulate`, the README's run command, as a user starts it: a child process that logs
 //! where it listens and answers a real gRPC client.
 
-mod common;
+use crate::common;
 
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;

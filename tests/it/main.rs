@@ -1,0 +1,21 @@
+//! The integration tests: one crate, so the library and its dependencies are linked once.
+//! Each module is one area, driven through real parts (the simulator, a fake Kubernetes API
+//! server, wiremock, the built binary); `common` holds the shared harness.
+
+mod common;
+
+mod cli_bench;
+mod cli_check;
+mod cli_serve;
+mod config;
+mod crash;
+mod faults;
+mod grpc_flow;
+mod kamatera_client;
+mod kube_nodes;
+mod manifests;
+mod operations;
+mod schedules;
+mod simulator;
+mod warm_pool;
+mod wire_compat;
