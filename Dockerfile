@@ -11,7 +11,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY config config
 COPY src src
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin kamatera-ca-provider \
     && cp target/x86_64-unknown-linux-musl/release/kamatera-ca-provider /kamatera-ca-provider
 
 # Run stage: distroless static (CA certificates for the HTTPS Kamatera API, user 65532).

@@ -5,7 +5,7 @@
 //! instances), which calls `kamatera` (the cloudcli REST API) and, when it has access, `kube`
 //! (Node taints and providerIDs). `config` feeds all of them.
 
-pub mod bench;
+pub mod app;
 pub mod config;
 pub mod grpc;
 pub mod kamatera;

@@ -32,6 +32,7 @@ fn status(s: HibernationStatus) -> pb::GroupStatus {
         window: s.window.unwrap_or_default(),
         next_change: s.next_change.map(|t| t.to_string()).unwrap_or_default(),
         kept: s.kept,
+        parked: s.parked,
     }
 }
 

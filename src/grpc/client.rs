@@ -1,5 +1,5 @@
-//! A typed client for a running provider (the `client` subcommand): connection with optional
-//! mutual TLS, and readable renderings of the answers.
+//! A typed client for a running provider: connection with optional mutual TLS, errors as the
+//! operator should read them, and JSON and YAML views of a template Node.
 
 use std::path::PathBuf;
 
@@ -7,7 +7,6 @@ use serde_json::{Map, Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
-use crate::proto::externalgrpc::{self as pb, instance_status::InstanceState};
 use crate::proto::k8s;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +17,40 @@ pub enum ClientError {
     Read(String, std::io::Error),
     #[error("invalid address {0:?}: expected host:port")]
     Address(String),
-    #[error("cannot connect to {address}: {source}")]
-    Connect {
-        address: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The reason is the transport error's chain, each distinct message once.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    /// The provider answered with an error: `Code: message`, as the autoscaler logs it.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rpc(tonic::Status),
+    #[error("the answer does not decode: {0}")]
+    Decode(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Rpc(s)
+    }
+}
+
+/// A gRPC code as its name (`FailedPrecondition`), not its description.
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+/// An error and its causes, each message once: transport errors wrap the same text several
+/// times ("transport error: transport error: ...").
+fn reason(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// The client side of mutual TLS, as the autoscaler uses it.
@@ -78,48 +105,10 @@ pub async fn connect_admin(
     ))
 }
 
-/// `GROUP  PHASE  MIN  MAX  WINDOW  NEXT CHANGE` lines, then kept nodes.
-pub fn render_status(groups: &[crate::proto::admin::GroupStatus]) -> String {
-    let width = groups
-        .iter()
-        .map(|g| g.group.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let mut out = format!(
-        "{:<width$}  {:<12}  {:>3}  {:>3}  {:<25}  WINDOW\n",
-        "GROUP", "PHASE", "MIN", "MAX", "NEXT CHANGE"
-    );
-    for g in groups {
-        let phase = if g.manual {
-            format!("{} (manual)", g.phase)
-        } else {
-            g.phase.clone()
-        };
-        out.push_str(&format!(
-            "{:<width$}  {:<12}  {:>3}  {:>3}  {:<25}  {}\n",
-            g.group,
-            phase,
-            g.min_size,
-            g.max_size,
-            if g.next_change.is_empty() {
-                "-"
-            } else {
-                &g.next_change
-            },
-            if g.window.is_empty() { "-" } else { &g.window },
-        ));
-        if !g.kept.is_empty() {
-            out.push_str(&format!("  kept (not drained): {}\n", g.kept.join(", ")));
-        }
-    }
-    out
-}
-
 async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
-    let connect_err = |source| ClientError::Connect {
+    let connect_err = |e: tonic::transport::Error| ClientError::Connect {
         address: address.to_string(),
-        source,
+        reason: reason(&e),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = Channel::from_shared(format!("{scheme}://{address}"))
@@ -136,48 +125,6 @@ async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, Clie
         endpoint = endpoint.tls_config(config).map_err(connect_err)?;
     }
     endpoint.connect().await.map_err(connect_err)
-}
-
-/// `ID  MIN  MAX` lines.
-pub fn render_groups(groups: &[pb::NodeGroup]) -> String {
-    let width = groups.iter().map(|g| g.id.len()).max().unwrap_or(5).max(5);
-    let mut out = format!("{:<width$}  {:>4}  {:>4}\n", "GROUP", "MIN", "MAX");
-    for g in groups {
-        out.push_str(&format!(
-            "{:<width$}  {:>4}  {:>4}\n",
-            g.id, g.min_size, g.max_size
-        ));
-    }
-    out
-}
-
-/// `INSTANCE  STATE  ERROR` lines.
-pub fn render_instances(instances: &[pb::Instance]) -> String {
-    let width = instances
-        .iter()
-        .map(|i| i.id.len())
-        .max()
-        .unwrap_or(8)
-        .max(8);
-    let mut out = format!("{:<width$}  {:<9}  ERROR\n", "INSTANCE", "STATE");
-    for i in instances {
-        let status = i.status.clone().unwrap_or_default();
-        let state = match InstanceState::try_from(status.instance_state) {
-            Ok(InstanceState::InstanceRunning) => "running",
-            Ok(InstanceState::InstanceCreating) => "creating",
-            Ok(InstanceState::InstanceDeleting) => "deleting",
-            _ => "unknown",
-        };
-        let error = match status.error_info {
-            Some(e) if !e.error_code.is_empty() => format!(
-                "{} (class {}): {}",
-                e.error_code, e.instance_error_class, e.error_message
-            ),
-            _ => "-".into(),
-        };
-        out.push_str(&format!("{:<width$}  {state:<9}  {error}\n", i.id));
-    }
-    out
 }
 
 fn time(t: &Option<k8s::Time>) -> Value {

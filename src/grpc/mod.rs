@@ -8,6 +8,7 @@
 mod admin;
 pub mod client;
 pub mod codec;
+pub mod command;
 mod convert;
 pub mod tls;
 

@@ -31,6 +31,8 @@ pub struct HibernationStatus {
     pub next_change: Option<jiff::Timestamp>,
     /// Nodes a drain could not empty in time; kept running.
     pub kept: Vec<String>,
+    /// Powered-off servers kept for a quick scale-up (warm pool).
+    pub parked: u32,
 }
 
 /// How a drain ended.
@@ -86,12 +88,14 @@ impl Provider {
     pub fn hibernation_status(&self, group: &str) -> Result<HibernationStatus> {
         let g = self.group(group)?;
         let f = self.in_force_for(g);
-        let h = self
-            .lock()
-            .hibernation
-            .get(group)
-            .cloned()
-            .unwrap_or_default();
+        let (h, parked) = {
+            let st = self.lock();
+            let parked = st.parked.get(group).map_or(0, Vec::len);
+            (
+                st.hibernation.get(group).cloned().unwrap_or_default(),
+                parked,
+            )
+        };
         Ok(HibernationStatus {
             group: group.to_string(),
             phase: match h.phase {
@@ -105,6 +109,7 @@ impl Provider {
             window: f.schedule.map(|i| g.schedules[i].text.clone()),
             next_change: f.next_change,
             kept: h.kept,
+            parked: u32::try_from(parked).unwrap_or(u32::MAX),
         })
     }
 

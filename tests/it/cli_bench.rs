@@ -1,4 +1,4 @@
-//! The `bench` command runs end to end at a tiny scale and writes a report with every figure.
+//! The `kamatera-ca-bench` binary runs end to end at a tiny scale and writes a report with every figure.
 //! (No timing is asserted: figures are for BENCHMARKS.md, not pass/fail.)
 
 use std::process::Command;
@@ -7,9 +7,8 @@ use std::process::Command;
 fn bench_writes_a_complete_report() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("bench.md");
-    let status = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+    let status = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-bench"))
         .args([
-            "bench",
             "--scales",
             "5x2",
             "--calls",
@@ -30,7 +29,7 @@ fn bench_writes_a_complete_report() {
     );
     let report = std::fs::read_to_string(&out).expect("report written");
     for expected in [
-        "cargo run --release -- bench --scales 5x2 --calls 40 --concurrency 4",
+        "cargo run --release --bin kamatera-ca-bench -- --scales 5x2 --calls 40 --concurrency 4",
         "| 5 × 2 | 10 |",
         "| NodeGroups | 40 |",
         "| NodeGroupForNode (known) | 40 |",
@@ -66,4 +65,29 @@ fn bench_writes_a_complete_report() {
     let (servers, cold, warm) = (num(2), num(4), num(6));
     assert!(cold > servers, "cold: a tag read per server: {restart}");
     assert!(warm <= 3, "warm: listings only: {restart}");
+}
+
+/// The benchmark is a developer tool: the operator's binary neither lists nor accepts it.
+#[test]
+fn the_operators_binary_has_no_bench() {
+    let help = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("serve"), "{text}");
+    assert!(!text.contains("bench"), "{text}");
+    let bench = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .arg("bench")
+        .output()
+        .expect("run bench");
+    assert_eq!(bench.status.code(), Some(2));
+    // Nor does the bench binary show its internal `serve`.
+    let help = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-bench"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--scales"), "{text}");
+    assert!(!text.contains("serve"), "{text}");
 }

@@ -16,7 +16,7 @@ use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
 use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimHandle, Timing};
-use kamatera_ca_provider::telemetry::{self, AdminHooks, Metrics};
+use kamatera_ca_provider::telemetry::Metrics;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -379,33 +379,33 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn readiness_and_metrics_after_a_scripted_scale_up() {
+    // Assembled the way `serve` assembles it, with a fake cluster and a journal file named
+    // explicitly (so nothing of this machine's environment is used).
     let sim = start_sim().await;
-    let metrics = Arc::new(Metrics::new());
-    let provider = provider_for(&sim, metrics.clone());
-    let hooks = AdminHooks {
-        metrics: metrics.clone(),
-        ready: {
-            let p = provider.clone();
-            Arc::new(move || p.readiness())
-        },
-        before_scrape: {
-            let p = provider.clone();
-            Arc::new(move || p.export_gauges())
-        },
-    };
-    let (admin, _task) = telemetry::serve_admin(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        hooks,
-        std::future::pending(),
-    )
-    .await
-    .expect("admin");
-    let (addr, _stop) = common::serve(provider.clone(), ServeOptions::default()).await;
+    let fake = common::fake_kube::FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &config_text(&sim.url(), sim::DEMO_SECRET, "ubuntu_server_24.04_64-bit"),
+    );
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let state = dir.path().join("state.json");
+    let app = common::build_app(&[
+        "--cloud-config",
+        config.to_str().expect("utf-8"),
+        "--kubeconfig",
+        kubeconfig.to_str().expect("utf-8"),
+        "--state-file",
+        state.to_str().expect("utf-8"),
+    ])
+    .await;
+    let (addr, admin) = (app.grpc_addr(), app.admin_addr());
 
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     let (code, body) = http_get(admin, "/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("has not been read yet"), "{body}");
+    let _stop = common::run_app(app);
 
     let mut ca = grpc_client::connect(&addr.to_string(), None)
         .await
@@ -705,6 +705,143 @@ async fn client_command_against_a_served_simulator() {
     let (code, _, err) = cli(&["delete", "web", "kamatera://not-ours"]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("does not belong"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reads_show_counts_and_print_json_and_errors_read_code_then_message() {
+    let sim = start_sim().await;
+    let provider = provider_for(&sim, Arc::new(Metrics::new()));
+    provider.reconcile().await.expect("reconcile");
+    let (addr, _stop) = common::serve(provider, ServeOptions::default()).await;
+    let address = addr.to_string();
+    let cli = move |args: &[&str]| {
+        let mut all = vec!["client".to_string(), "--address".into(), address.clone()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        async move {
+            let out = tokio::task::spawn_blocking(move || run_cli(all))
+                .await
+                .expect("join");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+    };
+    let (code, out, err) = cli(&["increase", "web", "2"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "asked node group web for 2 more node(s)");
+
+    // groups: sizes, target, instances by state, parked.
+    let (code, out, err) = cli(&["groups"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("no web row: {out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "0", "4", "2"], "{out}");
+    let counted: u32 = row[4..7]
+        .iter()
+        .map(|c| c.parse::<u32>().expect("count"))
+        .sum();
+    assert_eq!(counted, 2, "both instances are counted once: {out}");
+    assert_eq!(row[7], "0", "{out}");
+
+    // --output json on every read.
+    let json = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    };
+    let (_, out, _) = cli(&["groups", "--output", "json"]).await;
+    let v = json(&out);
+    assert_eq!(v[0]["group"], "web");
+    assert_eq!(v[0]["targetSize"], 2);
+    assert_eq!(v[0]["maxSize"], 4);
+    assert_eq!(v[0]["parked"], 0);
+    let (_, out, _) = cli(&["--output", "json", "nodes", "web"]).await;
+    let v = json(&out);
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{out}");
+    assert!(
+        v[0]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("kamatera://ops-web-")),
+        "{out}"
+    );
+    let (_, out, _) = cli(&["target", "web", "--output", "json"]).await;
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"group": "web", "targetSize": 2})
+    );
+    let (_, out, _) = cli(&["options", "web", "--output", "json"]).await;
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"group": "web", "options": null})
+    );
+    let (_, out, _) = cli(&["status", "--output", "json"]).await;
+    let v = json(&out);
+    assert_eq!(v[0]["group"], "web");
+    assert_eq!(v[0]["phase"], "awake");
+    let (_, out, _) = cli(&["groups", "--output", "yaml"]).await;
+    assert!(out.contains("\"targetSize\": 2"), "{out}");
+
+    // Errors read `Code: message`, once.
+    let (code, out, err) = cli(&["increase", "web", "9"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(err.starts_with("error: FailedPrecondition: "), "{err}");
+    let (code, _, err) = cli(&["target", "nope"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("error: NotFound: "), "{err}");
+    // Deltas are positive numbers; a negative one is refused by the parser, naming the value.
+    let (code, _, err) = cli(&["increase", "web", "-1"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid value '-1'"), "{err}");
+    let (code, _, err) = cli(&["increase", "web", "0"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid value '0'"), "{err}");
+    assert_eq!(
+        cli(&["target", "web"]).await.1.trim(),
+        "2",
+        "a refused delta changes nothing"
+    );
+    // A connection error says where and why, without repeating itself.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr").to_string();
+    drop(dead);
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(vec![
+            "client".into(),
+            "--address".into(),
+            dead_addr,
+            "groups".into(),
+        ])
+    })
+    .await
+    .expect("join");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.starts_with("error: cannot connect to 127.0.0.1:"),
+        "{err}"
+    );
+    let first = err.lines().next().unwrap_or_default();
+    let parts: Vec<&str> = first.split(": ").collect();
+    let mut distinct = parts.clone();
+    distinct.dedup();
+    assert_eq!(parts, distinct, "a cause repeated: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,26 @@ pub async fn serve(
     (addr, tx)
 }
 
+/// The provider as `serve` assembles it: `App::build` from `serve` flags, on ephemeral loopback
+/// ports. Nothing is listed until the caller runs it ([`run_app`]).
+pub async fn build_app(flags: &[&str]) -> kamatera_ca_provider::app::App {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    all.extend_from_slice(flags);
+    let settings = kamatera_ca_provider::app::Settings::from_flags(all).expect("serve flags");
+    kamatera_ca_provider::app::App::build(settings)
+        .await
+        .expect("the app builds")
+}
+
+/// Runs a built app until the returned sender is dropped or sent to.
+pub fn run_app(app: kamatera_ca_provider::app::App) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run(async {
+        let _ = rx.await;
+    }));
+    tx
+}
+
 /// A Kamatera client for a provider under test: the config's API and credentials, two quick
 /// attempts, a 10 s timeout, metrics into `metrics`.
 pub fn test_client(
@@ -65,12 +85,16 @@ pub fn req<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// The `serve` child process helper, shared with the bench binary.
+#[path = "../../../src/bin/kamatera-ca-bench/child.rs"]
+mod child;
+
 /// The `kamatera-ca-provider` binary as a child process; killed when dropped.
-pub type ServeProcess = kamatera_ca_provider::bench::ServeChild;
+pub type ServeProcess = child::ServeChild;
 
 /// Starts `kamatera-ca-provider serve <args>` on ephemeral ports and waits for its address.
 pub fn spawn_serve(args: &[&str]) -> ServeProcess {
-    kamatera_ca_provider::bench::spawn_serve(
+    child::spawn_serve(
         std::path::Path::new(env!("CARGO_BIN_EXE_kamatera-ca-provider")),
         args,
         Duration::from_secs(30),

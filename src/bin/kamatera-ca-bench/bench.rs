@@ -1,7 +1,8 @@
-//! `kamatera-ca-provider bench`: reproducible figures for speed, Kamatera API economy and memory.
+//! The measurements behind BENCHMARKS.md: reproducible figures for speed, Kamatera API economy and memory.
 //!
 //! For each scale (node groups × servers per group) it seeds the simulator with tagged, running
-//! servers, starts `serve` as a child process against it, and measures: time from process start to
+//! servers, starts the provider as a child process against it (this binary's hidden `serve`,
+//! which builds and runs the provider exactly as `kamatera-ca-provider serve` does), and measures: time from process start to
 //! ready, read-RPC latency over loopback (a real tonic client, several calls in flight as the
 //! autoscaler makes them), Kamatera calls per steady-state refresh and during a scale-up,
 //! IncreaseSize latency while creates are in flight, and the provider's peak RSS.
@@ -9,16 +10,17 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::child::spawn_serve;
+
 use tonic::transport::Channel;
 
-use crate::proto::externalgrpc as pb;
-use crate::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
-use crate::sim::{self, Endpoint, SeedServer, SimConfig, SimHandle, Timing};
+use kamatera_ca_provider::proto::externalgrpc as pb;
+use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
+use kamatera_ca_provider::sim::{self, Endpoint, SeedServer, SimConfig, SimHandle, Timing};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -94,7 +96,8 @@ async fn restart(
         exe,
         &["--cloud-config", config, "--state-file", &state_arg],
         Duration::from_secs(120),
-    )?;
+    )
+    .map_err(BenchError::Setup)?;
     let channel = Channel::from_shared(format!("http://{}", serve.addr))
         .map_err(|e| BenchError::Setup(e.to_string()))?
         .connect()
@@ -256,99 +259,6 @@ fn server_p99(metrics: &str, method: &str) -> Option<f64> {
         .map(|(le, _)| le * 1000.0)
 }
 
-/// A `kamatera-ca-provider serve` child process on ephemeral ports; killed when dropped.
-pub struct ServeChild {
-    pub child: Child,
-    /// The gRPC address from the "provider listening on" log line.
-    pub addr: String,
-    /// The admin server's base URL (`http://...`) from the same line.
-    pub admin: String,
-    /// That log line.
-    pub line: String,
-    /// The log lines before it.
-    pub earlier: Vec<String>,
-    /// Later log lines.
-    pub lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `<exe> serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 <args>` (without the
-/// Kamatera credential and Kubernetes variables of this environment: only explicit flags reach a
-/// cloud or cluster) and waits up to `wait` for the log line that names its addresses.
-pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChild, BenchError> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(exe)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .env("RUST_LOG", "kamatera_ca_provider=info")
-        .env_remove("KAMATERA_API_CLIENT_ID")
-        .env_remove("KAMATERA_API_SECRET")
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| BenchError::Setup(format!("cannot start serve: {e}")))?;
-    let Some(stderr) = child.stderr.take() else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(BenchError::Setup("no stderr".into()));
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut serve = ServeChild {
-        child,
-        addr: String::new(),
-        admin: String::new(),
-        line: String::new(),
-        earlier: Vec::new(),
-        lines: rx,
-    };
-    loop {
-        // Dropping `serve` on error kills the child.
-        let line = serve.lines.recv_timeout(wait).map_err(|_| {
-            BenchError::Setup(format!(
-                "serve did not log its address within {} s",
-                wait.as_secs()
-            ))
-        })?;
-        if let Some(rest) = line.split("provider listening on ").nth(1) {
-            serve.addr = rest
-                .split([' ', ','])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            serve.admin = line
-                .split("health and metrics on ")
-                .nth(1)
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            serve.line = line;
-            return Ok(serve);
-        }
-        serve.earlier.push(line);
-    }
-}
-
 /// Runs one scale.
 pub async fn run_scale(
     groups: usize,
@@ -392,13 +302,15 @@ pub async fn run_scale(
     // Start to ready: process start until Refresh succeeds (the first listing and all tag reads
     // of the seeded servers done).
     let started = Instant::now();
+    // This binary's own hidden `serve`.
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let config_arg = config.display().to_string();
     let serve = spawn_serve(
         &exe,
         &["--cloud-config", &config_arg],
         Duration::from_secs(120),
-    )?;
+    )
+    .map_err(BenchError::Setup)?;
     let (addr, admin) = (serve.addr.clone(), serve.admin.clone());
     let channel = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| BenchError::Setup(e.to_string()))?
@@ -532,7 +444,7 @@ pub async fn run_scale(
         .await?,
     );
 
-    crate::kamatera::install_crypto_provider();
+    kamatera_ca_provider::kamatera::install_crypto_provider();
     if let Ok(resp) = reqwest::get(format!("{admin}/metrics")).await
         && let Ok(text) = resp.text().await
     {
