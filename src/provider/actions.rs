@@ -1,0 +1,253 @@
+//! Cloud calls as tasks: create, power on/off, terminate, each under the request limit, with
+//! its outcome recorded back into the state.
+
+use super::*;
+
+impl Provider {
+    /// Runs one cloud call as a task, under the request limit, and records its outcome.
+    pub(super) fn spawn(&self, action: Action) {
+        let p = self.clone();
+        tokio::spawn(async move {
+            let _permit = p.inner.requests.clone().acquire_owned().await;
+            p.run(action).await;
+        });
+    }
+
+    pub(super) async fn run(&self, action: Action) {
+        let client = &self.inner.client;
+        if let Action::PowerOn { server_id, .. }
+        | Action::PowerOff { server_id, .. }
+        | Action::Terminate { server_id, .. } = &action
+        {
+            self.read_tags_before_mutation(server_id).await;
+        }
+        let admitted = {
+            let mut st = self.lock();
+            if let Action::Create { name, .. } = &action {
+                match st.instances.get(name) {
+                    // Cancelled before its request went out: nothing to send.
+                    Some(i) if i.phase == Phase::Deleting => {
+                        st.remove(name);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+            // Every mutation passes the guard, under the lock that marks a create sent, so
+            // the max-size count includes the creates admitted before it.
+            let admitted = self.admit(&mut st, &action);
+            if let (true, Action::Create { name, .. }) = (admitted, &action)
+                && let Some(i) = st.instances.get_mut(name)
+            {
+                i.create = CreateStatus::Sent;
+                st.version += 1;
+            }
+            admitted
+        };
+        if !admitted {
+            self.persist_logged().await;
+            return;
+        }
+        match action {
+            Action::Create { name, group } => {
+                let Ok(cfg) = self.group(&group) else { return };
+                // Write-ahead: a crash from here on leaves "sent" in the journal, so the restarted
+                // provider watches for the server instead of buying another. A create whose
+                // journal entry could not be stored is not sent: nothing is bought.
+                if let Err(e) = self.persist().await {
+                    warn!(server = %name, error = %e, "not sending a create the journal could not record");
+                    self.metrics()
+                        .refused_mutation("create", "journal_unavailable");
+                    let mut st = self.lock();
+                    if let Some(inst) = st.instances.get_mut(&name) {
+                        inst.create = CreateStatus::Rejected;
+                        inst.error = Some(ErrorInfo {
+                            class: ErrorClass::Other,
+                            code: "JOURNAL_UNAVAILABLE",
+                            message: format!("create of {name} not sent: {e}"),
+                        });
+                        st.version += 1;
+                    }
+                    return;
+                }
+                let result = client
+                    .create_server(CreateServer {
+                        name: &name,
+                        server: &cfg.server,
+                    })
+                    .await;
+                {
+                    let mut st = self.lock();
+                    let Some(inst) = st.instances.get_mut(&name) else {
+                        return;
+                    };
+                    match result {
+                        Ok(cmd) => {
+                            info!(server = %name, command = %cmd, "create accepted");
+                            inst.create = CreateStatus::Accepted;
+                            inst.command = Some(Pending {
+                                id: cmd,
+                                kind: CommandKind::Create,
+                                since: Instant::now(),
+                                unknown_since: None,
+                            });
+                            self.metrics().create("accepted");
+                        }
+                        Err(e) => {
+                            warn!(server = %name, error = e.detail(), "create failed");
+                            if e.may_have_been_processed() {
+                                // Maybe bought: wait for the server under this name (adopted if
+                                // it appears), report an error only after the grace period.
+                                inst.create = CreateStatus::Uncertain;
+                                inst.since = Instant::now();
+                                self.metrics().create("uncertain");
+                            } else {
+                                inst.create = CreateStatus::Rejected;
+                                self.metrics().create("rejected");
+                                inst.error = Some(ErrorInfo {
+                                    class: if e.is_quota() {
+                                        ErrorClass::OutOfResources
+                                    } else {
+                                        ErrorClass::Other
+                                    },
+                                    code: if e.is_quota() {
+                                        "QUOTA_EXCEEDED"
+                                    } else {
+                                        "CREATE_REJECTED"
+                                    },
+                                    message: e.safe_message().to_string(),
+                                });
+                            }
+                        }
+                    }
+                    st.version += 1;
+                }
+                self.persist_logged().await;
+            }
+            Action::PowerOn { name, server_id } => {
+                let result = client.power_on(&server_id).await;
+                self.after_power_on(&name, result);
+                self.persist_logged().await;
+            }
+            Action::PowerOff { name, server_id } => {
+                let result = client.power_off(&server_id).await;
+                self.after_delete_step(&name, CommandKind::PowerOff, result);
+                self.persist_logged().await;
+            }
+            Action::Terminate { name, server_id } => {
+                let result = client.terminate(&server_id).await;
+                self.after_delete_step(&name, CommandKind::Terminate, result);
+                self.persist_logged().await;
+            }
+        }
+    }
+
+    /// The guard decides on tags this process read from the API: tags it only has from the
+    /// journal (a warm restart) are read now, once per server.
+    pub(super) async fn read_tags_before_mutation(&self, server_id: &str) {
+        if self.lock().live_tags.contains(server_id) {
+            return;
+        }
+        match self.inner.client.server_tags(server_id).await {
+            Ok(tags) => {
+                let mut st = self.lock();
+                st.tags.insert(server_id.to_string(), tags);
+                st.live_tags.insert(server_id.to_string());
+            }
+            Err(e) => {
+                debug!(
+                    server_id,
+                    error = e.detail(),
+                    "cannot read the tags of a server to mutate; the guard decides on what it has"
+                )
+            }
+        }
+    }
+
+    pub(super) fn after_power_on(&self, name: &str, result: std::result::Result<String, KamateraError>) {
+        let mut st = self.lock();
+        st.version += 1;
+        let Some(inst) = st.instances.get_mut(name) else {
+            return;
+        };
+        inst.action_in_flight = false;
+        inst.since = Instant::now();
+        match result {
+            Ok(cmd) => {
+                info!(server = %name, command = %cmd, "power-on of parked server accepted");
+                self.metrics().power_on("accepted");
+                inst.command = Some(Pending {
+                    id: cmd,
+                    kind: CommandKind::PowerOn,
+                    since: Instant::now(),
+                    unknown_since: None,
+                });
+            }
+            Err(e) if e.may_have_been_processed() => {
+                // The listing tells: running once on, POWER_ON_FAILED after the grace.
+                warn!(server = %name, error = e.detail(), "power-on outcome unknown; watching the server");
+                self.metrics().power_on("uncertain");
+            }
+            Err(e) => {
+                warn!(server = %name, error = e.detail(), "power-on refused");
+                self.metrics().power_on("rejected");
+                inst.error = Some(ErrorInfo {
+                    class: if e.is_quota() {
+                        ErrorClass::OutOfResources
+                    } else {
+                        ErrorClass::Other
+                    },
+                    code: "POWER_ON_REJECTED",
+                    message: e.safe_message().to_string(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn after_delete_step(
+        &self,
+        name: &str,
+        kind: CommandKind,
+        result: std::result::Result<String, KamateraError>,
+    ) {
+        let mut st = self.lock();
+        st.version += 1;
+        let Some(inst) = st.instances.get_mut(name) else {
+            return;
+        };
+        inst.action_in_flight = false;
+        match result {
+            Ok(cmd) => {
+                info!(server = %name, command = %cmd, step = ?kind, "delete step started");
+                inst.command = Some(Pending {
+                    id: cmd,
+                    kind,
+                    since: Instant::now(),
+                    unknown_since: None,
+                });
+            }
+            Err(e) if e.class == kamatera::ErrorClass::NotFound => {
+                // Already gone.
+                inst.terminated = true;
+                inst.server_id = None;
+                self.metrics().delete("completed");
+            }
+            Err(e) => {
+                // The next reconcile tries again (Deleting with no command).
+                warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
+                self.metrics().delete("failed");
+                inst.error = Some(ErrorInfo {
+                    class: ErrorClass::Other,
+                    code: "DELETE_FAILED",
+                    message: e.safe_message().to_string(),
+                });
+            }
+        }
+    }
+}
+
+
+pub(super) fn result_label(r: &str) -> crate::telemetry::ResultLabel {
+    crate::telemetry::ResultLabel { result: r.into() }
+}

@@ -1,0 +1,466 @@
+//! One reconcile pass for all node groups (a listing, tags of new servers, the command queue),
+//! the background loop that runs it, and `refresh`.
+
+use super::*;
+use super::actions::result_label;
+
+impl Provider {
+    /// Triggers a reconcile and waits for it up to `refresh_wait`. Errors only while the
+    /// provider has never seen Kamatera's state (it cannot answer truthfully then).
+    pub async fn refresh(&self) -> Result<()> {
+        self.acting()?;
+        let mut rx = self.inner.finished.subscribe();
+        let seen = *rx.borrow_and_update();
+        self.trigger();
+        let waited = tokio::time::timeout(self.inner.options.refresh_wait, async {
+            while *rx.borrow_and_update() == seen {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let st = self.lock();
+        if st.last_success.is_none() {
+            let why = st
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the first listing is still in progress".into());
+            return Err(ProviderError::Unavailable(format!(
+                "no Kamatera state yet: {why}"
+            )));
+        }
+        if waited.is_err() {
+            debug!("refresh answered before the reconcile finished");
+        }
+        Ok(())
+    }
+
+    /// Starts a reconcile in the background unless one is already queued behind the running one.
+    pub fn trigger(&self) {
+        let p = self.clone();
+        if let Ok(guard) = self.inner.reconcile_lock.try_lock() {
+            drop(guard);
+            tokio::spawn(async move {
+                let _ = p.reconcile().await;
+            });
+        }
+        // A reconcile is running: its result is what the waiter gets.
+    }
+
+    /// Reconciles on `reconcile_interval` when nothing else did within it (Refresh), and runs
+    /// the hibernation controller every `hibernation_tick` once Kamatera was read, until the
+    /// returned task is aborted.
+    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
+        let p = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(p.inner.options.reconcile_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut hib = tokio::time::interval(p.inner.options.hibernation_tick);
+            hib.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        // Only when no Refresh reconciled within the interval: an autoscaler
+                        // looping every 10 s already keeps the state fresh.
+                        let recent = p
+                            .inner
+                            .last_pass
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_some_and(|t| t.elapsed() < p.inner.options.reconcile_interval);
+                        if !recent && p.is_leader() {
+                            let _ = p.reconcile().await;
+                        }
+                    }
+                    _ = hib.tick() => {
+                        // Drains need the instances: only after the first listing.
+                        if p.ready() && p.is_leader() {
+                            p.control_hibernation().await;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// One full pass: list, read new tags, poll pending commands, apply, start follow-ups.
+    pub async fn reconcile(&self) -> std::result::Result<ReconcileReport, KamateraError> {
+        let guard = self.inner.reconcile_lock.lock().await;
+        let started = Instant::now();
+        let result = self.reconcile_locked().await;
+        {
+            let mut st = self.lock();
+            st.reconciles += 1;
+            match &result {
+                Ok(_) => {
+                    st.last_success = Some(Instant::now());
+                    st.last_error = None;
+                }
+                Err(e) => st.last_error = Some(e.safe_message().to_string()),
+            }
+        }
+        *self
+            .inner
+            .last_pass
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+        // Unlock before announcing: a `refresh` that sees this announcement must be able to start
+        // a new pass rather than find the lock still held and wait for nothing.
+        drop(guard);
+        self.inner.finished.send_modify(|n| *n += 1);
+        let m = self.metrics();
+        m.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        m.reconciles
+            .get_or_create(&crate::telemetry::ResultLabel {
+                result: if result.is_ok() { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        match &result {
+            Ok(r) => debug!(
+                listed = r.listed,
+                tag_reads = r.tag_reads,
+                commands = r.commands_polled,
+                actions = r.actions,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "reconciled"
+            ),
+            Err(e) => warn!(
+                error = e.detail(),
+                stale_s = self.staleness().map(|d| d.as_secs()),
+                "reconcile failed; serving the last known state"
+            ),
+        }
+        result
+    }
+
+    pub(super) async fn reconcile_locked(&self) -> std::result::Result<ReconcileReport, KamateraError> {
+        if self.journal_unread() {
+            // The journal may hold creates on the wire before a restart: read it before
+            // anything could buy them again.
+            self.restore().await;
+        }
+        let cfg = &self.inner.config;
+        let client = &self.inner.client;
+        let mut servers = client.list_servers(&cfg.filter_name_prefix).await?;
+        // Known servers this listing lacks are presumed to exist until a lookup by id says
+        // otherwise; a few are looked up per pass.
+        let (presumed, gone) = self.verify_missing(&mut servers).await;
+
+        // Tags: cached per server id; servers we created carry their group's tags already.
+        let (mut known, unknown) = {
+            let mut st = self.lock();
+            let listed_ids: std::collections::HashSet<&str> = servers
+                .iter()
+                .map(|s| s.id.as_str())
+                .chain(presumed.iter().map(|o| o.id.as_str()))
+                .collect();
+            st.tags.retain(|id, _| listed_ids.contains(id.as_str()));
+            st.live_tags.retain(|id| listed_ids.contains(id.as_str()));
+            let mut known = std::collections::HashMap::new();
+            let mut unknown = Vec::new();
+            for s in &servers {
+                // A name from the journal is only a claim: its server's tags are read.
+                let claimed = st.unverified.contains(&s.name);
+                if let Some(t) = st.tags.get(&s.id).filter(|_| !claimed) {
+                    known.insert(s.id.clone(), t.clone());
+                } else if let Some(inst) = st.instances.get(&s.name)
+                    && !claimed
+                    && let Some(g) = cfg.node_group(&inst.group)
+                {
+                    // Named by this process: created with the group's tags.
+                    known.insert(s.id.clone(), g.server.tags.clone());
+                    st.live_tags.insert(s.id.clone());
+                } else {
+                    unknown.push(s.id.clone());
+                }
+            }
+            // Cached tags (a warm restart takes them from the journal) are read again, one
+            // server a minute once the provider is ready, so a tag changed by hand is noticed
+            // without multiplying the steady API cost.
+            if st.last_recheck.is_none() {
+                // The clock starts with the first pass: none in the first minute.
+                st.last_recheck = Some(Instant::now());
+            } else if st
+                .last_recheck
+                .is_some_and(|t| t.elapsed() >= RECHECK_EVERY)
+            {
+                let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+                let again = st.recheck(&ids, &unknown, 1);
+                if !again.is_empty() {
+                    st.last_recheck = Some(Instant::now());
+                }
+                unknown.extend(again);
+            }
+            (known, unknown)
+        };
+        let tag_reads = unknown.len();
+        let fetched: Vec<(String, std::result::Result<Vec<String>, KamateraError>)> =
+            futures_util::stream::iter(unknown)
+                .map(|id| async move {
+                    let r = client.server_tags(&id).await;
+                    (id, r)
+                })
+                .buffer_unordered(self.inner.options.max_concurrent_tag_reads.max(1))
+                .collect()
+                .await;
+        let mut live = Vec::new();
+        for (id, r) in fetched {
+            match r {
+                Ok(tags) => {
+                    if known.get(&id).is_some_and(|had| *had != tags) {
+                        info!(server_id = %id, tags = ?tags, "a server's tags changed");
+                    }
+                    live.push(id.clone());
+                    known.insert(id, tags);
+                }
+                Err(e) => {
+                    warn!(server_id = %id, error = e.detail(), "cannot read server tags; skipping it this time")
+                }
+            }
+        }
+
+        // The journal is a claim: what it restored must match this listing before it acts.
+        let restored_settled = self.verify_restored(&servers, &known);
+
+        let pending = self.lock().pending_commands();
+        let (statuses, unanswered) = self.poll(&pending).await;
+
+        let observed: Vec<Observed> = servers
+            .iter()
+            .map(|s| Observed {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                power: s.power.clone(),
+                tags: known.get(&s.id).cloned(),
+                presumed: false,
+            })
+            .chain(presumed)
+            .collect();
+        let groups: Vec<GroupTags<'_>> = cfg
+            .node_groups
+            .iter()
+            .map(|g| GroupTags {
+                name: &g.name,
+                tags: &g.server.tags,
+            })
+            .collect();
+        let actions = {
+            let mut st = self.lock();
+            for o in &observed {
+                if let Some(t) = &o.tags {
+                    st.tags.insert(o.id.clone(), t.clone());
+                }
+            }
+            st.live_tags.extend(live);
+            let actions = st.apply(
+                &observed,
+                &statuses,
+                &unanswered,
+                &groups,
+                Limits {
+                    uncertain_watch: self.inner.options.uncertain_create_watch,
+                    unknown_command: self.inner.options.unknown_command_limit,
+                    uncertain_grace: self.inner.options.uncertain_create_grace,
+                },
+                Instant::now(),
+            );
+            let o = std::mem::take(&mut st.outcomes);
+            drop(st);
+            let m = self.metrics();
+            m.parks.inc_by(o.parked.len() as u64);
+            m.power_ons
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.power_ons_failed);
+            for name in &o.parked {
+                info!(server = %name, "parked: powered off and kept for reuse");
+            }
+            self.servers_gone(o.gone, o.parked);
+            m.creates
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.creates_failed);
+            m.creates
+                .get_or_create(&result_label("cancelled"))
+                .inc_by(o.creates_cancelled);
+            m.deletes
+                .get_or_create(&result_label("completed"))
+                .inc_by(o.deletes_completed);
+            m.deletes
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.deletes_failed);
+            actions
+        };
+        if !gone.is_empty() {
+            debug!(servers = ?gone, "confirmed gone by lookup");
+        }
+        let report = ReconcileReport {
+            listed: servers.len(),
+            tag_reads,
+            commands_polled: pending.len(),
+            actions: actions.len(),
+        };
+        for a in actions {
+            self.spawn(a);
+        }
+        if restored_settled {
+            // Work the journal restored, verified now, and checked by the guard against the
+            // state this pass built.
+            let deferred = std::mem::take(
+                &mut *self
+                    .inner
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for a in deferred {
+                self.spawn(a);
+            }
+        }
+        // Nodes of gone servers that could not be deleted yet (still Ready, API errors).
+        self.sweep_gone_nodes();
+        self.persist_logged().await;
+        Ok(report)
+    }
+
+    /// Sorts the known servers a listing lacks: up to [`LOOKUPS_PER_RECONCILE`] of those missing
+    /// for `vanish_misses` listings are looked up by id. A server the API says does not exist is
+    /// gone (returned, so the listing's absence now counts); one it still has is added to
+    /// `servers` (the listing omitted it); the rest are returned as presumed: their last known
+    /// state is kept. A listing that lacks at least half of the known servers (two or more) is
+    /// suspect: counted, and warned about once until a listing is trusted again.
+    pub(super) async fn verify_missing(
+        &self,
+        servers: &mut Vec<kamatera::Server>,
+    ) -> (Vec<Observed>, Vec<String>) {
+        let (mut missing, known) = {
+            let st = self.lock();
+            let listed: std::collections::HashSet<&str> =
+                servers.iter().map(|s| s.id.as_str()).collect();
+            st.missing_known(&listed)
+        };
+        let suspect = missing.len() >= 2 && missing.len() * 2 >= known;
+        {
+            let mut st = self.lock();
+            if suspect {
+                self.metrics().suspect_listings.inc();
+                if !st.suspect_listing {
+                    warn!(
+                        missing = missing.len(),
+                        known,
+                        "the Kamatera listing lacks most known servers; keeping their last known state until lookups by id confirm they are gone"
+                    );
+                }
+            } else if st.suspect_listing {
+                info!("the Kamatera listing is complete again");
+            }
+            st.suspect_listing = suspect;
+        }
+        let due = self.inner.options.vanish_misses.max(1);
+        missing.sort_by_key(|m| std::cmp::Reverse(m.misses));
+        let to_look_up: Vec<String> = missing
+            .iter()
+            .filter(|m| m.misses >= due)
+            .take(LOOKUPS_PER_RECONCILE)
+            .map(|m| m.observed.id.clone())
+            .collect();
+        let client = &self.inner.client;
+        let answers: Vec<(
+            String,
+            std::result::Result<Option<kamatera::Server>, KamateraError>,
+        )> = futures_util::stream::iter(to_look_up)
+            .map(|id| async move {
+                let r = client.server_info(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(LOOKUPS_PER_RECONCILE)
+            .collect()
+            .await;
+        let mut gone = Vec::new();
+        for (id, answer) in answers {
+            match answer {
+                Ok(None) => {
+                    info!(server_id = %id, "a server missing from the listing does not exist any more");
+                    gone.push(id);
+                }
+                Ok(Some(server)) => {
+                    debug!(server = %server.name, server_id = %id, "the listing omitted a server that exists");
+                    servers.push(server);
+                }
+                Err(e) => {
+                    debug!(server_id = %id, error = e.detail(), "cannot look up a server missing from the listing; presuming it exists")
+                }
+            }
+        }
+        let presumed = missing
+            .into_iter()
+            .map(|m| m.observed)
+            .filter(|o| !gone.contains(&o.id) && !servers.iter().any(|s| s.id == o.id))
+            .collect();
+        (presumed, gone)
+    }
+
+    /// Polls commands: one batched request; if it fails, each id alone (bounded), so one id the
+    /// API rejects cannot block the others. Returns the statuses and the ids the API did not
+    /// report while it answered (only then are they "unanswered").
+    pub(super) async fn poll(&self, pending: &[String]) -> (Vec<CommandStatus>, Vec<String>) {
+        const SINGLE_POLLS: usize = 20;
+        if pending.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let client = &self.inner.client;
+        let unreported = |statuses: &[CommandStatus]| -> Vec<String> {
+            pending
+                .iter()
+                .filter(|id| !statuses.iter().any(|s| &s.id == *id))
+                .cloned()
+                .collect()
+        };
+        match client.command_status(pending).await {
+            Ok(statuses) => {
+                let missing = unreported(&statuses);
+                (statuses, missing)
+            }
+            Err(e) if pending.len() == 1 => {
+                warn!(
+                    error = e.detail(),
+                    "cannot poll the command queue; trying again next time"
+                );
+                (Vec::new(), Vec::new())
+            }
+            Err(e) => {
+                warn!(
+                    error = e.detail(),
+                    "batched queue poll failed; polling commands one by one"
+                );
+                // A bounded number, concurrently: a few ids the API rejects cannot stall the
+                // pass (and with it readiness) one timeout after another.
+                let answers: Vec<(
+                    String,
+                    std::result::Result<Vec<CommandStatus>, KamateraError>,
+                )> = futures_util::stream::iter(pending.iter().take(SINGLE_POLLS).cloned())
+                    .map(|id| async move {
+                        let r = client.command_status(std::slice::from_ref(&id)).await;
+                        (id, r)
+                    })
+                    .buffer_unordered(self.inner.options.max_concurrent_requests.max(1))
+                    .collect()
+                    .await;
+                let mut statuses = Vec::new();
+                let mut failed = Vec::new();
+                for (id, r) in answers {
+                    match r {
+                        Ok(s) => statuses.extend(s),
+                        Err(_) => failed.push(id),
+                    }
+                }
+                if statuses.is_empty() {
+                    // Nothing answered: the API is down, not the ids unknown.
+                    (statuses, Vec::new())
+                } else {
+                    (statuses, failed)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The autoscaler's mutations: IncreaseSize, DeleteNodes and DecreaseTargetSize. Each validates,
+//! changes the in-memory state (journal first for creates), starts its cloud calls as tasks and
+//! returns.
+
+use super::*;
+
+impl Provider {
+    /// Posts an Event on a Node, best effort (no Kubernetes access: nothing; failures: debug log).
+    pub(super) fn node_event(&self, node: &str, warning: bool, reason: &'static str, message: String) {
+        let Some(kube) = self.inner.options.kube.clone() else {
+            return;
+        };
+        let node = node.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = kube.node_event(&node, warning, reason, &message).await {
+                debug!(node = %node, reason, error = %e, "cannot post the event");
+            }
+        });
+    }
+
+    /// Adds `delta` Creating instances at once and starts their cloud calls: with
+    /// `poweron-on-scale-up`, parked servers of the group are powered on first; the rest are
+    /// created. Writes the intent to the journal before answering.
+    pub async fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
+        let cfg = self.group(group)?;
+        self.acting()?;
+        if delta <= 0 {
+            return Err(ProviderError::InvalidArgument(format!(
+                "delta must be positive, have: {delta}"
+            )));
+        }
+        let delta = u32::try_from(delta).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        let actions = {
+            let mut st = self.lock();
+            // Evaluated under the same lock as the target size, so a hibernate request cannot
+            // slip in between.
+            let in_force = self.in_force_for_locked(&st, cfg);
+            let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
+            let desired = current.saturating_add(delta);
+            if desired > in_force.max_size {
+                let why = if in_force.hibernate {
+                    " (the node group is hibernating)"
+                } else if in_force.max_size != cfg.max_size {
+                    " (max-size of the schedule in force)"
+                } else {
+                    ""
+                };
+                return Err(ProviderError::FailedPrecondition(format!(
+                    "size increase is too large: current {current}, desired {desired}, max {}{why}",
+                    in_force.max_size
+                )));
+            }
+            let mut actions = Vec::new();
+            if cfg.poweron_on_scale_up {
+                for p in st.reusable(group).into_iter().take(delta as usize) {
+                    let mut inst = Instance::creating(p.name.clone(), group.to_string(), now);
+                    inst.create = CreateStatus::Reused;
+                    inst.server_id = Some(p.id.clone());
+                    inst.power = Some(kamatera::Power::Off);
+                    inst.seen = true;
+                    inst.action_in_flight = true;
+                    st.insert(p.name.clone(), inst);
+                    actions.push(Action::PowerOn {
+                        name: p.name,
+                        server_id: p.id,
+                    });
+                }
+            }
+            let mut names = Vec::new();
+            while names.len() + actions.len() < delta as usize {
+                let name = kamatera::new_server_name(&cfg.server.name_prefix);
+                if st.instances.contains_key(&name) {
+                    continue;
+                }
+                st.insert(
+                    name.clone(),
+                    Instance::creating(name.clone(), group.to_string(), now),
+                );
+                names.push(name);
+            }
+            for name in names {
+                actions.push(Action::Create {
+                    name,
+                    group: group.to_string(),
+                });
+            }
+            actions
+        };
+        let powered_on: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PowerOn { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let created: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        info!(group, delta, power_on = ?powered_on, create = ?created, "scale-up");
+        // Spawned before the journal write so that a dropped call (deadline) still runs them.
+        for a in actions {
+            self.spawn(a);
+        }
+        self.persist_logged().await;
+        Ok(())
+    }
+
+    /// Deletes the given nodes of the group; fails, changing nothing, if any is not the group's.
+    /// With `poweroff-on-scale-down`, each server is decided here, once, to be parked (while the
+    /// group's parked servers plus those on their way stay under the cap) or terminated; either
+    /// way it is powered off first.
+    pub async fn delete_nodes(&self, group: &str, nodes: &[NodeRef]) -> Result<()> {
+        let cfg = self.group(group)?;
+        self.acting()?;
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut names = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                match self.find_instance(&st, node) {
+                    Some(i) if i.group == group => names.push(i.name.clone()),
+                    _ => {
+                        return Err(ProviderError::InvalidArgument(format!(
+                            "node {} (provider ID {}) does not belong to node group {group}",
+                            crate::telemetry::quoted(&node.name),
+                            crate::telemetry::quoted(&node.provider_id)
+                        )));
+                    }
+                }
+            }
+            let cap = cfg.poweroff_on_scale_down_max_servers as usize;
+            let mut parking = st.parked_or_parking(group);
+            for name in names {
+                let Some(inst) = st.instances.get_mut(&name) else {
+                    continue;
+                };
+                if inst.phase == Phase::Deleting {
+                    continue; // already going
+                }
+                inst.phase = Phase::Deleting;
+                inst.since = now;
+                // Only a server that exists can be parked; one still being bought is terminated
+                // if it appears. A server whose power-on failed is not trusted with a second life.
+                inst.park = cfg.poweroff_on_scale_down
+                    && inst.server_id.is_some()
+                    && inst.create != CreateStatus::Rejected
+                    && !inst.power_on_failed
+                    && (cap == 0 || parking < cap);
+                if inst.park {
+                    parking += 1;
+                }
+                let off = inst
+                    .power
+                    .as_ref()
+                    .is_some_and(|p| *p != kamatera::Power::On);
+                match (&inst.server_id, inst.create) {
+                    // Never bought (request refused, or its command failed and the API removed
+                    // what it began): forget it now.
+                    (_, CreateStatus::Rejected) => {
+                        st.remove(&name);
+                    }
+                    // Maybe bought, never seen: leaves the autoscaler's view (and the error
+                    // gauge) now; its name stays watched, so a late server is terminated.
+                    (None, CreateStatus::Uncertain) if inst.command.is_none() => {
+                        st.watch_uncertain(&name, now);
+                    }
+                    // Listed off already and to be parked: the next reconcile parks it.
+                    (Some(_), _) if inst.park && off => {}
+                    (Some(server_id), _) if inst.command.is_none() && !inst.action_in_flight => {
+                        inst.action_in_flight = true;
+                        actions.push(if off {
+                            Action::Terminate {
+                                name: name.clone(),
+                                server_id: server_id.clone(),
+                            }
+                        } else {
+                            Action::PowerOff {
+                                name: name.clone(),
+                                server_id: server_id.clone(),
+                            }
+                        });
+                    }
+                    // A create or power-on still running, or a create whose outcome is unknown:
+                    // the reconcile goes on from what the listing shows.
+                    _ => {}
+                }
+            }
+            st.version += 1;
+        }
+        info!(group, nodes = nodes.len(), "scale-down");
+        for _ in &actions {
+            self.metrics().delete("started");
+        }
+        for a in actions {
+            self.spawn(a);
+        }
+        self.persist_logged().await;
+        Ok(())
+    }
+
+    /// Lowers the target by cancelling capacity that has no server yet; never deletes a node.
+    pub async fn decrease_target_size(&self, group: &str, delta: i32) -> Result<()> {
+        self.group(group)?;
+        self.acting()?;
+        if delta >= 0 {
+            return Err(ProviderError::InvalidArgument(format!(
+                "delta must be negative, have: {delta}"
+            )));
+        }
+        self.decrease_locked(group, delta)?;
+        self.persist_logged().await;
+        Ok(())
+    }
+
+    pub(super) fn decrease_locked(&self, group: &str, delta: i32) -> Result<()> {
+        let want = delta.unsigned_abs() as usize;
+        let now = Instant::now();
+        let mut st = self.lock();
+        let mut candidates: Vec<(u8, Instant, String)> = st
+            .group_instances(group)
+            .filter(|i| i.phase == Phase::Creating && i.server_id.is_none())
+            .map(|i| {
+                let rank = match i.create {
+                    CreateStatus::Rejected => 0,
+                    CreateStatus::Queued => 1,
+                    CreateStatus::Uncertain => 2,
+                    _ => 3,
+                };
+                (rank, i.since, i.name.clone())
+            })
+            .collect();
+        if candidates.len() < want {
+            let target = st.target_size(group);
+            return Err(ProviderError::FailedPrecondition(format!(
+                "attempt to delete existing nodes: target size {target}, only {} not yet created, delta {delta}",
+                candidates.len()
+            )));
+        }
+        // Failed and unsent first, then the newest requests.
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        for (_, _, name) in candidates.into_iter().take(want) {
+            let Some(inst) = st.instances.get_mut(&name) else {
+                continue;
+            };
+            if inst.create == CreateStatus::Rejected {
+                st.remove(&name);
+            } else {
+                inst.phase = Phase::Deleting;
+                inst.since = now;
+                st.watch_uncertain(&name, now);
+            }
+        }
+        st.version += 1;
+        info!(group, delta, "target size decreased");
+        Ok(())
+    }
+}

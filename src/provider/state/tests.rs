@@ -1,0 +1,534 @@
+//! Tests of the state machine (beside `state.rs`).
+
+use super::*;
+
+/// Limits for the state-machine tests: watch and grace in seconds, the rest fixed (unreported
+/// commands given up after 60 s, one missed listing is proof).
+fn test_limits(watch: u64, grace: u64) -> Limits {
+    Limits {
+        uncertain_watch: Duration::from_secs(watch),
+        unknown_command: Duration::from_secs(60),
+        uncertain_grace: Duration::from_secs(grace),
+    }
+}
+
+mod transitions {
+    use super::*;
+
+    fn listed(name: &str, power: Power, tags: &[&str]) -> Observed {
+        Observed {
+            id: format!("id-{name}"),
+            name: name.into(),
+            power,
+            tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+            presumed: false,
+        }
+    }
+
+    fn status(id: &str, state: CommandState) -> CommandStatus {
+        CommandStatus {
+            id: id.into(),
+            state,
+            log: "Name: x\nsome detail".into(),
+        }
+    }
+
+    #[test]
+    fn create_lifecycle() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Accepted;
+        i.command = Some(Pending {
+            id: "1".into(),
+            kind: CommandKind::Create,
+            since: now,
+            unknown_since: None,
+        });
+        st.insert("a".into(), i);
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let w = test_limits(60, 60);
+
+        // Listed off while the command runs: still creating.
+        let a = st.apply(
+            &[listed("a", Power::Off, &[])],
+            &[status("1", CommandState::Progress)],
+            &[],
+            &groups,
+            w,
+            now,
+        );
+        assert!(a.is_empty());
+        assert_eq!(st.instances["a"].phase, Phase::Creating);
+        assert_eq!(st.instances["a"].server_id.as_deref(), Some("id-a"));
+        // Complete, still off: creating, command cleared.
+        st.apply(
+            &[listed("a", Power::Off, &[])],
+            &[status("1", CommandState::Complete)],
+            &[],
+            &groups,
+            w,
+            now,
+        );
+        assert_eq!(st.instances["a"].phase, Phase::Creating);
+        assert!(st.instances["a"].command.is_none());
+        // On: running.
+        st.apply(&[listed("a", Power::On, &[])], &[], &[], &groups, w, now);
+        assert_eq!(st.instances["a"].phase, Phase::Running);
+        assert_eq!(st.target_size("g"), 1);
+        // Vanished out of band: dropped.
+        st.apply(&[], &[], &[], &groups, w, now);
+        assert!(st.instances.is_empty());
+    }
+
+    #[test]
+    fn create_errors_become_error_info() {
+        let now = Instant::now();
+        let mut st = State::default();
+        for (name, id) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            let mut i = Instance::creating(name.into(), "g".into(), now);
+            i.create = CreateStatus::Accepted;
+            i.command = Some(Pending {
+                id: id.into(),
+                kind: CommandKind::Create,
+                since: now,
+                unknown_since: None,
+            });
+            st.insert(name.into(), i);
+        }
+        let mut quota = status("3", CommandState::Error);
+        quota.log = "Name: c\nError: server quota exceeded".into();
+        st.apply(
+            &[],
+            &[
+                status("1", CommandState::Error),
+                status("2", CommandState::Cancelled),
+                quota,
+            ],
+            &[],
+            &[],
+            test_limits(60, 60),
+            now,
+        );
+        let e = |n: &str| st.instances[n].error.clone().expect("error info");
+        assert_eq!(
+            (e("a").class, e("a").code),
+            (ErrorClass::Other, "CREATE_FAILED")
+        );
+        assert_eq!(e("b").code, "CREATE_CANCELLED");
+        assert_eq!(
+            (e("c").class, e("c").code),
+            (ErrorClass::OutOfResources, "QUOTA_EXCEEDED")
+        );
+        assert_eq!(
+            st.target_size("g"),
+            3,
+            "errored creates count until the autoscaler deletes them"
+        );
+    }
+
+    #[test]
+    fn adopts_tagged_running_servers_only() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        st.apply(
+            &[
+                listed("ours", Power::On, &["k8sca-c", "k8scang-g", "extra"]),
+                listed("parked", Power::Off, &["k8sca-c", "k8scang-g"]),
+                listed("other-cluster", Power::On, &["k8sca-d", "k8scang-g"]),
+                listed("untagged", Power::On, &[]),
+            ],
+            &[],
+            &[],
+            &groups,
+            test_limits(60, 60),
+            now,
+        );
+        let names: Vec<&String> = st.instances.keys().collect();
+        assert_eq!(names, vec!["ours"]);
+        assert_eq!(
+            st.parked
+                .get("g")
+                .map(|p| p.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
+            Some(vec!["parked"]),
+            "the parked one is the group's pool"
+        );
+        assert!(st.parked["g"][0].exact);
+        assert_eq!(st.instances["ours"].phase, Phase::Running);
+    }
+
+    #[test]
+    fn deleting_waits_for_a_running_create_then_terminates() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Accepted;
+        i.phase = Phase::Deleting;
+        i.command = Some(Pending {
+            id: "1".into(),
+            kind: CommandKind::Create,
+            since: now,
+            unknown_since: None,
+        });
+        st.insert("a".into(), i);
+        let w = test_limits(60, 60);
+        // Listed off, create still running (or the queue does not know it): wait.
+        assert!(
+            st.apply(&[listed("a", Power::Off, &[])], &[], &[], &[], w, now)
+                .is_empty()
+        );
+        // Powered on: creation is over, terminate even though the queue never answered.
+        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], &[], w, now);
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        assert_eq!(st.target_size("g"), 0);
+        // A cancelled create that never shows up is forgotten after the watch.
+        let mut j = Instance::creating("b".into(), "g".into(), now);
+        j.create = CreateStatus::Accepted;
+        j.phase = Phase::Deleting;
+        st.insert("b".into(), j);
+        st.apply(&[], &[], &[], &[], w, now);
+        assert!(st.instances.contains_key("b"));
+        st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
+        assert!(!st.instances.contains_key("b"));
+    }
+
+    #[test]
+    fn uncertain_create_is_watched_then_forgotten() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Uncertain;
+        i.phase = Phase::Deleting;
+        st.insert("a".into(), i);
+        let w = test_limits(60, 60);
+        assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
+        assert!(
+            !st.instances.contains_key("a") && st.watched.contains_key("a"),
+            "not the autoscaler's any more, but watched"
+        );
+        // The server shows up late: terminated.
+        let a = st.apply(&[listed("a", Power::On, &[])], &[], &[], &[], w, now);
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        // A second uncertain one that never shows up is forgotten after the watch.
+        let mut j = Instance::creating("b".into(), "g".into(), now);
+        j.create = CreateStatus::Uncertain;
+        j.phase = Phase::Deleting;
+        st.insert("b".into(), j);
+        st.apply(&[], &[], &[], &[], w, now);
+        assert!(st.watched.contains_key("b"));
+        st.apply(&[], &[], &[], &[], w, now + Duration::from_secs(61));
+        assert!(!st.instances.contains_key("b") && !st.watched.contains_key("b"));
+    }
+}
+
+mod uncertain_tests {
+    use super::*;
+
+    #[test]
+    fn uncertain_create_is_adopted_when_its_server_appears() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Uncertain;
+        st.insert("a".into(), i);
+        st.apply(
+            &[],
+            &[],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(5),
+        );
+        assert!(
+            st.instances["a"].error.is_none(),
+            "within the grace: no error yet"
+        );
+        let server = Observed {
+            id: "id-a".into(),
+            name: "a".into(),
+            power: Power::On,
+            tags: None,
+            presumed: false,
+        };
+        st.apply(
+            &[server],
+            &[],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(10),
+        );
+        assert_eq!(st.instances["a"].phase, Phase::Running);
+        assert_eq!(st.instances["a"].create, CreateStatus::Accepted);
+    }
+
+    #[test]
+    fn uncertain_create_reports_an_error_after_the_grace() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.create = CreateStatus::Uncertain;
+        st.insert("a".into(), i);
+        st.apply(
+            &[],
+            &[],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(31),
+        );
+        let e = st.instances["a"]
+            .error
+            .clone()
+            .expect("error after the grace");
+        assert_eq!((e.code, e.class), ("CREATE_UNCERTAIN", ErrorClass::Other));
+    }
+
+    #[test]
+    fn unreported_commands_are_given_up_after_the_limit() {
+        let now = Instant::now();
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.phase = Phase::Deleting;
+        i.server_id = Some("id-a".into());
+        i.seen = true;
+        i.command = Some(Pending {
+            id: "9".into(),
+            kind: CommandKind::PowerOff,
+            since: now,
+            unknown_since: None,
+        });
+        st.insert("a".into(), i);
+        let listed = [Observed {
+            id: "id-a".into(),
+            name: "a".into(),
+            power: Power::On,
+            tags: None,
+            presumed: false,
+        }];
+        let unanswered = ["9".to_string()];
+        assert!(
+            st.apply(&listed, &[], &unanswered, &[], test_limits(600, 30), now)
+                .is_empty()
+        );
+        let a = st.apply(
+            &listed,
+            &[],
+            &unanswered,
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(61),
+        );
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+    }
+}
+
+mod park_tests {
+    use super::*;
+
+    fn listed(power: Power) -> Observed {
+        Observed {
+            id: "id-a".into(),
+            name: "a".into(),
+            power,
+            tags: Some(vec!["k8sca-c".into(), "k8scang-g".into()]),
+            presumed: false,
+        }
+    }
+
+    fn parking(now: Instant) -> State {
+        let mut st = State::default();
+        let mut i = Instance::creating("a".into(), "g".into(), now);
+        i.phase = Phase::Deleting;
+        i.create = CreateStatus::Adopted;
+        i.server_id = Some("id-a".into());
+        i.seen = true;
+        i.park = true;
+        i.command = Some(Pending {
+            id: "5".into(),
+            kind: CommandKind::PowerOff,
+            since: now,
+            unknown_since: None,
+        });
+        st.insert("a".into(), i);
+        st
+    }
+
+    fn done(id: &str, state: CommandState) -> CommandStatus {
+        CommandStatus {
+            id: id.into(),
+            state,
+            log: String::new(),
+        }
+    }
+
+    #[test]
+    fn parks_once_the_listing_shows_it_off() {
+        let now = Instant::now();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let mut st = parking(now);
+        assert_eq!(
+            st.parked_or_parking("g"),
+            1,
+            "a decided park counts at once"
+        );
+        // Complete, but the listing still says on: wait (never adopted as running).
+        let a = st.apply(
+            &[listed(Power::On)],
+            &[done("5", CommandState::Complete)],
+            &[],
+            &groups,
+            test_limits(600, 30),
+            now,
+        );
+        assert!(a.is_empty());
+        assert_eq!(st.instances["a"].phase, Phase::Deleting);
+        // Off: forgotten, in the group's pool, reported for Node cleanup.
+        st.apply(
+            &[listed(Power::Off)],
+            &[],
+            &[],
+            &groups,
+            test_limits(600, 30),
+            now,
+        );
+        assert!(st.instances.is_empty());
+        assert_eq!(st.outcomes.parked, vec!["a".to_string()]);
+        assert_eq!(st.reusable("g").len(), 1);
+        assert_eq!(st.parked_or_parking("g"), 1);
+    }
+
+    #[test]
+    fn a_power_off_that_never_shows_becomes_a_terminate() {
+        let now = Instant::now();
+        let mut st = parking(now);
+        st.apply(
+            &[listed(Power::On)],
+            &[done("5", CommandState::Complete)],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now,
+        );
+        let a = st.apply(
+            &[listed(Power::On)],
+            &[],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now + Duration::from_secs(31),
+        );
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        assert!(!st.instances["a"].park);
+    }
+
+    #[test]
+    fn a_failed_power_off_terminates_instead_of_parking() {
+        let now = Instant::now();
+        let mut st = parking(now);
+        let a = st.apply(
+            &[listed(Power::On)],
+            &[done("5", CommandState::Error)],
+            &[],
+            &[],
+            test_limits(600, 30),
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::Terminate {
+                name: "a".into(),
+                server_id: "id-a".into()
+            }]
+        );
+        assert!(!st.instances["a"].park);
+    }
+
+    #[test]
+    fn reuse_takes_only_exact_tag_sets() {
+        let now = Instant::now();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let mut st = State::default();
+        let mut extra = listed(Power::Off);
+        extra.name = "b".into();
+        extra.id = "id-b".into();
+        extra.tags = Some(vec!["k8sca-c".into(), "k8scang-g".into(), "keep".into()]);
+        st.apply(
+            &[listed(Power::Off), extra],
+            &[],
+            &[],
+            &groups,
+            test_limits(600, 30),
+            now,
+        );
+        assert_eq!(st.parked_or_parking("g"), 2, "both count toward the cap");
+        let names: Vec<String> = st.reusable("g").into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["a"], "a server tagged further is left alone");
+    }
+}
+
+mod recheck_tests {
+    use super::*;
+
+    #[test]
+    fn rechecks_tags_only_the_journal_vouched_for_first_then_all_in_turn() {
+        let mut st = State::default();
+        let ids: Vec<String> = ["a", "b", "c", "d"].map(String::from).into();
+        for id in &ids {
+            st.tags.insert(id.clone(), vec!["k8sca-c".into()]);
+        }
+        st.live_tags.extend(["a".to_string(), "c".to_string()]);
+        // Restored from the journal, never read by this process: first.
+        assert_eq!(st.recheck(&ids, &[], 2), ["b", "d"]);
+        st.live_tags.extend(["b".to_string(), "d".to_string()]);
+        // Then every server in turn, skipping those read anyway this pass.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.extend(st.recheck(&ids, &["c".to_string()], 1));
+        }
+        assert_eq!(seen, ["a", "b", "d", "a"]);
+        // Uncached ids are never "re"-read.
+        assert!(st.recheck(&["zz".to_string()], &[], 3).is_empty());
+    }
+}
