@@ -8,10 +8,14 @@
 //! its file, line, section and key.
 
 mod gcfg;
+mod group;
+mod keys;
 mod labels;
+mod read;
 mod resolve;
 mod secret;
 mod summary;
+mod values;
 mod windows;
 
 use std::fmt;
@@ -221,12 +225,12 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Number of cores from the cpu string (`2B` → 2).
     pub fn cpu_cores(&self) -> u32 {
-        resolve::cpu_cores(&self.cpu).unwrap_or(0)
+        values::cpu_cores(&self.cpu).unwrap_or(0)
     }
 
     /// Size in GB of the first disk, if it names one.
     pub fn first_disk_gb(&self) -> Option<u32> {
-        self.disks.first().and_then(|d| resolve::disk_size_gb(d))
+        self.disks.first().and_then(|d| values::disk_size_gb(d))
     }
 }
 

@@ -25,7 +25,7 @@ fn window(pairs: &[(String, String)]) -> Result<Window, String> {
     };
     let cron = Cron::parse(get("cron").ok_or_else(|| format!("cron=... is missing{hint}"))?)?;
     let text = get("duration").ok_or_else(|| format!("duration=... is missing{hint}"))?;
-    let duration = super::resolve::parse_duration(text)
+    let duration = super::values::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("duration {text:?} is not a duration such as 10h or 1h30m"))?;
     if duration > MAX_WINDOW {
@@ -96,7 +96,7 @@ pub fn parse_schedule(text: &str, base: (u32, u32)) -> Result<ScheduleEntry, Str
                 .ok_or_else(|| format!("{k} {} is not a fraction between 0 and 1", super::shown(v)))
         };
         let duration = || {
-            super::resolve::parse_duration(v)
+            super::values::parse_duration(v)
                 .ok_or_else(|| format!("{k} {} is not a duration such as 10m", super::shown(v)))
         };
         match k.as_str() {
@@ -145,7 +145,7 @@ pub fn parse_hibernate(text: &str) -> Result<HibernateEntry, String> {
         match k.as_str() {
             "force" => force = boolean(v)?,
             "drain-timeout" => {
-                drain_timeout = super::resolve::parse_duration(v)
+                drain_timeout = super::values::parse_duration(v)
                     .filter(|d| !d.is_zero())
                     .ok_or_else(|| {
                         format!(

@@ -37,8 +37,8 @@ mod tests;
 pub use journal_map::{JOURNAL_KEY, JournalMap};
 pub use lease::{LeaseLock, LeaseState};
 pub use nodes::{
-    Completed, Completion, Cordoned, EVENT_SOURCE, Eviction, NodeDeletion, PodRef, Released, completion,
-    is_ready, release_patch,
+    Completed, Completion, Cordoned, EVENT_SOURCE, Eviction, NodeDeletion, PodRef, Released,
+    completion, is_ready, release_patch,
 };
 
 /// Taints the cluster-autoscaler puts on nodes it scales down.
@@ -245,7 +245,6 @@ impl Kube {
     pub fn cluster_url(&self) -> &str {
         &self.cluster_url
     }
-
 }
 
 /// What a conditional write's answer means: `done` when written, `gone` when the Node is not

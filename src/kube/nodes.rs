@@ -460,7 +460,6 @@ impl Kube {
     }
 }
 
-
 /// The merge patch that removes the autoscaler's taints and `unschedulable` from `node`, keeping
 /// every other taint in order; `None` when there is nothing to remove.
 pub fn release_patch(node: &Node) -> Option<Value> {

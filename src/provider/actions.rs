@@ -165,7 +165,11 @@ impl Provider {
         }
     }
 
-    pub(super) fn after_power_on(&self, name: &str, result: std::result::Result<String, KamateraError>) {
+    pub(super) fn after_power_on(
+        &self,
+        name: &str,
+        result: std::result::Result<String, KamateraError>,
+    ) {
         let mut st = self.lock();
         st.version += 1;
         let Some(inst) = st.instances.get_mut(name) else {
@@ -246,7 +250,6 @@ impl Provider {
         }
     }
 }
-
 
 pub(super) fn result_label(r: &str) -> crate::telemetry::ResultLabel {
     crate::telemetry::ResultLabel { result: r.into() }

@@ -354,5 +354,4 @@ impl Provider {
     pub fn staleness(&self) -> Option<Duration> {
         self.lock().last_success.map(|t| t.elapsed())
     }
-
 }

@@ -1,8 +1,8 @@
 //! One reconcile pass for all node groups (a listing, tags of new servers, the command queue),
 //! the background loop that runs it, and `refresh`.
 
-use super::*;
 use super::actions::result_label;
+use super::*;
 
 impl Provider {
     /// Triggers a reconcile and waits for it up to `refresh_wait`. Errors only while the
@@ -135,7 +135,9 @@ impl Provider {
         result
     }
 
-    pub(super) async fn reconcile_locked(&self) -> std::result::Result<ReconcileReport, KamateraError> {
+    pub(super) async fn reconcile_locked(
+        &self,
+    ) -> std::result::Result<ReconcileReport, KamateraError> {
         if self.journal_unread() {
             // The journal may hold creates on the wire before a restart: read it before
             // anything could buy them again.

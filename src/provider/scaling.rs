@@ -6,7 +6,13 @@ use super::*;
 
 impl Provider {
     /// Posts an Event on a Node, best effort (no Kubernetes access: nothing; failures: debug log).
-    pub(super) fn node_event(&self, node: &str, warning: bool, reason: &'static str, message: String) {
+    pub(super) fn node_event(
+        &self,
+        node: &str,
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    ) {
         let Some(kube) = self.inner.options.kube.clone() else {
             return;
         };

@@ -43,8 +43,8 @@ pub use state::{
 };
 use state::{NewServer, Selector, image_id, no_servers_message};
 
-pub use args::{SimArgsError, SimulatorArgs};
 use admin::*;
+pub use args::{SimArgsError, SimulatorArgs};
 use request::*;
 
 /// Credentials the simulator accepts unless told otherwise; `config/example.ini` uses them.
@@ -463,7 +463,6 @@ async fn server_tags(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Respon
         Err(err) => api_error(err, e),
     }
 }
-
 
 async fn create_server(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::CreateServer;

@@ -48,7 +48,6 @@ pub(super) fn selector(m: &Map<String, Value>) -> Result<Selector, ApiError> {
     }
 }
 
-
 /// `k=v,k=v` items separated by spaces, with allowed keys; `None` when malformed.
 pub(super) fn spec_items(spec: &str, keys: &[&str]) -> Option<Vec<BTreeMap<String, String>>> {
     spec.split_whitespace()
@@ -77,7 +76,10 @@ pub(super) fn yes_no(m: &Map<String, Value>, key: &str, default: bool) -> Result
 }
 
 /// Validates a create request the way cloudcli-server does.
-pub(super) fn parse_create(m: &Map<String, Value>, lans: &[String]) -> Result<(NewServer, bool), ApiError> {
+pub(super) fn parse_create(
+    m: &Map<String, Value>,
+    lans: &[String],
+) -> Result<(NewServer, bool), ApiError> {
     let required = |key: &str| {
         text(m, key)
             .filter(|v| !v.trim().is_empty())
