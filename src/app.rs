@@ -194,10 +194,12 @@ impl App {
         };
 
         let metrics = Arc::new(Metrics::new());
-        let client = kamatera::Client::new(kamatera::ClientSettings {
-            metrics: metrics.clone(),
-            ..kamatera::ClientSettings::from_config(&cfg)
-        })
+        let client = kamatera::Client::new(kamatera::ClientSettings::new(
+            &cfg.api_url,
+            &cfg.api_client_id,
+            cfg.api_secret.clone(),
+            metrics.clone(),
+        ))
         .map_err(|e| AppError::Kamatera(e.detail().to_string()))?;
         let kube = kube::connect(settings.kubeconfig.as_deref(), !settings.simulate)
             .await

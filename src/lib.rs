@@ -13,6 +13,7 @@ pub mod kube;
 pub mod proto;
 pub mod provider;
 pub mod schedule;
+pub mod secret;
 pub mod sim;
 pub mod telemetry;
 pub mod time;

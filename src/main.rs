@@ -166,11 +166,25 @@ async fn check_online(path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     out_part!("{}", config::render_summary(&cfg));
     print_warnings(&path, &cfg);
-    let client = kamatera::Client::new(kamatera::ClientSettings::from_config(&cfg))
-        .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    let client = kamatera::Client::new(kamatera::ClientSettings::new(
+        &cfg.api_url,
+        &cfg.api_client_id,
+        cfg.api_secret.clone(),
+        std::sync::Arc::new(telemetry::Metrics::new()),
+    ))
+    .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
     out!("\nonline checks against {}:", cfg.api_url);
     let mut failed = 0;
-    for r in kamatera::preflight(&client, &cfg).await {
+    let placements: Vec<kamatera::Placement<'_>> = cfg
+        .node_groups
+        .iter()
+        .map(|g| kamatera::Placement {
+            group: &g.name,
+            datacenter: &g.server.datacenter,
+            image: &g.server.image,
+        })
+        .collect();
+    for r in kamatera::preflight(&client, &placements).await {
         match &r.outcome {
             Ok(detail) => out!("  ok    {:<16} {:<12} {detail}", r.subject, r.what),
             Err(problem) => {

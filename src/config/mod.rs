@@ -13,7 +13,6 @@ mod keys;
 mod labels;
 mod read;
 mod resolve;
-mod secret;
 mod summary;
 mod values;
 mod windows;
@@ -21,9 +20,9 @@ mod windows;
 use std::fmt;
 use std::path::Path;
 
+pub use crate::secret::Secret;
 pub use labels::{GROUP_LABEL, INSTANCE_TYPE_LABEL, KUBELET_LABELS, REGION_LABEL, kubelet_may_set};
 pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
-pub use secret::Secret;
 pub use summary::{render as render_summary, warnings as label_warnings};
 pub use windows::DEFAULT_DRAIN_TIMEOUT;
 
@@ -283,12 +282,8 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read cloud config {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read cloud config {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{}", invalid_message(.path, .problems))]
     Invalid {
         path: String,
@@ -329,9 +324,9 @@ impl CloudConfig {
     /// Reads, resolves and validates a cloud config file, with the credentials taken from the
     /// process environment when set there.
     pub fn load(path: &Path) -> Result<CloudConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(&path.display().to_string(), &text, &|name| {
             std::env::var(name).ok()

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::OptionOverrides;
 use crate::proto::externalgrpc as pb;
 use crate::proto::k8s;
+use crate::provider::OptionOverrides;
 use crate::provider::{ErrorInfo, InstanceView, Phase, TemplateNode};
 
 /// The autoscaler's own defaults, used when a request carries none.

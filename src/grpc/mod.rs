@@ -44,9 +44,23 @@ impl Service {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    Transport(tonic::transport::Error),
     #[error("cannot build the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    Reflection(tonic_reflection::server::Error),
+}
+
+// The messages carry their causes, so the causes are not also `source`s (which would print them
+// twice in a chain).
+impl From<tonic::transport::Error> for ServeError {
+    fn from(e: tonic::transport::Error) -> Self {
+        ServeError::Transport(e)
+    }
+}
+
+impl From<tonic_reflection::server::Error> for ServeError {
+    fn from(e: tonic_reflection::server::Error) -> Self {
+        ServeError::Reflection(e)
+    }
 }
 
 /// How to serve beyond the provider itself.
@@ -147,11 +161,18 @@ fn period(
 
 fn status(e: ProviderError) -> Status {
     match &e {
-        ProviderError::UnknownGroup(_) => Status::not_found(e.to_string()),
-        ProviderError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
-        ProviderError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-        ProviderError::Unavailable(_) => Status::unavailable(e.to_string()),
-        ProviderError::NotFound(_) => Status::not_found(e.to_string()),
+        ProviderError::UnknownGroup { .. } | ProviderError::UnknownNode { .. } => {
+            Status::not_found(e.to_string())
+        }
+        ProviderError::NotInGroup { .. }
+        | ProviderError::BadDelta { .. }
+        | ProviderError::EndBeforeStart { .. } => Status::invalid_argument(e.to_string()),
+        ProviderError::OverMax { .. }
+        | ProviderError::WouldDeleteExisting { .. }
+        | ProviderError::NoPrice { .. } => Status::failed_precondition(e.to_string()),
+        ProviderError::StandingBy | ProviderError::NoStateYet { .. } => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
 

@@ -34,11 +34,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use crate::config::{CloudConfig, ServerConfig};
+use crate::secret::Secret;
 use crate::telemetry::Metrics;
 
 pub use error::{ErrorClass, KamateraError, QUOTA_PATTERNS, Redactor, is_quota_message};
-pub use preflight::{CheckResult, preflight};
+pub use preflight::{CheckResult, Placement, preflight};
 pub use retry::{Idempotency, RetryPolicy};
 pub use types::{CommandState, CommandStatus, Datacenter, Image, Power, Server};
 
@@ -59,7 +59,7 @@ pub struct ClientSettings {
     /// Base URL; a trailing `/` is ignored.
     pub base_url: String,
     pub client_id: String,
-    pub secret: crate::config::Secret,
+    pub secret: Secret,
     pub timeout: Duration,
     pub retry: RetryPolicy,
     /// Where request counts and latencies go.
@@ -67,14 +67,21 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    pub fn from_config(config: &CloudConfig) -> Self {
+    /// The API at `base_url` with these credentials, the default timeout and retry policy, and
+    /// request figures recorded into `metrics`.
+    pub fn new(
+        base_url: impl Into<String>,
+        client_id: impl Into<String>,
+        secret: Secret,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ClientSettings {
-            base_url: config.api_url.clone(),
-            client_id: config.api_client_id.clone(),
-            secret: config.api_secret.clone(),
+            base_url: base_url.into(),
+            client_id: client_id.into(),
+            secret,
             timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
     }
 }
@@ -90,18 +97,52 @@ struct Inner {
     http: reqwest::Client,
     base_url: String,
     client_id: String,
-    secret: crate::config::Secret,
+    secret: Secret,
     retry: RetryPolicy,
     redactor: Redactor,
     metrics: Arc<Metrics>,
 }
 
-/// What one create request asks for.
+/// What one create request asks for, in the API's terms.
 #[derive(Debug, Clone, Copy)]
 pub struct CreateServer<'a> {
     /// The full server name, see [`new_server_name`].
     pub name: &'a str,
-    pub server: &'a ServerConfig,
+    /// `None` lets the API generate one.
+    pub password: Option<&'a Secret>,
+    pub ssh_key: &'a str,
+    pub datacenter: &'a str,
+    pub image: &'a str,
+    /// `<cores><type>`, for example `2B`.
+    pub cpu: &'a str,
+    pub ram_mb: u32,
+    /// Disk specs such as `size=20`.
+    pub disks: &'a [String],
+    /// Network specs such as `name=wan,ip=auto`.
+    pub networks: &'a [String],
+    pub daily_backup: bool,
+    pub managed: bool,
+    pub billing: Billing,
+    pub monthly_package: &'a str,
+    /// The init script, sent as is.
+    pub script: Option<&'a Secret>,
+    pub tags: &'a [String],
+}
+
+/// How a server is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Billing {
+    Hourly,
+    Monthly,
+}
+
+impl Billing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Billing::Hourly => "hourly",
+            Billing::Monthly => "monthly",
+        }
+    }
 }
 
 /// Installs ring as the process's rustls crypto provider (reqwest is built without one; tonic
@@ -244,17 +285,12 @@ impl Client {
     /// `POST /service/server`: starts creating one server and returns its command id. Sent
     /// exactly once, whatever happens.
     pub async fn create_server(&self, req: CreateServer<'_>) -> Result<String, KamateraError> {
-        let s = req.server;
+        let s = req;
         let password = s
             .password
-            .as_ref()
             .map(|p| p.expose().to_string())
             .unwrap_or_else(|| "__generate__".to_string());
-        let script = s
-            .script
-            .as_ref()
-            .map(|x| x.expose().to_string())
-            .unwrap_or_default();
+        let script = s.script.map(|x| x.expose().to_string()).unwrap_or_default();
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         let body = json!({
             "name": req.name,
@@ -270,7 +306,7 @@ impl Client {
             "managed": yes_no(s.managed),
             "network": s.networks.join(" "),
             "quantity": 1,
-            "billingcycle": s.billing_cycle.as_str(),
+            "billingcycle": s.billing.as_str(),
             "monthlypackage": s.monthly_package,
             "poweronaftercreate": "yes",
             "script-file": script,
@@ -280,7 +316,7 @@ impl Client {
         let redactor = self
             .inner
             .redactor
-            .with([password, script, s.ssh_key.clone()]);
+            .with([password, script, s.ssh_key.to_string()]);
         let v = self
             .call(Call {
                 op: "create server",

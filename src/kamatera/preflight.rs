@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use super::{Client, Image};
-use crate::config::CloudConfig;
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +15,16 @@ pub struct CheckResult {
     pub outcome: Result<String, String>,
 }
 
+/// Where a node group's servers would be created.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub group: &'a str,
+    pub datacenter: &'a str,
+    pub image: &'a str,
+}
+
 /// Runs every online check; stops early only when the credentials are refused.
-pub async fn preflight(client: &Client, config: &CloudConfig) -> Vec<CheckResult> {
+pub async fn preflight(client: &Client, groups: &[Placement<'_>]) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let datacenters = match client.datacenters().await {
         Ok(d) => d,
@@ -40,12 +47,12 @@ pub async fn preflight(client: &Client, config: &CloudConfig) -> Vec<CheckResult
         )),
     });
     let mut images: HashMap<String, Result<Vec<Image>, String>> = HashMap::new();
-    for g in &config.node_groups {
-        let dc = &g.server.datacenter;
-        let Some(found) = datacenters.iter().find(|d| &d.id == dc) else {
+    for g in groups {
+        let dc = g.datacenter;
+        let Some(found) = datacenters.iter().find(|d| d.id == dc) else {
             let known: Vec<&str> = datacenters.iter().map(|d| d.id.as_str()).collect();
             out.push(CheckResult {
-                subject: g.name.clone(),
+                subject: g.group.to_string(),
                 what: "datacenter",
                 outcome: Err(format!(
                     "{dc} is not available; the account has {}",
@@ -55,7 +62,7 @@ pub async fn preflight(client: &Client, config: &CloudConfig) -> Vec<CheckResult
             continue;
         };
         out.push(CheckResult {
-            subject: g.name.clone(),
+            subject: g.group.to_string(),
             what: "datacenter",
             outcome: Ok(format!("{dc} ({})", found.name)),
         });
@@ -64,9 +71,9 @@ pub async fn preflight(client: &Client, config: &CloudConfig) -> Vec<CheckResult
                 .images(dc)
                 .await
                 .map_err(|e| e.safe_message().to_string());
-            images.insert(dc.clone(), r);
+            images.insert(dc.to_string(), r);
         }
-        let image = g.server.image.trim();
+        let image = g.image.trim();
         let outcome = match images.get(dc) {
             Some(Ok(list)) => {
                 let id_form = if image.contains(':') {
@@ -89,7 +96,7 @@ pub async fn preflight(client: &Client, config: &CloudConfig) -> Vec<CheckResult
             None => Err("no image list".into()),
         };
         out.push(CheckResult {
-            subject: g.name.clone(),
+            subject: g.group.to_string(),
             what: "image",
             outcome,
         });

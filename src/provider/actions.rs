@@ -63,7 +63,7 @@ impl Provider {
                     if let Some(inst) = st.instances.get_mut(&name) {
                         inst.create = CreateStatus::Rejected;
                         inst.error = Some(ErrorInfo {
-                            class: ErrorClass::Other,
+                            class: InstanceErrorClass::Other,
                             code: "JOURNAL_UNAVAILABLE",
                             message: format!("create of {name} not sent: {e}"),
                         });
@@ -72,10 +72,7 @@ impl Provider {
                     return;
                 }
                 let result = client
-                    .create_server(CreateServer {
-                        name: &name,
-                        server: &cfg.server,
-                    })
+                    .create_server(create_request(&name, &cfg.server))
                     .await;
                 {
                     let mut st = self.lock();
@@ -107,9 +104,9 @@ impl Provider {
                                 self.metrics().create("rejected");
                                 inst.error = Some(ErrorInfo {
                                     class: if e.is_quota() {
-                                        ErrorClass::OutOfResources
+                                        InstanceErrorClass::OutOfResources
                                     } else {
-                                        ErrorClass::Other
+                                        InstanceErrorClass::Other
                                     },
                                     code: if e.is_quota() {
                                         "QUOTA_EXCEEDED"
@@ -198,9 +195,9 @@ impl Provider {
                 self.metrics().power_on("rejected");
                 inst.error = Some(ErrorInfo {
                     class: if e.is_quota() {
-                        ErrorClass::OutOfResources
+                        InstanceErrorClass::OutOfResources
                     } else {
-                        ErrorClass::Other
+                        InstanceErrorClass::Other
                     },
                     code: "POWER_ON_REJECTED",
                     message: e.safe_message().to_string(),
@@ -242,7 +239,7 @@ impl Provider {
                 warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
                 self.metrics().delete("failed");
                 inst.error = Some(ErrorInfo {
-                    class: ErrorClass::Other,
+                    class: InstanceErrorClass::Other,
                     code: "DELETE_FAILED",
                     message: e.safe_message().to_string(),
                 });
@@ -253,4 +250,31 @@ impl Provider {
 
 pub(super) fn result_label(r: &str) -> crate::telemetry::ResultLabel {
     crate::telemetry::ResultLabel { result: r.into() }
+}
+
+/// The API's create request for a server of `server`'s node group, named `name`.
+pub(super) fn create_request<'a>(
+    name: &'a str,
+    server: &'a crate::config::ServerConfig,
+) -> CreateServer<'a> {
+    CreateServer {
+        name,
+        password: server.password.as_ref(),
+        ssh_key: &server.ssh_key,
+        datacenter: &server.datacenter,
+        image: &server.image,
+        cpu: &server.cpu,
+        ram_mb: server.ram_mb,
+        disks: &server.disks,
+        networks: &server.networks,
+        daily_backup: server.daily_backup,
+        managed: server.managed,
+        billing: match server.billing_cycle {
+            crate::config::BillingCycle::Hourly => kamatera::Billing::Hourly,
+            crate::config::BillingCycle::Monthly => kamatera::Billing::Monthly,
+        },
+        monthly_package: &server.monthly_package,
+        script: server.script.as_ref(),
+        tags: &server.tags,
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{ErrorClass, InForce, Phase, Provider};
+use super::{InForce, InstanceErrorClass, Phase, Provider};
 
 impl Provider {
     /// Fills the state gauges (sizes, instances by state, errors, commands, staleness,
@@ -87,8 +87,8 @@ impl Provider {
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
             for (class, label) in [
-                (ErrorClass::OutOfResources, "out_of_resources"),
-                (ErrorClass::Other, "other"),
+                (InstanceErrorClass::OutOfResources, "out_of_resources"),
+                (InstanceErrorClass::Other, "other"),
             ] {
                 let n = st
                     .group_instances(&g.name)

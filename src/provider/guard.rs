@@ -12,7 +12,7 @@
 use tracing::warn;
 
 use super::Provider;
-use super::state::{Action, CreateStatus, ErrorClass, ErrorInfo, State};
+use super::state::{Action, CreateStatus, ErrorInfo, InstanceErrorClass, State};
 use crate::config::NodeGroupConfig;
 
 /// Why a mutation was refused.
@@ -172,7 +172,7 @@ impl Provider {
             (Refusal::OverMax { .. }, Some(inst)) => {
                 inst.create = CreateStatus::Rejected;
                 inst.error = Some(ErrorInfo {
-                    class: ErrorClass::OutOfResources,
+                    class: InstanceErrorClass::OutOfResources,
                     code: "MAX_SIZE_REACHED",
                     message: format!("create of {name} not sent: {refusal}"),
                 });

@@ -24,20 +24,22 @@ const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot write the state file {path}: {source}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot write the state file {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error("cannot write the journal: {0}")]
-    Kube(#[from] crate::kube::KubeError),
+    Kube(crate::kube::KubeError),
     #[error(
         "the journal has not been read yet (its store was unreachable at startup); nothing that needs it is sent"
     )]
     Unread,
     #[error("this replica does not hold the lease; the journal is the holder's")]
     NotLeader,
+}
+
+impl From<crate::kube::KubeError> for JournalError {
+    fn from(e: crate::kube::KubeError) -> Self {
+        JournalError::Kube(e)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,9 +211,9 @@ pub fn render(cluster: &str, state: &State) -> String {
 
 /// Writes `text` to `path` atomically and durably (blocking; call off the runtime).
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), JournalError> {
-    let err = |source| JournalError::Write {
+    let err = |error| JournalError::Write {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let tmp = tmp_path(path);
     {
@@ -441,7 +443,7 @@ pub fn restore_text(
         if let Some(id) = &unreadable {
             // Never waited for: whatever that command did, the listing tells.
             inst.error = Some(super::state::ErrorInfo {
-                class: super::state::ErrorClass::Other,
+                class: super::state::InstanceErrorClass::Other,
                 code: "JOURNAL_UNREADABLE",
                 message: format!(
                     "the state file holds an unreadable command id {} for this instance",
@@ -474,7 +476,7 @@ pub fn restore_text(
             CreateStatus::Uncertain => {}
             CreateStatus::Rejected => {
                 inst.error = Some(super::state::ErrorInfo {
-                    class: super::state::ErrorClass::Other,
+                    class: super::state::InstanceErrorClass::Other,
                     code: "CREATE_REJECTED",
                     message: "create failed before the provider restarted".into(),
                 });

@@ -34,13 +34,17 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::{CloudConfig, NodeGroupConfig, OptionOverrides};
+use crate::config::{CloudConfig, NodeGroupConfig};
 use crate::kamatera::{self, Client, CommandStatus, CreateServer, KamateraError};
 
 pub use hibernate::HibernationStatus;
-pub use state::{CreateStatus, ErrorClass, ErrorInfo, GroupHibernation, HibernationPhase, Phase};
+pub use state::{
+    CreateStatus, ErrorInfo, GroupHibernation, HibernationPhase, InstanceErrorClass, Phase,
+};
 pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
 pub use windows::{InForce, Manual};
+// Part of the provider's answers (GetOptions), so its callers need not reach into `config`.
+pub use crate::config::OptionOverrides;
 
 pub use journal::{Restored, probe as probe_state_file};
 use state::{Action, CommandKind, GroupTags, Instance, Limits, Observed, Pending, State};
@@ -49,16 +53,61 @@ use store::MapVersion;
 /// Errors the autoscaler sees; the gRPC layer maps each to a status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    #[error("node group {} not found", crate::telemetry::quoted(.0))]
-    UnknownGroup(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    NotFound(String),
+    #[error("node group {} not found", crate::telemetry::quoted(group))]
+    UnknownGroup { group: String },
+    #[error("node {} (provider ID {}) is not in any node group", crate::telemetry::quoted(&node.name), crate::telemetry::quoted(&node.provider_id))]
+    UnknownNode { node: NodeRef },
+    #[error("node {} (provider ID {}) does not belong to node group {group}", crate::telemetry::quoted(&node.name), crate::telemetry::quoted(&node.provider_id))]
+    NotInGroup { node: NodeRef, group: String },
+    #[error("delta must be {}, have: {delta}", if *.positive { "positive" } else { "negative" })]
+    BadDelta { delta: i32, positive: bool },
+    #[error("size increase is too large: current {current}, desired {desired}, max {max}{limit}")]
+    OverMax {
+        current: u32,
+        desired: u32,
+        max: u32,
+        limit: MaxLimit,
+    },
+    #[error(
+        "attempt to delete existing nodes: target size {target}, only {uncreated} not yet created, delta {delta}"
+    )]
+    WouldDeleteExisting {
+        target: usize,
+        uncreated: usize,
+        delta: i32,
+    },
+    #[error("node group {group} has no price-per-hour")]
+    NoPrice { group: String },
+    #[error("end time {end} is before start time {start}")]
+    EndBeforeStart {
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+    },
+    #[error("this replica is standing by: another one holds the lease")]
+    StandingBy,
+    #[error("no Kamatera state yet: {why}")]
+    NoStateYet { why: String },
+}
+
+/// Which max-size an increase ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxLimit {
+    /// The node group's own.
+    Config,
+    /// The max-size of the schedule in force.
+    Schedule,
+    /// The node group is hibernating (max-size 0).
+    Hibernating,
+}
+
+impl std::fmt::Display for MaxLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaxLimit::Config => "",
+            MaxLimit::Schedule => " (max-size of the schedule in force)",
+            MaxLimit::Hibernating => " (the node group is hibernating)",
+        })
+    }
 }
 
 /// Servers missing from a listing looked up by id per reconcile, at most.
@@ -270,9 +319,7 @@ impl Provider {
         if self.is_leader() {
             Ok(())
         } else {
-            Err(ProviderError::Unavailable(
-                "this replica is standing by: another one holds the lease".into(),
-            ))
+            Err(ProviderError::StandingBy)
         }
     }
 
@@ -280,7 +327,9 @@ impl Provider {
         self.inner
             .config
             .node_group(id)
-            .ok_or_else(|| ProviderError::UnknownGroup(id.to_string()))
+            .ok_or_else(|| ProviderError::UnknownGroup {
+                group: id.to_string(),
+            })
     }
 
     fn provider_id(&self, name: &str) -> String {

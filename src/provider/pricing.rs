@@ -29,18 +29,9 @@ impl Provider {
             self.find_instance(&st, node)
                 .and_then(|i| self.inner.config.node_group(&i.group))
         };
-        let g = group.ok_or_else(|| {
-            ProviderError::NotFound(format!(
-                "node {} (provider ID {}) is not in any node group",
-                crate::telemetry::quoted(&node.name),
-                crate::telemetry::quoted(&node.provider_id)
-            ))
-        })?;
-        let price = g.price_per_hour.ok_or_else(|| {
-            ProviderError::FailedPrecondition(format!(
-                "node group {} has no price-per-hour",
-                g.name
-            ))
+        let g = group.ok_or_else(|| ProviderError::UnknownNode { node: node.clone() })?;
+        let price = g.price_per_hour.ok_or_else(|| ProviderError::NoPrice {
+            group: g.name.clone(),
         })?;
         Ok(price.0 * hours)
     }
@@ -90,9 +81,7 @@ impl Provider {
 fn hours_between(start: jiff::Timestamp, end: jiff::Timestamp) -> Result<f64> {
     let d = end.duration_since(start);
     if d.is_negative() {
-        return Err(ProviderError::InvalidArgument(format!(
-            "end time {end} is before start time {start}"
-        )));
+        return Err(ProviderError::EndBeforeStart { start, end });
     }
     Ok(d.as_secs_f64() / 3600.0)
 }

@@ -26,9 +26,7 @@ impl Provider {
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "the first listing is still in progress".into());
-            return Err(ProviderError::Unavailable(format!(
-                "no Kamatera state yet: {why}"
-            )));
+            return Err(ProviderError::NoStateYet { why });
         }
         if waited.is_err() {
             debug!("refresh answered before the reconcile finished");

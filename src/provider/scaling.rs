@@ -31,9 +31,10 @@ impl Provider {
         let cfg = self.group(group)?;
         self.acting()?;
         if delta <= 0 {
-            return Err(ProviderError::InvalidArgument(format!(
-                "delta must be positive, have: {delta}"
-            )));
+            return Err(ProviderError::BadDelta {
+                delta,
+                positive: true,
+            });
         }
         let delta = u32::try_from(delta).unwrap_or(u32::MAX);
         let now = Instant::now();
@@ -45,17 +46,19 @@ impl Provider {
             let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
             let desired = current.saturating_add(delta);
             if desired > in_force.max_size {
-                let why = if in_force.hibernate {
-                    " (the node group is hibernating)"
+                let limit = if in_force.hibernate {
+                    MaxLimit::Hibernating
                 } else if in_force.max_size != cfg.max_size {
-                    " (max-size of the schedule in force)"
+                    MaxLimit::Schedule
                 } else {
-                    ""
+                    MaxLimit::Config
                 };
-                return Err(ProviderError::FailedPrecondition(format!(
-                    "size increase is too large: current {current}, desired {desired}, max {}{why}",
-                    in_force.max_size
-                )));
+                return Err(ProviderError::OverMax {
+                    current,
+                    desired,
+                    max: in_force.max_size,
+                    limit,
+                });
             }
             let mut actions = Vec::new();
             if cfg.poweron_on_scale_up {
@@ -132,11 +135,10 @@ impl Provider {
                 match self.find_instance(&st, node) {
                     Some(i) if i.group == group => names.push(i.name.clone()),
                     _ => {
-                        return Err(ProviderError::InvalidArgument(format!(
-                            "node {} (provider ID {}) does not belong to node group {group}",
-                            crate::telemetry::quoted(&node.name),
-                            crate::telemetry::quoted(&node.provider_id)
-                        )));
+                        return Err(ProviderError::NotInGroup {
+                            node: node.clone(),
+                            group: group.to_string(),
+                        });
                     }
                 }
             }
@@ -215,9 +217,10 @@ impl Provider {
         self.group(group)?;
         self.acting()?;
         if delta >= 0 {
-            return Err(ProviderError::InvalidArgument(format!(
-                "delta must be negative, have: {delta}"
-            )));
+            return Err(ProviderError::BadDelta {
+                delta,
+                positive: false,
+            });
         }
         self.decrease_locked(group, delta)?;
         self.persist_logged().await;
@@ -243,10 +246,11 @@ impl Provider {
             .collect();
         if candidates.len() < want {
             let target = st.target_size(group);
-            return Err(ProviderError::FailedPrecondition(format!(
-                "attempt to delete existing nodes: target size {target}, only {} not yet created, delta {delta}",
-                candidates.len()
-            )));
+            return Err(ProviderError::WouldDeleteExisting {
+                target,
+                uncreated: candidates.len(),
+                delta,
+            });
         }
         // Failed and unsent first, then the newest requests.
         candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));

@@ -17,17 +17,17 @@ pub enum Phase {
 
 /// Error classes the autoscaler knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub enum InstanceErrorClass {
     OutOfResources,
     Other,
 }
 
-impl ErrorClass {
+impl InstanceErrorClass {
     /// The number on the wire (`cloudprovider.InstanceErrorClass`).
     pub fn code(self) -> i32 {
         match self {
-            ErrorClass::OutOfResources => 1,
-            ErrorClass::Other => 99,
+            InstanceErrorClass::OutOfResources => 1,
+            InstanceErrorClass::Other => 99,
         }
     }
 }
@@ -35,7 +35,7 @@ impl ErrorClass {
 /// Why an instance failed, as reported to the autoscaler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorInfo {
-    pub class: ErrorClass,
+    pub class: InstanceErrorClass,
     /// Stable code, e.g. `QUOTA_EXCEEDED`.
     pub code: &'static str,
     pub message: String,
@@ -256,7 +256,7 @@ pub struct Limits {
 /// Error info of a create whose outcome is unknown.
 pub fn uncertain_error(why: &str) -> ErrorInfo {
     ErrorInfo {
-        class: ErrorClass::Other,
+        class: InstanceErrorClass::Other,
         code: "CREATE_UNCERTAIN",
         message: why.to_string(),
     }
@@ -673,7 +673,7 @@ fn command_result(
             let detail = first_line(&st.log);
             inst.error = Some(if is_quota_message(&st.log) {
                 ErrorInfo {
-                    class: ErrorClass::OutOfResources,
+                    class: InstanceErrorClass::OutOfResources,
                     code: "QUOTA_EXCEEDED",
                     message: format!(
                         "create command {} ended {}: {detail}",
@@ -683,7 +683,7 @@ fn command_result(
                 }
             } else {
                 ErrorInfo {
-                    class: ErrorClass::Other,
+                    class: InstanceErrorClass::Other,
                     code: if *state == CommandState::Cancelled {
                         "CREATE_CANCELLED"
                     } else {
@@ -707,7 +707,7 @@ fn command_result(
             inst.power_on_failed = true;
             outcomes.power_ons_failed += 1;
             inst.error = Some(ErrorInfo {
-                class: ErrorClass::Other,
+                class: InstanceErrorClass::Other,
                 code: "POWER_ON_FAILED",
                 message: format!(
                     "power-on command {} of parked server {} ended {}: {}",
@@ -751,7 +751,7 @@ fn command_result(
             outcomes.deletes_failed += 1;
             inst.command = None;
             inst.error = Some(ErrorInfo {
-                class: ErrorClass::Other,
+                class: InstanceErrorClass::Other,
                 code: "TERMINATE_FAILED",
                 message: format!(
                     "terminate command {} ended {}: {}",
@@ -790,7 +790,7 @@ fn step(
                 // Listed once, confirmed gone since (a server that is merely missing from a
                 // listing is presumed), nothing running that explains it.
                 inst.error = Some(ErrorInfo {
-                    class: ErrorClass::Other,
+                    class: InstanceErrorClass::Other,
                     code: "SERVER_GONE",
                     message: format!("server {} no longer exists", inst.name),
                 });
@@ -823,7 +823,7 @@ fn step(
                 {
                     inst.power_on_failed = true;
                     inst.error = Some(ErrorInfo {
-                        class: ErrorClass::Other,
+                        class: InstanceErrorClass::Other,
                         code: "POWER_ON_FAILED",
                         message: format!(
                             "parked server {} is still powered off {} s after its power-on",

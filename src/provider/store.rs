@@ -207,7 +207,7 @@ impl Provider {
                 .unwrap_or_else(|e| {
                     Err(journal::JournalError::Write {
                         path: String::new(),
-                        source: std::io::Error::other(e.to_string()),
+                        error: std::io::Error::other(e.to_string()),
                     })
                 })
         } else {

@@ -674,7 +674,7 @@ async fn with_leader_election_one_replica_acts_and_the_other_takes_over_without_
     assert!(
         matches!(
             err,
-            kamatera_ca_provider::provider::ProviderError::Unavailable(_)
+            kamatera_ca_provider::provider::ProviderError::StandingBy
         ),
         "{err:?}"
     );

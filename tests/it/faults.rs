@@ -62,7 +62,12 @@ disk = size=20
     let client = Client::new(ClientSettings {
         retry: RetryPolicy::immediate(3),
         timeout: Duration::from_millis(800),
-        ..ClientSettings::from_config(&cfg)
+        ..ClientSettings::new(
+            &cfg.api_url,
+            &cfg.api_client_id,
+            cfg.api_secret.clone(),
+            Default::default(),
+        )
     })
     .expect("client");
     let provider = Provider::new(

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use kamatera_ca_provider::config::{BillingCycle, Secret, ServerConfig};
 use kamatera_ca_provider::kamatera::{
-    Client, ClientSettings, CommandState, CreateServer, ErrorClass, Power, RetryPolicy,
+    Billing, Client, ClientSettings, CommandState, CreateServer, ErrorClass, Power, RetryPolicy,
 };
+use kamatera_ca_provider::secret::Secret;
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -30,21 +30,44 @@ fn client(server: &MockServer) -> Client {
     client_for(server, 4, Duration::from_secs(5))
 }
 
-fn server_config() -> ServerConfig {
-    ServerConfig {
-        name_prefix: "demo-general".into(),
+/// What a node group's create requests carry (owned; [`Spec::request`] borrows it).
+struct Spec {
+    password: Option<Secret>,
+    ssh_key: String,
+    disks: Vec<String>,
+    networks: Vec<String>,
+    script: Option<Secret>,
+    tags: Vec<String>,
+}
+
+impl Spec {
+    fn request<'a>(&'a self, name: &'a str) -> CreateServer<'a> {
+        CreateServer {
+            name,
+            password: self.password.as_ref(),
+            ssh_key: &self.ssh_key,
+            datacenter: "US-NY2",
+            image: "ubuntu_server_24.04_64-bit",
+            cpu: "2B",
+            ram_mb: 4096,
+            disks: &self.disks,
+            networks: &self.networks,
+            daily_backup: false,
+            managed: true,
+            billing: Billing::Monthly,
+            monthly_package: "t5000",
+            script: self.script.as_ref(),
+            tags: &self.tags,
+        }
+    }
+}
+
+fn server_config() -> Spec {
+    Spec {
         password: None,
         ssh_key: "ssh-ed25519 AAAA me".into(),
-        datacenter: "US-NY2".into(),
-        image: "ubuntu_server_24.04_64-bit".into(),
-        cpu: "2B".into(),
-        ram_mb: 4096,
         disks: vec!["size=40".into(), "size=100".into()],
         networks: vec!["name=wan,ip=auto".into(), "name=lan-1,ip=auto".into()],
-        daily_backup: false,
-        managed: true,
-        billing_cycle: BillingCycle::Monthly,
-        monthly_package: "t5000".into(),
         script: Some(Secret::new("#!/bin/sh\necho script-SECRET-7\n")),
         tags: vec!["k8sca-demo".into(), "k8scang-general".into()],
     }
@@ -196,10 +219,7 @@ async fn create_sends_the_fixed_body_once() {
         .await;
     let cfg = server_config();
     let id = client(&server)
-        .create_server(CreateServer {
-            name: "demo-general-0123456789a",
-            server: &cfg,
-        })
+        .create_server(cfg.request("demo-general-0123456789a"))
         .await
         .expect("create");
     assert_eq!(id, "4242");
@@ -255,10 +275,7 @@ async fn create_accepts_every_id_shape() {
             .mount(&server)
             .await;
         let id = client(&server)
-            .create_server(CreateServer {
-                name: "n-00000000000",
-                server: &cfg,
-            })
+            .create_server(cfg.request("n-00000000000"))
             .await
             .unwrap_or_else(|e| panic!("{answer}: {e}"));
         assert_eq!(id, expected, "{answer}");
@@ -278,10 +295,7 @@ async fn create_is_never_retried_on_500_or_timeout() {
     )
     .await;
     let err = client(&server)
-        .create_server(CreateServer {
-            name: "n-00000000000",
-            server: &cfg,
-        })
+        .create_server(cfg.request("n-00000000000"))
         .await
         .expect_err("500");
     assert_eq!(err.class, ErrorClass::Transient);
@@ -298,10 +312,7 @@ async fn create_is_never_retried_on_500_or_timeout() {
         .mount(&server)
         .await;
     let err = client_for(&server, 5, Duration::from_millis(200))
-        .create_server(CreateServer {
-            name: "n-00000000000",
-            server: &cfg,
-        })
+        .create_server(cfg.request("n-00000000000"))
         .await
         .expect_err("timeout");
     assert_eq!(err.class, ErrorClass::Transient);
@@ -319,10 +330,7 @@ async fn create_quota_message_is_classified() {
         .mount(&server)
         .await;
     let err = client(&server)
-        .create_server(CreateServer {
-            name: "n-00000000000",
-            server: &cfg,
-        })
+        .create_server(cfg.request("n-00000000000"))
         .await
         .expect_err("quota");
     assert_eq!(err.class, ErrorClass::QuotaOrCapacity);
@@ -343,10 +351,7 @@ async fn secrets_never_reach_error_messages() {
         .mount(&server)
         .await;
     let err = client(&server)
-        .create_server(CreateServer {
-            name: "n-00000000000",
-            server: &cfg,
-        })
+        .create_server(cfg.request("n-00000000000"))
         .await
         .expect_err("400");
     assert_eq!(err.class, ErrorClass::InvalidRequest);

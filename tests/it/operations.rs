@@ -12,7 +12,7 @@ use kamatera_ca_provider::config::CloudConfig;
 use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::grpc::client::{self as grpc_client, ClientTls};
 use kamatera_ca_provider::grpc::tls::{ReloadingTls, TlsError, TlsFiles};
-use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
+
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::provider::{Provider, ProviderOptions};
 use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimHandle, Timing};
@@ -76,12 +76,7 @@ fn provider_with_state(
         &|_| None,
     )
     .expect("config");
-    let client = Client::new(ClientSettings {
-        retry: RetryPolicy::immediate(2),
-        metrics,
-        ..ClientSettings::from_config(&cfg)
-    })
-    .expect("client");
+    let client = common::test_client(&cfg, metrics);
     Provider::new(
         cfg,
         client,

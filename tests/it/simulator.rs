@@ -5,10 +5,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kamatera_ca_provider::config::{BillingCycle, Secret, ServerConfig};
 use kamatera_ca_provider::kamatera::{
-    Client, ClientSettings, CommandState, CreateServer, ErrorClass, Power, RetryPolicy, Server,
+    Billing, Client, ClientSettings, CommandState, CreateServer, ErrorClass, Power, RetryPolicy,
+    Server,
 };
+use kamatera_ca_provider::secret::Secret;
 use kamatera_ca_provider::sim::{
     self, DEMO_CLIENT_ID, DEMO_SECRET, Endpoint, EndpointFaults, Faults, Quota, SeedServer,
     SimConfig, SimHandle, Timing,
@@ -53,32 +54,31 @@ fn client(sim: &SimHandle) -> Client {
     client_with(sim, DEMO_SECRET, 3, Duration::from_secs(5))
 }
 
-fn server_config() -> ServerConfig {
-    ServerConfig {
-        name_prefix: "demo-general".into(),
-        password: None,
-        ssh_key: String::new(),
-        datacenter: "US-NY2".into(),
-        image: "ubuntu_server_24.04_64-bit".into(),
-        cpu: "2B".into(),
-        ram_mb: 4096,
-        disks: vec!["size=40".into()],
-        networks: vec!["name=wan,ip=auto".into()],
-        daily_backup: false,
-        managed: false,
-        billing_cycle: BillingCycle::Hourly,
-        monthly_package: String::new(),
-        script: Some(Secret::new("#!/bin/sh\ntrue\n")),
-        tags: vec!["k8sca-demo".into(), "k8scang-general".into()],
-    }
-}
-
 async fn create(
     c: &Client,
     name: &str,
 ) -> Result<String, kamatera_ca_provider::kamatera::KamateraError> {
-    let cfg = server_config();
-    c.create_server(CreateServer { name, server: &cfg }).await
+    let script = Secret::new("#!/bin/sh\ntrue\n");
+    let (disks, networks) = (["size=40".to_string()], ["name=wan,ip=auto".to_string()]);
+    let tags = ["k8sca-demo".to_string(), "k8scang-general".to_string()];
+    c.create_server(CreateServer {
+        name,
+        password: None,
+        ssh_key: "",
+        datacenter: "US-NY2",
+        image: "ubuntu_server_24.04_64-bit",
+        cpu: "2B",
+        ram_mb: 4096,
+        disks: &disks,
+        networks: &networks,
+        daily_backup: false,
+        managed: false,
+        billing: Billing::Hourly,
+        monthly_package: "",
+        script: Some(&script),
+        tags: &tags,
+    })
+    .await
 }
 
 /// Polls `f` until it returns Some, or panics after five seconds.

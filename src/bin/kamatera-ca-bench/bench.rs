@@ -38,7 +38,13 @@ pub enum BenchError {
     #[error("{0}")]
     Setup(String),
     #[error("RPC failed during the benchmark: {0}")]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
+}
+
+impl From<tonic::Status> for BenchError {
+    fn from(s: tonic::Status) -> Self {
+        BenchError::Rpc(s)
+    }
 }
 
 /// Latency summary of one RPC, in milliseconds.

@@ -117,12 +117,12 @@ mod transitions {
         let e = |n: &str| st.instances[n].error.clone().expect("error info");
         assert_eq!(
             (e("a").class, e("a").code),
-            (ErrorClass::Other, "CREATE_FAILED")
+            (InstanceErrorClass::Other, "CREATE_FAILED")
         );
         assert_eq!(e("b").code, "CREATE_CANCELLED");
         assert_eq!(
             (e("c").class, e("c").code),
-            (ErrorClass::OutOfResources, "QUOTA_EXCEEDED")
+            (InstanceErrorClass::OutOfResources, "QUOTA_EXCEEDED")
         );
         assert_eq!(
             st.target_size("g"),
@@ -302,7 +302,10 @@ mod uncertain_tests {
             .error
             .clone()
             .expect("error after the grace");
-        assert_eq!((e.code, e.class), ("CREATE_UNCERTAIN", ErrorClass::Other));
+        assert_eq!(
+            (e.code, e.class),
+            ("CREATE_UNCERTAIN", InstanceErrorClass::Other)
+        );
     }
 
     #[test]

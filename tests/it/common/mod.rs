@@ -72,8 +72,12 @@ pub fn test_client(
     Client::new(ClientSettings {
         retry: RetryPolicy::immediate(2),
         timeout: Duration::from_secs(10),
-        metrics,
-        ..ClientSettings::from_config(cfg)
+        ..ClientSettings::new(
+            &cfg.api_url,
+            &cfg.api_client_id,
+            cfg.api_secret.clone(),
+            metrics,
+        )
     })
     .expect("client")
 }
