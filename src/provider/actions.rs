@@ -26,7 +26,7 @@ impl Provider {
             if let Action::Create { name, .. } = &action {
                 match st.instances.get(name) {
                     // Cancelled before its request went out: nothing to send.
-                    Some(i) if i.phase == Phase::Deleting => {
+                    Some(i) if i.phase() == Phase::Deleting => {
                         st.remove(name);
                         return;
                     }
@@ -230,7 +230,7 @@ impl Provider {
             }
             Err(e) if e.class == kamatera::ErrorClass::NotFound => {
                 // Already gone.
-                inst.terminated = true;
+                inst.mark_terminated();
                 inst.server_id = None;
                 self.metrics().delete("completed");
             }

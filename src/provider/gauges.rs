@@ -77,7 +77,7 @@ impl Provider {
             ] {
                 let n = st
                     .group_instances(&g.name)
-                    .filter(|i| i.phase == phase)
+                    .filter(|i| i.phase() == phase)
                     .count();
                 m.instances
                     .get_or_create(&crate::telemetry::GroupState {

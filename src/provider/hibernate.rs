@@ -170,7 +170,7 @@ impl Provider {
                 let names: Vec<String> = {
                     let st = self.lock();
                     st.group_instances(&group)
-                        .filter(|i| i.phase != Phase::Deleting)
+                        .filter(|i| i.phase() != Phase::Deleting)
                         .map(|i| i.name.clone())
                         .chain(kept)
                         .collect::<BTreeSet<_>>()
@@ -255,12 +255,12 @@ impl Provider {
             let st = self.lock();
             let nodes: Vec<String> = st
                 .group_instances(group)
-                .filter(|i| i.phase != Phase::Deleting && i.server_id.is_some())
+                .filter(|i| i.phase() != Phase::Deleting && i.server_id.is_some())
                 .map(|i| i.name.clone())
                 .collect();
             let unbought = st
                 .group_instances(group)
-                .filter(|i| i.phase == Phase::Creating && i.server_id.is_none())
+                .filter(|i| i.phase() == Phase::Creating && i.server_id.is_none())
                 .count();
             (nodes, unbought)
         };

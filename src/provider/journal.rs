@@ -15,7 +15,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::state::{
-    Action, CommandKind, CreateStatus, GroupHibernation, HibernationPhase, Instance, Pending,
+    Action, CommandKind, CreateStatus, GroupHibernation, HibernationPhase, Instance, Leaving, Life,
+    Pending,
     Phase, State,
 };
 use super::windows::Manual;
@@ -132,19 +133,19 @@ pub fn render(cluster: &str, state: &State) -> String {
     let instances = state
         .instances
         .values()
-        .filter(|i| i.phase != Phase::Running)
+        .filter(|i| i.phase() != Phase::Running)
         .map(|i| Entry {
             name: i.name.clone(),
             group: i.group.clone(),
-            phase: phase_str(i.phase).into(),
+            phase: phase_str(i.phase()).into(),
             create: create_str(i.create).into(),
             server_id: i.server_id.clone(),
             seen: i.seen,
-            terminated: i.terminated,
+            terminated: i.terminated(),
             command_id: i.command.as_ref().map(|c| c.id.clone()),
             command_kind: i.command.as_ref().map(|c| kind_str(c.kind).into()),
-            park: i.park,
-            powered_off: i.powered_off_at.is_some(),
+            park: i.parking(),
+            powered_off: i.leaving().is_some_and(|l| l.powered_off_at.is_some()),
             power_on_failed: i.power_on_failed,
         })
         // Watched names: deleted creates whose server may still appear.
@@ -405,9 +406,13 @@ pub fn restore_text(
             continue;
         }
         let mut inst = Instance::creating(e.name.clone(), e.group.clone(), now);
-        inst.phase = match e.phase.as_str() {
-            "deleting" => Phase::Deleting,
-            "creating" => Phase::Creating,
+        let life = match e.phase.as_str() {
+            "deleting" => Life::Deleting(Leaving {
+                park: e.park,
+                powered_off_at: e.powered_off.then_some(now),
+                terminated: e.terminated,
+            }),
+            "creating" => Life::Creating,
             other => {
                 dropped.push(format!(
                     "{entry}: unknown phase {}",
@@ -419,9 +424,7 @@ pub fn restore_text(
         // Ages restart at zero: the watch periods count from the restart (conservative).
         inst.server_id = e.server_id;
         inst.seen = e.seen;
-        inst.terminated = e.terminated;
-        inst.park = e.park;
-        inst.powered_off_at = e.powered_off.then_some(now);
+        inst.restore_life(life);
         inst.power_on_failed = e.power_on_failed;
         inst.create = match e.create.as_str() {
             "queued" => CreateStatus::Queued,
@@ -450,7 +453,7 @@ pub fn restore_text(
                     crate::telemetry::quoted(id)
                 ),
             });
-            if inst.create == CreateStatus::Accepted && inst.phase == Phase::Creating {
+            if inst.create == CreateStatus::Accepted && inst.phase() == Phase::Creating {
                 inst.create = CreateStatus::Uncertain;
             }
         }
@@ -481,11 +484,11 @@ pub fn restore_text(
                     message: "create failed before the provider restarted".into(),
                 });
             }
-            CreateStatus::Queued if inst.phase == Phase::Creating => to_send.push(Action::Create {
+            CreateStatus::Queued if inst.phase() == Phase::Creating => to_send.push(Action::Create {
                 name: e.name.clone(),
                 group: e.group.clone(),
             }),
-            CreateStatus::Reused if inst.phase == Phase::Creating && inst.command.is_none() => {
+            CreateStatus::Reused if inst.phase() == Phase::Creating && inst.command.is_none() => {
                 if let Some(server_id) = inst.server_id.clone() {
                     inst.action_in_flight = true;
                     to_send.push(Action::PowerOn {
@@ -633,7 +636,11 @@ mod tests {
         let mut st = State::default();
         let mut add = |name: &str, phase: Phase, create: CreateStatus, cmd: Option<Pending>| {
             let mut i = Instance::creating(name.into(), "g".into(), now);
-            i.phase = phase;
+            i.restore_life(match phase {
+                Phase::Creating => Life::Creating,
+                Phase::Running => Life::Running,
+                Phase::Deleting => Life::Deleting(Leaving::default()),
+            });
             i.create = create;
             i.command = cmd;
             if phase == Phase::Deleting {
@@ -673,8 +680,11 @@ mod tests {
             i.seen = true;
         }
         if let Some(i) = st.instances.get_mut(PARKING) {
-            i.park = true;
-            i.powered_off_at = Some(now);
+            i.restore_life(Life::Deleting(Leaving {
+            park: true,
+            ..Leaving::default()
+        }));
+            i.powered_off(now);
         }
         st
     }
@@ -730,15 +740,15 @@ mod tests {
         );
         assert!(accepted.error.is_none());
         let deleting = &st.instances[DELETING];
-        assert_eq!(deleting.phase, Phase::Deleting);
+        assert_eq!(deleting.phase(), Phase::Deleting);
         assert_eq!(deleting.server_id, Some(format!("id-{DELETING}")));
         assert_eq!(
             deleting.command.as_ref().map(|c| c.kind),
             Some(CommandKind::PowerOff)
         );
-        assert!(!deleting.park, "no park decision: terminate");
+        assert!(!deleting.parking(), "no park decision: terminate");
         let parking = &st.instances[PARKING];
-        assert!(parking.park && parking.powered_off_at.is_some());
+        assert!(parking.parking() && parking.leaving().is_some_and(|l| l.powered_off_at.is_some()));
         assert_eq!(st.instances[REUSED].create, CreateStatus::Reused);
         assert!(st.instances[REUSED].action_in_flight);
     }
@@ -757,7 +767,7 @@ mod tests {
         let mut st = State::default();
         let (r, _) = restore(&path, "c", &any_g, &mut st, Instant::now());
         assert_eq!(r.instances, 1, "{r:?}");
-        assert!(!st.instances["g-0123456789a"].park);
+        assert!(!st.instances["g-0123456789a"].parking());
     }
 
     #[test]

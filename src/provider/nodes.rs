@@ -289,7 +289,7 @@ impl Provider {
         };
         let st = self.lock();
         let inst = st.instances.get(server)?;
-        if inst.phase == Phase::Deleting {
+        if inst.phase() == Phase::Deleting {
             return None;
         }
         Some((self.tie(server), inst.group.clone()))

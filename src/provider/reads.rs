@@ -79,7 +79,7 @@ impl Provider {
         let group = {
             let st = self.lock();
             let inst = self.find_instance(&st, node)?;
-            if inst.phase == Phase::Deleting && inst.terminated {
+            if inst.phase() == Phase::Deleting && inst.terminated() {
                 return None;
             }
             self.inner.config.node_group(&inst.group)
@@ -112,7 +112,7 @@ impl Provider {
             .group_instances(group)
             .map(|i| InstanceView {
                 id: self.provider_id(&i.name),
-                phase: i.phase,
+                phase: i.phase(),
                 error: i.error.clone(),
             })
             .collect())

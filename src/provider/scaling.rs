@@ -148,19 +148,18 @@ impl Provider {
                 let Some(inst) = st.instances.get_mut(&name) else {
                     continue;
                 };
-                if inst.phase == Phase::Deleting {
+                if inst.phase() == Phase::Deleting {
                     continue; // already going
                 }
-                inst.phase = Phase::Deleting;
-                inst.since = now;
                 // Only a server that exists can be parked; one still being bought is terminated
                 // if it appears. A server whose power-on failed is not trusted with a second life.
-                inst.park = cfg.poweroff_on_scale_down
+                let park = cfg.poweroff_on_scale_down
                     && inst.server_id.is_some()
                     && inst.create != CreateStatus::Rejected
                     && !inst.power_on_failed
                     && (cap == 0 || parking < cap);
-                if inst.park {
+                inst.delete(park, now);
+                if inst.parking() {
                     parking += 1;
                 }
                 let off = inst
@@ -179,7 +178,7 @@ impl Provider {
                         st.watch_uncertain(&name, now);
                     }
                     // Listed off already and to be parked: the next reconcile parks it.
-                    (Some(_), _) if inst.park && off => {}
+                    (Some(_), _) if inst.parking() && off => {}
                     (Some(server_id), _) if inst.command.is_none() && !inst.action_in_flight => {
                         inst.action_in_flight = true;
                         actions.push(if off {
@@ -233,7 +232,7 @@ impl Provider {
         let mut st = self.lock();
         let mut candidates: Vec<(u8, Instant, String)> = st
             .group_instances(group)
-            .filter(|i| i.phase == Phase::Creating && i.server_id.is_none())
+            .filter(|i| i.phase() == Phase::Creating && i.server_id.is_none())
             .map(|i| {
                 let rank = match i.create {
                     CreateStatus::Rejected => 0,
@@ -261,8 +260,7 @@ impl Provider {
             if inst.create == CreateStatus::Rejected {
                 st.remove(&name);
             } else {
-                inst.phase = Phase::Deleting;
-                inst.since = now;
+                inst.delete(false, now);
                 st.watch_uncertain(&name, now);
             }
         }

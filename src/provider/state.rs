@@ -81,12 +81,34 @@ pub enum CommandKind {
     Terminate,
 }
 
+/// Where an instance is in its life. Each stage carries what only it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    /// Wanted and not running yet: being created, or a parked server being powered on.
+    Creating,
+    Running,
+    /// The autoscaler deleted it (or a create it no longer wants): on its way out.
+    Deleting(Leaving),
+}
+
+/// How a deleted instance leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leaving {
+    /// Kept powered off (parked) instead of terminated; decided when the autoscaler deleted it.
+    pub park: bool,
+    /// When the power-off of a server to park completed (the listing may still show it on).
+    pub powered_off_at: Option<Instant>,
+    /// The terminate command completed.
+    pub terminated: bool,
+}
+
 /// One server the provider manages (or is about to).
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub name: String,
     pub group: String,
-    pub phase: Phase,
+    /// Where it is in its life; change it only through the transition methods.
+    life: Life,
     pub server_id: Option<String>,
     /// Power in the last listing that had the server.
     pub power: Option<Power>,
@@ -96,13 +118,6 @@ pub struct Instance {
     pub command: Option<Pending>,
     /// A delete step (power off / terminate) request is on the wire.
     pub action_in_flight: bool,
-    /// The terminate command completed.
-    pub terminated: bool,
-    /// Decided when the autoscaler deletes it: keep the server powered off (parked) instead of
-    /// terminating it.
-    pub park: bool,
-    /// When the power-off of a server to park completed (the listing may still show it on).
-    pub powered_off_at: Option<Instant>,
     /// A power-on of this reused server ended in error: never park it again.
     pub power_on_failed: bool,
     /// Consecutive listings without the server, once it had been seen (it is looked up by id
@@ -118,16 +133,13 @@ impl Instance {
         Instance {
             name,
             group,
-            phase: Phase::Creating,
+            life: Life::Creating,
             server_id: None,
             power: None,
             seen: false,
             create: CreateStatus::Queued,
             command: None,
             action_in_flight: false,
-            terminated: false,
-            park: false,
-            powered_off_at: None,
             power_on_failed: false,
             missed: 0,
             error: None,
@@ -137,13 +149,78 @@ impl Instance {
 
     /// Counts toward the target size.
     pub fn in_target(&self) -> bool {
-        matches!(self.phase, Phase::Creating | Phase::Running)
+        matches!(self.life, Life::Creating | Life::Running)
     }
 
-    fn set_phase(&mut self, phase: Phase, now: Instant) {
-        if self.phase != phase {
-            self.phase = phase;
+    /// The autoscaler's view of where it is.
+    pub fn phase(&self) -> Phase {
+        match self.life {
+            Life::Creating => Phase::Creating,
+            Life::Running => Phase::Running,
+            Life::Deleting(_) => Phase::Deleting,
+        }
+    }
+
+    /// How it leaves, once deleted.
+    pub fn leaving(&self) -> Option<Leaving> {
+        match self.life {
+            Life::Deleting(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Deleted and to be parked rather than terminated.
+    pub fn parking(&self) -> bool {
+        self.leaving().is_some_and(|l| l.park)
+    }
+
+    /// Deleted, and its terminate command completed.
+    pub fn terminated(&self) -> bool {
+        self.leaving().is_some_and(|l| l.terminated)
+    }
+
+    /// Creating → Running (the listing shows it powered on).
+    pub fn run(&mut self, now: Instant) {
+        if self.life == Life::Creating {
+            self.life = Life::Running;
             self.since = now;
+        }
+    }
+
+    /// Creating or Running → Deleting, parked (powered off and kept) or terminated.
+    pub fn delete(&mut self, park: bool, now: Instant) {
+        if !matches!(self.life, Life::Deleting(_)) {
+            self.life = Life::Deleting(Leaving {
+                park,
+                ..Leaving::default()
+            });
+            self.since = now;
+        }
+    }
+
+    /// Restores the stage of a journal entry as is (no transition, no clock).
+    pub fn restore_life(&mut self, life: Life) {
+        self.life = life;
+    }
+
+    /// Parking is off: the server is terminated instead (its power-off failed or did not hold).
+    pub fn stop_parking(&mut self) {
+        if let Life::Deleting(l) = &mut self.life {
+            l.park = false;
+        }
+    }
+
+    /// The power-off of a server to park completed.
+    pub fn powered_off(&mut self, now: Instant) {
+        if let Life::Deleting(l) = &mut self.life {
+            l.powered_off_at = Some(now);
+        }
+    }
+
+    /// Its terminate command completed.
+    pub fn mark_terminated(&mut self) {
+        if let Life::Deleting(l) = &mut self.life {
+            l.terminated = true;
         }
     }
 }
@@ -340,7 +417,7 @@ impl State {
         self.parked.get(group).map_or(0, Vec::len)
             + self
                 .group_instances(group)
-                .filter(|i| i.phase == Phase::Deleting && i.park)
+                .filter(|i| i.parking())
                 .count()
     }
 
@@ -371,7 +448,7 @@ impl State {
     /// from the instances to the watched names, at once. True when it did.
     pub fn watch_uncertain(&mut self, name: &str, now: Instant) -> bool {
         let qualifies = self.instances.get(name).is_some_and(|i| {
-            i.phase == Phase::Deleting
+            i.phase() == Phase::Deleting
                 && i.create == CreateStatus::Uncertain
                 && !i.seen
                 && i.command.is_none()
@@ -394,7 +471,7 @@ impl State {
             .group_instances(group)
             .filter(|i| i.name != except)
             .filter(|i| match (&i.server_id, i.create) {
-                (Some(_), _) => !i.terminated,
+                (Some(_), _) => !i.terminated(),
                 (None, CreateStatus::Sent | CreateStatus::Accepted | CreateStatus::Uncertain) => {
                     true
                 }
@@ -431,7 +508,7 @@ impl State {
         let mut known = 0;
         let mut missing = Vec::new();
         for i in self.instances.values() {
-            let Some(id) = i.server_id.as_ref().filter(|_| i.seen && !i.terminated) else {
+            let Some(id) = i.server_id.as_ref().filter(|_| i.seen && !i.terminated()) else {
                 continue;
             };
             known += 1;
@@ -497,7 +574,7 @@ impl State {
         for (name, group) in appeared {
             self.watched.remove(&name);
             let mut inst = Instance::creating(name.clone(), group, now);
-            inst.phase = Phase::Deleting;
+            inst.delete(false, now);
             inst.create = CreateStatus::Accepted;
             tracing::info!(server = %name, "a server appeared under the name of a deleted create whose outcome was unknown; terminating it");
             self.insert(name, inst);
@@ -543,7 +620,7 @@ impl State {
                 self.outcomes.parked.push(name.clone());
             }
             let inst = self.remove(&name);
-            if why == GONE || inst.is_some_and(|i| i.terminated) {
+            if why == GONE || inst.is_some_and(|i| i.terminated()) {
                 // Gone by the provider's own completed terminate, or confirmed by a lookup.
                 self.outcomes.gone.push(name);
             }
@@ -578,7 +655,7 @@ impl State {
                 continue;
             }
             let mut inst = Instance::creating(s.name.clone(), group.name.to_string(), now);
-            inst.phase = Phase::Running;
+            inst.run(now);
             inst.server_id = Some(s.id.clone());
             inst.power = Some(s.power.clone());
             inst.seen = true;
@@ -618,7 +695,7 @@ fn unknown_command(
         CommandKind::Create if !inst.seen => {
             inst.create = CreateStatus::Uncertain;
             inst.since = now;
-            if inst.phase == Phase::Creating {
+            if inst.phase() == Phase::Creating {
                 inst.error = Some(uncertain_error(&format!(
                     "the API no longer reports create command {} and the server is not listed",
                     cmd.id
@@ -630,17 +707,17 @@ fn unknown_command(
         CommandKind::PowerOn => inst.since = now,
         // Listed off: the power-off did happen; `step` parks it.
         CommandKind::PowerOff
-            if inst.park && inst.power.as_ref().is_some_and(|p| *p != Power::On) =>
+            if inst.parking() && inst.power.as_ref().is_some_and(|p| *p != Power::On) =>
         {
-            inst.powered_off_at = Some(now);
+            inst.powered_off(now);
         }
         CommandKind::PowerOff => {
-            if let Some(id) = &inst.server_id {
-                inst.park = false;
+            if let Some(id) = inst.server_id.clone() {
+                inst.stop_parking();
                 inst.action_in_flight = true;
                 actions.push(Action::Terminate {
                     name: inst.name.clone(),
-                    server_id: id.clone(),
+                    server_id: id,
                 });
             }
         }
@@ -718,18 +795,18 @@ fn command_result(
                 ),
             });
         }
-        (CommandKind::PowerOff, CommandState::Complete) if inst.park => {
+        (CommandKind::PowerOff, CommandState::Complete) if inst.parking() => {
             // Parked once the listing shows it off (see `step`).
             inst.command = None;
-            inst.powered_off_at = Some(now);
+            inst.powered_off(now);
         }
         (CommandKind::PowerOff, state) => {
             // Whether the power-off worked or not, a forced terminate finishes the job. A server
             // whose power-off failed is not parked: its state is unknown.
-            if inst.park {
+            if inst.parking() {
                 tracing::warn!(server = %inst.name, command = %cmd.id, state = state.as_str(),
                     "power-off before parking failed; terminating the server instead");
-                inst.park = false;
+                inst.stop_parking();
             }
             inst.command = None;
             if let Some(id) = &inst.server_id {
@@ -743,7 +820,7 @@ fn command_result(
         (CommandKind::Terminate, CommandState::Complete) => {
             outcomes.deletes_completed += 1;
             inst.command = None;
-            inst.terminated = true;
+            inst.mark_terminated();
             inst.error = None;
         }
         (CommandKind::Terminate, state) => {
@@ -773,7 +850,7 @@ fn step(
     actions: &mut Vec<Action>,
     remove: &mut Vec<(String, &'static str)>,
 ) {
-    match inst.phase {
+    match inst.phase() {
         Phase::Creating => {
             if server.is_none()
                 && inst.create == CreateStatus::Uncertain
@@ -814,7 +891,7 @@ fn step(
                     if starting {
                         inst.command = None;
                     }
-                    inst.set_phase(Phase::Running, now);
+                    inst.run(now);
                 } else if inst.create == CreateStatus::Reused
                     && !starting
                     && !failed
@@ -867,17 +944,17 @@ fn step(
                 None => {}
             }
             match server {
-                Some(_) if inst.terminated => {} // terminated, listing not caught up yet
-                Some(s) if inst.park => {
+                Some(_) if inst.terminated() => {} // terminated, listing not caught up yet
+                Some(s) if inst.parking() => {
                     if s.power != Power::On {
                         // Off in the listing: parked. Forgetting it makes it part of the
                         // group's pool (rebuilt from the listing), invisible to the autoscaler.
                         remove.push((inst.name.clone(), PARKED));
-                    } else if let Some(at) = inst.powered_off_at {
+                    } else if let Some(at) = inst.leaving().and_then(|l| l.powered_off_at) {
                         if now.saturating_duration_since(at) >= limits.uncertain_grace {
                             tracing::warn!(server = %inst.name,
                                 "still listed powered on long after its power-off completed; terminating it instead of parking");
-                            inst.park = false;
+                            inst.stop_parking();
                             inst.action_in_flight = true;
                             actions.push(Action::Terminate {
                                 name: inst.name.clone(),
@@ -904,7 +981,7 @@ fn step(
                 None => {
                     // A server once seen and now absent is gone for certain (terminated by the
                     // provider, or confirmed by a lookup; one merely missing is presumed).
-                    let gone = inst.seen && !inst.terminated;
+                    let gone = inst.seen && !inst.terminated();
                     let waiting_for_server = !inst.seen
                         && match inst.create {
                             CreateStatus::Queued | CreateStatus::Sent => true,

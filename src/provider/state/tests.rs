@@ -63,7 +63,7 @@ mod transitions {
             now,
         );
         assert!(a.is_empty());
-        assert_eq!(st.instances["a"].phase, Phase::Creating);
+        assert_eq!(st.instances["a"].phase(), Phase::Creating);
         assert_eq!(st.instances["a"].server_id.as_deref(), Some("id-a"));
         // Complete, still off: creating, command cleared.
         st.apply(
@@ -74,11 +74,11 @@ mod transitions {
             w,
             now,
         );
-        assert_eq!(st.instances["a"].phase, Phase::Creating);
+        assert_eq!(st.instances["a"].phase(), Phase::Creating);
         assert!(st.instances["a"].command.is_none());
         // On: running.
         st.apply(&[listed("a", Power::On, &[])], &[], &[], &groups, w, now);
-        assert_eq!(st.instances["a"].phase, Phase::Running);
+        assert_eq!(st.instances["a"].phase(), Phase::Running);
         assert_eq!(st.target_size("g"), 1);
         // Vanished out of band: dropped.
         st.apply(&[], &[], &[], &groups, w, now);
@@ -163,7 +163,7 @@ mod transitions {
             "the parked one is the group's pool"
         );
         assert!(st.parked["g"][0].exact);
-        assert_eq!(st.instances["ours"].phase, Phase::Running);
+        assert_eq!(st.instances["ours"].phase(), Phase::Running);
     }
 
     #[test]
@@ -172,7 +172,7 @@ mod transitions {
         let mut st = State::default();
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Accepted;
-        i.phase = Phase::Deleting;
+        i.restore_life(Life::Deleting(Leaving::default()));
         i.command = Some(Pending {
             id: "1".into(),
             kind: CommandKind::Create,
@@ -199,7 +199,7 @@ mod transitions {
         // A cancelled create that never shows up is forgotten after the watch.
         let mut j = Instance::creating("b".into(), "g".into(), now);
         j.create = CreateStatus::Accepted;
-        j.phase = Phase::Deleting;
+        j.restore_life(Life::Deleting(Leaving::default()));
         st.insert("b".into(), j);
         st.apply(&[], &[], &[], &[], w, now);
         assert!(st.instances.contains_key("b"));
@@ -213,7 +213,7 @@ mod transitions {
         let mut st = State::default();
         let mut i = Instance::creating("a".into(), "g".into(), now);
         i.create = CreateStatus::Uncertain;
-        i.phase = Phase::Deleting;
+        i.restore_life(Life::Deleting(Leaving::default()));
         st.insert("a".into(), i);
         let w = test_limits(60, 60);
         assert!(st.apply(&[], &[], &[], &[], w, now).is_empty());
@@ -233,7 +233,7 @@ mod transitions {
         // A second uncertain one that never shows up is forgotten after the watch.
         let mut j = Instance::creating("b".into(), "g".into(), now);
         j.create = CreateStatus::Uncertain;
-        j.phase = Phase::Deleting;
+        j.restore_life(Life::Deleting(Leaving::default()));
         st.insert("b".into(), j);
         st.apply(&[], &[], &[], &[], w, now);
         assert!(st.watched.contains_key("b"));
@@ -279,7 +279,7 @@ mod uncertain_tests {
             test_limits(600, 30),
             now + Duration::from_secs(10),
         );
-        assert_eq!(st.instances["a"].phase, Phase::Running);
+        assert_eq!(st.instances["a"].phase(), Phase::Running);
         assert_eq!(st.instances["a"].create, CreateStatus::Accepted);
     }
 
@@ -313,7 +313,7 @@ mod uncertain_tests {
         let now = Instant::now();
         let mut st = State::default();
         let mut i = Instance::creating("a".into(), "g".into(), now);
-        i.phase = Phase::Deleting;
+        i.restore_life(Life::Deleting(Leaving::default()));
         i.server_id = Some("id-a".into());
         i.seen = true;
         i.command = Some(Pending {
@@ -369,11 +369,14 @@ mod park_tests {
     fn parking(now: Instant) -> State {
         let mut st = State::default();
         let mut i = Instance::creating("a".into(), "g".into(), now);
-        i.phase = Phase::Deleting;
+        i.restore_life(Life::Deleting(Leaving::default()));
         i.create = CreateStatus::Adopted;
         i.server_id = Some("id-a".into());
         i.seen = true;
-        i.park = true;
+        i.restore_life(Life::Deleting(Leaving {
+            park: true,
+            ..Leaving::default()
+        }));
         i.command = Some(Pending {
             id: "5".into(),
             kind: CommandKind::PowerOff,
@@ -416,7 +419,7 @@ mod park_tests {
             now,
         );
         assert!(a.is_empty());
-        assert_eq!(st.instances["a"].phase, Phase::Deleting);
+        assert_eq!(st.instances["a"].phase(), Phase::Deleting);
         // Off: forgotten, in the group's pool, reported for Node cleanup.
         st.apply(
             &[listed(Power::Off)],
@@ -459,7 +462,7 @@ mod park_tests {
                 server_id: "id-a".into()
             }]
         );
-        assert!(!st.instances["a"].park);
+        assert!(!st.instances["a"].parking());
     }
 
     #[test]
@@ -481,7 +484,7 @@ mod park_tests {
                 server_id: "id-a".into()
             }]
         );
-        assert!(!st.instances["a"].park);
+        assert!(!st.instances["a"].parking());
     }
 
     #[test]
