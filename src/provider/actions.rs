@@ -24,7 +24,7 @@ impl Provider {
         let admitted = {
             let mut st = self.lock();
             if let Action::Create { name, .. } = &action {
-                match st.instances.get(name) {
+                match st.instance(name) {
                     // Cancelled before its request went out: nothing to send.
                     Some(i) if i.phase() == Phase::Deleting => {
                         st.remove(name);
@@ -37,11 +37,8 @@ impl Provider {
             // Every mutation passes the guard, under the lock that marks a create sent, so
             // the max-size count includes the creates admitted before it.
             let admitted = self.admit(&mut st, &action);
-            if let (true, Action::Create { name, .. }) = (admitted, &action)
-                && let Some(i) = st.instances.get_mut(name)
-            {
-                i.create = CreateStatus::Sent;
-                st.version += 1;
+            if let (true, Action::Create { name, .. }) = (admitted, &action) {
+                st.edit(name, |i| i.create = CreateStatus::Sent);
             }
             admitted
         };
@@ -59,27 +56,22 @@ impl Provider {
                     warn!(server = %name, error = %e, "not sending a create the journal could not record");
                     self.metrics()
                         .refused_mutation("create", "journal_unavailable");
-                    let mut st = self.lock();
-                    if let Some(inst) = st.instances.get_mut(&name) {
+                    self.lock().edit(&name, |inst| {
                         inst.create = CreateStatus::Rejected;
                         inst.error = Some(ErrorInfo {
                             class: InstanceErrorClass::Other,
                             code: "JOURNAL_UNAVAILABLE",
                             message: format!("create of {name} not sent: {e}"),
                         });
-                        st.version += 1;
-                    }
+                    });
                     return;
                 }
                 let result = client
                     .create_server(create_request(&name, &cfg.server))
                     .await;
-                {
-                    let mut st = self.lock();
-                    let Some(inst) = st.instances.get_mut(&name) else {
-                        return;
-                    };
-                    match result {
+                if self
+                    .lock()
+                    .edit(&name, |inst| match result {
                         Ok(cmd) => {
                             info!(server = %name, command = %cmd, "create accepted");
                             inst.create = CreateStatus::Accepted;
@@ -117,8 +109,10 @@ impl Provider {
                                 });
                             }
                         }
-                    }
-                    st.version += 1;
+                    })
+                    .is_none()
+                {
+                    return;
                 }
                 self.persist_logged().await;
             }
@@ -143,14 +137,12 @@ impl Provider {
     /// The guard decides on tags this process read from the API: tags it only has from the
     /// journal (a warm restart) are read now, once per server.
     pub(super) async fn read_tags_before_mutation(&self, server_id: &str) {
-        if self.lock().live_tags.contains(server_id) {
+        if self.lock().has_live_tags(server_id) {
             return;
         }
         match self.inner.client.server_tags(server_id).await {
             Ok(tags) => {
-                let mut st = self.lock();
-                st.tags.insert(server_id.to_string(), tags);
-                st.live_tags.insert(server_id.to_string());
+                self.lock().record_tags(server_id, tags, true);
             }
             Err(e) => {
                 debug!(
@@ -167,43 +159,40 @@ impl Provider {
         name: &str,
         result: std::result::Result<String, KamateraError>,
     ) {
-        let mut st = self.lock();
-        st.version += 1;
-        let Some(inst) = st.instances.get_mut(name) else {
-            return;
-        };
-        inst.action_in_flight = false;
-        inst.since = Instant::now();
-        match result {
-            Ok(cmd) => {
-                info!(server = %name, command = %cmd, "power-on of parked server accepted");
-                self.metrics().power_on("accepted");
-                inst.command = Some(Pending {
-                    id: cmd,
-                    kind: CommandKind::PowerOn,
-                    since: Instant::now(),
-                    unknown_since: None,
-                });
+        self.lock().edit(name, |inst| {
+            inst.action_in_flight = false;
+            inst.since = Instant::now();
+            match result {
+                Ok(cmd) => {
+                    info!(server = %name, command = %cmd, "power-on of parked server accepted");
+                    self.metrics().power_on("accepted");
+                    inst.command = Some(Pending {
+                        id: cmd,
+                        kind: CommandKind::PowerOn,
+                        since: Instant::now(),
+                        unknown_since: None,
+                    });
+                }
+                Err(e) if e.may_have_been_processed() => {
+                    // The listing tells: running once on, POWER_ON_FAILED after the grace.
+                    warn!(server = %name, error = e.detail(), "power-on outcome unknown; watching the server");
+                    self.metrics().power_on("uncertain");
+                }
+                Err(e) => {
+                    warn!(server = %name, error = e.detail(), "power-on refused");
+                    self.metrics().power_on("rejected");
+                    inst.error = Some(ErrorInfo {
+                        class: if e.is_quota() {
+                            InstanceErrorClass::OutOfResources
+                        } else {
+                            InstanceErrorClass::Other
+                        },
+                        code: "POWER_ON_REJECTED",
+                        message: e.safe_message().to_string(),
+                    });
+                }
             }
-            Err(e) if e.may_have_been_processed() => {
-                // The listing tells: running once on, POWER_ON_FAILED after the grace.
-                warn!(server = %name, error = e.detail(), "power-on outcome unknown; watching the server");
-                self.metrics().power_on("uncertain");
-            }
-            Err(e) => {
-                warn!(server = %name, error = e.detail(), "power-on refused");
-                self.metrics().power_on("rejected");
-                inst.error = Some(ErrorInfo {
-                    class: if e.is_quota() {
-                        InstanceErrorClass::OutOfResources
-                    } else {
-                        InstanceErrorClass::Other
-                    },
-                    code: "POWER_ON_REJECTED",
-                    message: e.safe_message().to_string(),
-                });
-            }
-        }
+        });
     }
 
     pub(super) fn after_delete_step(
@@ -212,39 +201,36 @@ impl Provider {
         kind: CommandKind,
         result: std::result::Result<String, KamateraError>,
     ) {
-        let mut st = self.lock();
-        st.version += 1;
-        let Some(inst) = st.instances.get_mut(name) else {
-            return;
-        };
-        inst.action_in_flight = false;
-        match result {
-            Ok(cmd) => {
-                info!(server = %name, command = %cmd, step = ?kind, "delete step started");
-                inst.command = Some(Pending {
-                    id: cmd,
-                    kind,
-                    since: Instant::now(),
-                    unknown_since: None,
-                });
+        self.lock().edit(name, |inst| {
+            inst.action_in_flight = false;
+            match result {
+                Ok(cmd) => {
+                    info!(server = %name, command = %cmd, step = ?kind, "delete step started");
+                    inst.command = Some(Pending {
+                        id: cmd,
+                        kind,
+                        since: Instant::now(),
+                        unknown_since: None,
+                    });
+                }
+                Err(e) if e.class == kamatera::ErrorClass::NotFound => {
+                    // Already gone.
+                    inst.mark_terminated();
+                    inst.server_id = None;
+                    self.metrics().delete("completed");
+                }
+                Err(e) => {
+                    // The next reconcile tries again (Deleting with no command).
+                    warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
+                    self.metrics().delete("failed");
+                    inst.error = Some(ErrorInfo {
+                        class: InstanceErrorClass::Other,
+                        code: "DELETE_FAILED",
+                        message: e.safe_message().to_string(),
+                    });
+                }
             }
-            Err(e) if e.class == kamatera::ErrorClass::NotFound => {
-                // Already gone.
-                inst.mark_terminated();
-                inst.server_id = None;
-                self.metrics().delete("completed");
-            }
-            Err(e) => {
-                // The next reconcile tries again (Deleting with no command).
-                warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
-                self.metrics().delete("failed");
-                inst.error = Some(ErrorInfo {
-                    class: InstanceErrorClass::Other,
-                    code: "DELETE_FAILED",
-                    message: e.safe_message().to_string(),
-                });
-            }
-        }
+        });
     }
 }
 

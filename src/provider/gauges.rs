@@ -21,8 +21,7 @@ impl Provider {
             .map(|g| {
                 let phase = self
                     .lock()
-                    .hibernation
-                    .get(&g.name)
+                    .hibernation(&g.name)
                     .map(|h| u8::from(&h.phase))
                     .unwrap_or(0);
                 (g.name.clone(), self.in_force_for(g), phase)
@@ -69,7 +68,7 @@ impl Provider {
                 .get_or_create(&crate::telemetry::Group {
                     group: g.name.clone(),
                 })
-                .set(i64::try_from(st.parked.get(&g.name).map_or(0, Vec::len)).unwrap_or(0));
+                .set(i64::try_from(st.parked(&g.name).len()).unwrap_or(0));
             for (phase, label) in [
                 (Phase::Creating, "creating"),
                 (Phase::Running, "running"),
@@ -103,14 +102,13 @@ impl Provider {
             }
         }
         let pending: Vec<Instant> = st
-            .instances
-            .values()
+            .instances()
             .filter_map(|i| i.command.as_ref().map(|c| c.since))
             .collect();
         m.pending_commands
             .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
         m.watched_names
-            .set(i64::try_from(st.watched.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(st.watched_count()).unwrap_or(i64::MAX));
         m.oldest_pending_command_age.set(
             pending
                 .iter()
@@ -118,7 +116,8 @@ impl Provider {
                 .fold(0.0, f64::max),
         );
         m.staleness.set(
-            st.last_success
+            st.reads
+                .last_success
                 .map(|t| t.elapsed().as_secs_f64())
                 .unwrap_or(-1.0),
         );

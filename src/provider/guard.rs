@@ -94,12 +94,11 @@ pub fn check<'c>(
         | Action::PowerOff { name, server_id }
         | Action::Terminate { name, server_id } => {
             let inst = st
-                .instances
-                .get(name)
+                .instance(name)
                 .ok_or_else(|| Refusal::Unknown(format!("instance {name}")))?;
             let (cfg, _) = group_of(&inst.group)
                 .ok_or_else(|| Refusal::Unknown(format!("node group {}", inst.group)))?;
-            let tags = st.tags.get(server_id);
+            let tags = st.tags(server_id);
             let lacking: Vec<&String> = cfg
                 .server
                 .tags
@@ -146,8 +145,7 @@ impl Provider {
         }
         let now = self.inner.options.clock.now();
         let manual = |group: &str| {
-            st.hibernation
-                .get(group)
+            st.hibernation(group)
                 .map(|h| h.manual.clone())
                 .unwrap_or_default()
         };
@@ -168,20 +166,21 @@ impl Provider {
         };
         warn!(server = %name, action = kind, reason = %refusal, "refused a cloud mutation");
         self.metrics().refused_mutation(kind, refusal.reason());
-        match (&refusal, st.instances.get_mut(&name)) {
-            (Refusal::OverMax { .. }, Some(inst)) => {
-                inst.create = CreateStatus::Rejected;
-                inst.error = Some(ErrorInfo {
-                    class: InstanceErrorClass::OutOfResources,
-                    code: "MAX_SIZE_REACHED",
-                    message: format!("create of {name} not sent: {refusal}"),
+        match (&refusal, st.contains(&name)) {
+            (Refusal::OverMax { .. }, true) => {
+                st.edit(&name, |inst| {
+                    inst.create = CreateStatus::Rejected;
+                    inst.error = Some(ErrorInfo {
+                        class: InstanceErrorClass::OutOfResources,
+                        code: "MAX_SIZE_REACHED",
+                        message: format!("create of {name} not sent: {refusal}"),
+                    });
                 });
-                st.version += 1;
             }
-            (_, Some(_)) => {
+            (_, true) => {
                 st.remove(&name);
             }
-            (_, None) => {}
+            (_, false) => {}
         }
         false
     }

@@ -49,13 +49,13 @@ impl Provider {
         self.group(group)?;
         {
             let mut st = self.lock();
-            let h = st.hibernation.entry(group.to_string()).or_default();
-            h.manual = Manual {
-                hibernate: true,
-                force,
-                resumed_until: None,
-            };
-            st.version += 1;
+            st.edit_hibernation(group, |h| {
+                h.manual = Manual {
+                    hibernate: true,
+                    force,
+                    resumed_until: None,
+                }
+            });
         }
         info!(group, force, "hibernate requested");
         self.persist_logged().await;
@@ -71,13 +71,13 @@ impl Provider {
         let until = open_hibernate_end(&g.hibernate, &self.inner.config.timezone, now);
         {
             let mut st = self.lock();
-            let h = st.hibernation.entry(group.to_string()).or_default();
-            h.manual = Manual {
-                hibernate: false,
-                force: false,
-                resumed_until: until,
-            };
-            st.version += 1;
+            st.edit_hibernation(group, |h| {
+                h.manual = Manual {
+                    hibernate: false,
+                    force: false,
+                    resumed_until: until,
+                }
+            });
         }
         info!(group, until = ?until.map(|u| u.to_string()), "resume requested");
         self.persist_logged().await;
@@ -90,11 +90,8 @@ impl Provider {
         let f = self.in_force_for(g);
         let (h, parked) = {
             let st = self.lock();
-            let parked = st.parked.get(group).map_or(0, Vec::len);
-            (
-                st.hibernation.get(group).cloned().unwrap_or_default(),
-                parked,
-            )
+            let parked = st.parked(group).len();
+            (st.hibernation(group).cloned().unwrap_or_default(), parked)
         };
         Ok(HibernationStatus {
             group: group.to_string(),
@@ -122,12 +119,12 @@ impl Provider {
         for g in &self.inner.config.node_groups {
             let f = self.in_force_for(g);
             let mut st = self.lock();
-            let h = st.hibernation.get(&g.name).cloned().unwrap_or_default();
+            let h = st.hibernation(&g.name).cloned().unwrap_or_default();
             match (f.hibernate, &h.phase) {
                 (true, HibernationPhase::Awake) => {
-                    let entry = st.hibernation.entry(g.name.clone()).or_default();
-                    entry.phase = HibernationPhase::Draining { since: now };
-                    st.version += 1;
+                    st.edit_hibernation(&g.name, |e| {
+                        e.phase = HibernationPhase::Draining { since: now }
+                    });
                     start.push((g.name.clone(), f.hibernate_entry));
                 }
                 (true, HibernationPhase::Draining { .. }) => {
@@ -140,25 +137,26 @@ impl Provider {
                     false,
                     HibernationPhase::Draining { .. } | HibernationPhase::Hibernating { .. },
                 ) => {
-                    let entry = st.hibernation.entry(g.name.clone()).or_default();
-                    entry.phase = HibernationPhase::Awake;
-                    let kept = std::mem::take(&mut entry.kept);
-                    if entry.manual == Manual::default() {
-                        st.hibernation.remove(&g.name);
+                    let (kept, no_manual) = st.edit_hibernation(&g.name, |e| {
+                        e.phase = HibernationPhase::Awake;
+                        (std::mem::take(&mut e.kept), e.manual == Manual::default())
+                    });
+                    // Awake and without manual controls: nothing left to remember.
+                    if no_manual {
+                        st.forget_hibernation(&g.name);
                     }
-                    st.version += 1;
                     wake.push((g.name.clone(), kept));
                 }
                 _ => {
                     // Forget an expired resume.
-                    if let Some(entry) = st.hibernation.get_mut(&g.name)
-                        && entry.manual.resumed_until.is_some_and(|u| now >= u)
-                    {
-                        entry.manual.resumed_until = None;
-                        if *entry == GroupHibernation::default() {
-                            st.hibernation.remove(&g.name);
+                    if h.manual.resumed_until.is_some_and(|u| now >= u) {
+                        let idle = st.edit_hibernation(&g.name, |e| {
+                            e.manual.resumed_until = None;
+                            *e == GroupHibernation::default()
+                        });
+                        if idle {
+                            st.forget_hibernation(&g.name);
                         }
-                        st.version += 1;
                     }
                 }
             }
@@ -205,8 +203,7 @@ impl Provider {
             let (force, timeout) = {
                 let manual = self
                     .lock()
-                    .hibernation
-                    .get(&group)
+                    .hibernation(&group)
                     .map(|h| h.manual.clone())
                     .unwrap_or_default();
                 match (manual.hibernate, entry) {
@@ -325,12 +322,12 @@ impl Provider {
         {
             let mut st = self.lock();
             let now = self.inner.options.clock.now();
-            let h = st.hibernation.entry(group.to_string()).or_default();
-            if matches!(h.phase, HibernationPhase::Draining { .. }) {
-                h.phase = HibernationPhase::Hibernating { since: now };
-                h.kept = result.kept.clone();
-            }
-            st.version += 1;
+            st.edit_hibernation(group, |h| {
+                if matches!(h.phase, HibernationPhase::Draining { .. }) {
+                    h.phase = HibernationPhase::Hibernating { since: now };
+                    h.kept = result.kept.clone();
+                }
+            });
         }
         self.persist_logged().await;
         if result.kept.is_empty() {

@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{
     Action, CommandKind, CreateStatus, GroupHibernation, HibernationPhase, Instance, Leaving, Life,
-    Pending,
-    Phase, State,
+    Pending, Phase, State,
 };
 use super::windows::Manual;
 
@@ -131,8 +130,7 @@ fn kind_str(k: CommandKind) -> &'static str {
 /// The journal text for a state: every instance that is not Running.
 pub fn render(cluster: &str, state: &State) -> String {
     let instances = state
-        .instances
-        .values()
+        .instances()
         .filter(|i| i.phase() != Phase::Running)
         .map(|i| Entry {
             name: i.name.clone(),
@@ -149,7 +147,7 @@ pub fn render(cluster: &str, state: &State) -> String {
             power_on_failed: i.power_on_failed,
         })
         // Watched names: deleted creates whose server may still appear.
-        .chain(state.watched.iter().map(|(name, (group, _))| Entry {
+        .chain(state.watched().map(|(name, group)| Entry {
             name: name.clone(),
             group: group.clone(),
             phase: "deleting".into(),
@@ -165,8 +163,7 @@ pub fn render(cluster: &str, state: &State) -> String {
         }))
         .collect();
     let groups = state
-        .hibernation
-        .iter()
+        .hibernations()
         .map(|(name, h)| {
             let (phase, since) = match h.phase {
                 HibernationPhase::Awake => ("awake", None),
@@ -186,7 +183,7 @@ pub fn render(cluster: &str, state: &State) -> String {
         .collect();
     let mut sets: std::collections::BTreeMap<&Vec<String>, Vec<String>> =
         std::collections::BTreeMap::new();
-    for (id, tags) in &state.tags {
+    for (id, tags) in state.all_tags() {
         sets.entry(tags).or_default().push(id.clone());
     }
     let tags = sets
@@ -345,7 +342,7 @@ pub fn restore_text(
         }
         for id in set.ids {
             if valid_server_id(&id) {
-                state.tags.insert(id, set.tags.clone());
+                state.record_tags(&id, set.tags.clone(), false);
             } else {
                 dropped.push(format!(
                     "cached tags of malformed server id {}",
@@ -367,9 +364,8 @@ pub fn restore_text(
             "hibernating" => HibernationPhase::Hibernating { since: at(g.since) },
             _ => HibernationPhase::Awake,
         };
-        state.hibernation.insert(
-            g.name,
-            GroupHibernation {
+        state.edit_hibernation(&g.name, |h| {
+            *h = GroupHibernation {
                 manual: Manual {
                     hibernate: g.manual_hibernate,
                     force: g.manual_force,
@@ -379,8 +375,8 @@ pub fn restore_text(
                 },
                 phase,
                 kept: g.kept,
-            },
-        );
+            }
+        });
     }
     for e in file.instances {
         let entry = crate::telemetry::quoted(&e.name);
@@ -484,10 +480,12 @@ pub fn restore_text(
                     message: "create failed before the provider restarted".into(),
                 });
             }
-            CreateStatus::Queued if inst.phase() == Phase::Creating => to_send.push(Action::Create {
-                name: e.name.clone(),
-                group: e.group.clone(),
-            }),
+            CreateStatus::Queued if inst.phase() == Phase::Creating => {
+                to_send.push(Action::Create {
+                    name: e.name.clone(),
+                    group: e.group.clone(),
+                })
+            }
             CreateStatus::Reused if inst.phase() == Phase::Creating && inst.command.is_none() => {
                 if let Some(server_id) = inst.server_id.clone() {
                     inst.action_in_flight = true;
@@ -499,10 +497,10 @@ pub fn restore_text(
             }
             _ => {}
         }
-        state.unverified.insert(e.name.clone());
+        state.mark_unverified(&e.name);
         state.insert(e.name.clone(), inst);
         if state.watch_uncertain(&e.name, now) {
-            state.unverified.remove(&e.name);
+            state.mark_verified(&e.name);
         }
         restored += 1;
     }
@@ -528,9 +526,9 @@ pub fn verify(
     group_tags: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Vec<(String, String)> {
     let mut dropped = Vec::new();
-    let names: Vec<String> = state.unverified.iter().cloned().collect();
+    let names: Vec<String> = state.unverified();
     for name in names {
-        let verdict = match state.instances.get(&name) {
+        let verdict = match state.instance(&name) {
             None => Ok(()),
             Some(inst) => check_entry(&name, inst, listed, tags, group_tags),
         };
@@ -543,7 +541,7 @@ pub fn verify(
             }
             Ok(()) => {}
         }
-        state.unverified.remove(&name);
+        state.mark_verified(&name);
     }
     dropped
 }
@@ -672,20 +670,21 @@ mod tests {
             pending("9", CommandKind::PowerOff, now),
         );
         add(OTHER, Phase::Creating, CreateStatus::Queued, None);
-        if let Some(i) = st.instances.get_mut(OTHER) {
+        if let Some(mut i) = st.remove(OTHER) {
             i.group = "gone".into();
+            st.insert(OTHER.into(), i);
         }
-        if let Some(i) = st.instances.get_mut(REUSED) {
+        st.edit(REUSED, |i| {
             i.server_id = Some(format!("id-{REUSED}"));
             i.seen = true;
-        }
-        if let Some(i) = st.instances.get_mut(PARKING) {
+        });
+        st.edit(PARKING, |i| {
             i.restore_life(Life::Deleting(Leaving {
-            park: true,
-            ..Leaving::default()
-        }));
+                park: true,
+                ..Leaving::default()
+            }));
             i.powered_off(now);
-        }
+        });
         st
     }
 
@@ -722,24 +721,21 @@ mod tests {
                 }
             ]
         );
-        assert!(
-            !st.instances.contains_key(RUNNING),
-            "running servers come from tags"
-        );
-        assert!(!st.instances.contains_key(OTHER), "unknown group dropped");
-        let sent = &st.instances[SENT];
+        assert!(!st.contains(RUNNING), "running servers come from tags");
+        assert!(!st.contains(OTHER), "unknown group dropped");
+        let sent = st.instance(SENT).expect("restored");
         assert_eq!(sent.create, CreateStatus::Uncertain, "never sent twice");
         assert!(
             sent.error.is_none(),
             "waits for its server before reporting an error"
         );
-        let accepted = &st.instances[ACCEPTED];
+        let accepted = st.instance(ACCEPTED).expect("restored");
         assert_eq!(
             accepted.command.as_ref().map(|c| (c.id.as_str(), c.kind)),
             Some(("7", CommandKind::Create))
         );
         assert!(accepted.error.is_none());
-        let deleting = &st.instances[DELETING];
+        let deleting = st.instance(DELETING).expect("restored");
         assert_eq!(deleting.phase(), Phase::Deleting);
         assert_eq!(deleting.server_id, Some(format!("id-{DELETING}")));
         assert_eq!(
@@ -747,10 +743,18 @@ mod tests {
             Some(CommandKind::PowerOff)
         );
         assert!(!deleting.parking(), "no park decision: terminate");
-        let parking = &st.instances[PARKING];
-        assert!(parking.parking() && parking.leaving().is_some_and(|l| l.powered_off_at.is_some()));
-        assert_eq!(st.instances[REUSED].create, CreateStatus::Reused);
-        assert!(st.instances[REUSED].action_in_flight);
+        let parking = st.instance(PARKING).expect("restored");
+        assert!(
+            parking.parking()
+                && parking
+                    .leaving()
+                    .is_some_and(|l| l.powered_off_at.is_some())
+        );
+        assert_eq!(
+            st.instance(REUSED).expect("restored").create,
+            CreateStatus::Reused
+        );
+        assert!(st.instance(REUSED).expect("restored").action_in_flight);
     }
 
     #[test]
@@ -767,7 +771,7 @@ mod tests {
         let mut st = State::default();
         let (r, _) = restore(&path, "c", &any_g, &mut st, Instant::now());
         assert_eq!(r.instances, 1, "{r:?}");
-        assert!(!st.instances["g-0123456789a"].parking());
+        assert!(!st.instance("g-0123456789a").expect("restored").parking());
     }
 
     #[test]
@@ -782,7 +786,7 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(r, Restored::default());
-        assert!(to_send.is_empty() && st.instances.is_empty());
+        assert!(to_send.is_empty() && st.instances().next().is_none());
     }
 
     #[test]
@@ -806,7 +810,7 @@ mod tests {
             let discarded = r.discarded.expect("discarded");
             assert!(discarded.contains(why), "{discarded}");
             assert!(discarded.contains(".corrupt"), "{discarded}");
-            assert!(st.instances.is_empty());
+            assert!(st.instances().next().is_none());
             assert!(!path.exists(), "moved aside");
         }
     }
@@ -832,9 +836,10 @@ mod size_tests {
         let mut st = State::default();
         for i in 0..10_000u32 {
             let group = format!("group-{:02}", i % 20);
-            st.tags.insert(
-                format!("{i:08x}-1b2c-4d5e-8f90-{:012x}", u64::from(i) * 7919),
+            st.record_tags(
+                &format!("{i:08x}-1b2c-4d5e-8f90-{:012x}", u64::from(i) * 7919),
                 vec!["k8sca-production".into(), format!("k8scang-{group}")],
+                false,
             );
         }
         // And a scale-up of 100 in flight.

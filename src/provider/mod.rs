@@ -355,7 +355,7 @@ impl Provider {
 
     /// True once a reconcile has succeeded.
     pub fn ready(&self) -> bool {
-        self.lock().last_success.is_some()
+        self.lock().reads.last_success.is_some()
     }
 
     /// `Ok` while the last successful reconcile is recent enough; else why not.
@@ -368,10 +368,11 @@ impl Provider {
         }
         let st = self.lock();
         let max = self.inner.options.max_staleness;
-        match st.last_success {
+        match st.reads.last_success {
             None => Err(format!(
                 "Kamatera's state has not been read yet{}",
-                st.last_error
+                st.reads
+                    .last_error
                     .as_ref()
                     .map(|e| format!(" (last error: {e})"))
                     .unwrap_or_default()
@@ -380,7 +381,8 @@ impl Provider {
                 "the last successful Kamatera read was {} s ago (limit {} s){}",
                 t.elapsed().as_secs(),
                 max.as_secs(),
-                st.last_error
+                st.reads
+                    .last_error
                     .as_ref()
                     .map(|e| format!("; last error: {e}"))
                     .unwrap_or_default()
@@ -401,6 +403,6 @@ impl Provider {
 
     /// Age of the last successful reconcile.
     pub fn staleness(&self) -> Option<Duration> {
-        self.lock().last_success.map(|t| t.elapsed())
+        self.lock().reads.last_success.map(|t| t.elapsed())
     }
 }

@@ -242,16 +242,14 @@ impl Provider {
     /// Where a queued server stands now.
     fn standing(&self, server: &str, why: Gone) -> Standing {
         let st = self.lock();
-        if st.instances.contains_key(server) {
+        if st.contains(server) {
             // Tracked again: a parked server powered on (or, for a terminated one, a name the
             // provider would never reuse; keep its Node either way).
             return Standing::Back;
         }
         match why {
             Gone::Terminated => Standing::Gone,
-            Gone::Parked if st.parked.values().flatten().any(|p| p.name == server) => {
-                Standing::Gone
-            }
+            Gone::Parked if st.all_parked().any(|p| p.name == server) => Standing::Gone,
             // Neither tracked nor in the pool: removed outside the provider, or a listing that
             // omits it. Not proof of anything.
             Gone::Parked => Standing::Unknown,
@@ -288,7 +286,7 @@ impl Provider {
             provider_id.strip_prefix(self.inner.config.provider_id_prefix.as_str())?
         };
         let st = self.lock();
-        let inst = st.instances.get(server)?;
+        let inst = st.instance(server)?;
         if inst.phase() == Phase::Deleting {
             return None;
         }
@@ -375,11 +373,7 @@ impl Provider {
         };
         let parked: HashSet<String> = {
             let st = self.lock();
-            st.parked
-                .values()
-                .flatten()
-                .map(|p| self.provider_id(&p.name))
-                .collect()
+            st.all_parked().map(|p| self.provider_id(&p.name)).collect()
         };
         let mut ghosts = Vec::new();
         for node in nodes {

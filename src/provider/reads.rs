@@ -10,8 +10,7 @@ impl Provider {
         // answer their configured sizes without evaluating anything.
         let manual: std::collections::BTreeMap<String, Manual> = {
             let st = self.lock();
-            st.hibernation
-                .iter()
+            st.hibernations()
                 .map(|(k, v)| (k.clone(), v.manual.clone()))
                 .collect()
         };
@@ -60,16 +59,12 @@ impl Provider {
     }
 
     pub(super) fn group_info(&self, g: &NodeGroupConfig) -> GroupInfo {
-        let manual = self
-            .lock()
-            .hibernation
-            .get(&g.name)
-            .map(|h| h.manual.clone());
+        let manual = self.lock().hibernation(&g.name).map(|h| h.manual.clone());
         self.info_at(g, manual.as_ref(), self.inner.options.clock.now())
     }
 
     pub(super) fn has_hibernation(&self, group: &str) -> bool {
-        self.lock().hibernation.contains_key(group)
+        self.lock().hibernation(group).is_some()
     }
 
     /// The group of a node, or `None` when it is not one of ours (the autoscaler then leaves it
@@ -89,13 +84,13 @@ impl Provider {
 
     pub(super) fn find_instance<'s>(&self, st: &'s State, node: &NodeRef) -> Option<&'s Instance> {
         let by_id = (!node.provider_id.is_empty())
-            .then(|| st.instances.get(self.server_name(&node.provider_id)))
+            .then(|| st.instance(self.server_name(&node.provider_id)))
             .flatten();
         // A node whose providerID uses another scheme (or none yet) is matched by its name, which
         // equals the server name.
         by_id.or_else(|| {
             (!node.name.is_empty())
-                .then(|| st.instances.get(&node.name))
+                .then(|| st.instance(&node.name))
                 .flatten()
         })
     }
@@ -136,8 +131,7 @@ impl Provider {
 
     pub(super) fn in_force_for_locked(&self, st: &State, g: &NodeGroupConfig) -> InForce {
         let manual = st
-            .hibernation
-            .get(&g.name)
+            .hibernation(&g.name)
             .map(|h| h.manual.clone())
             .unwrap_or_default();
         windows::in_force(

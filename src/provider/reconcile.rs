@@ -21,8 +21,9 @@ impl Provider {
         })
         .await;
         let st = self.lock();
-        if st.last_success.is_none() {
+        if st.reads.last_success.is_none() {
             let why = st
+                .reads
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "the first listing is still in progress".into());
@@ -89,13 +90,13 @@ impl Provider {
         let result = self.reconcile_locked().await;
         {
             let mut st = self.lock();
-            st.reconciles += 1;
+            st.reads.reconciles += 1;
             match &result {
                 Ok(_) => {
-                    st.last_success = Some(Instant::now());
-                    st.last_error = None;
+                    st.reads.last_success = Some(Instant::now());
+                    st.reads.last_error = None;
                 }
-                Err(e) => st.last_error = Some(e.safe_message().to_string()),
+                Err(e) => st.reads.last_error = Some(e.safe_message().to_string()),
             }
         }
         *self
@@ -156,22 +157,21 @@ impl Provider {
                 .map(|s| s.id.as_str())
                 .chain(presumed.iter().map(|o| o.id.as_str()))
                 .collect();
-            st.tags.retain(|id, _| listed_ids.contains(id.as_str()));
-            st.live_tags.retain(|id| listed_ids.contains(id.as_str()));
+            st.retain_tags(|id| listed_ids.contains(id));
             let mut known = std::collections::HashMap::new();
             let mut unknown = Vec::new();
             for s in &servers {
                 // A name from the journal is only a claim: its server's tags are read.
-                let claimed = st.unverified.contains(&s.name);
-                if let Some(t) = st.tags.get(&s.id).filter(|_| !claimed) {
+                let claimed = st.is_unverified(&s.name);
+                if let Some(t) = st.tags(&s.id).filter(|_| !claimed) {
                     known.insert(s.id.clone(), t.clone());
-                } else if let Some(inst) = st.instances.get(&s.name)
+                } else if let Some(inst) = st.instance(&s.name)
                     && !claimed
                     && let Some(g) = cfg.node_group(&inst.group)
                 {
                     // Named by this process: created with the group's tags.
                     known.insert(s.id.clone(), g.server.tags.clone());
-                    st.live_tags.insert(s.id.clone());
+                    st.mark_live([s.id.clone()]);
                 } else {
                     unknown.push(s.id.clone());
                 }
@@ -179,17 +179,18 @@ impl Provider {
             // Cached tags (a warm restart takes them from the journal) are read again, one
             // server a minute once the provider is ready, so a tag changed by hand is noticed
             // without multiplying the steady API cost.
-            if st.last_recheck.is_none() {
+            if st.reads.last_recheck.is_none() {
                 // The clock starts with the first pass: none in the first minute.
-                st.last_recheck = Some(Instant::now());
+                st.reads.last_recheck = Some(Instant::now());
             } else if st
+                .reads
                 .last_recheck
                 .is_some_and(|t| t.elapsed() >= RECHECK_EVERY)
             {
                 let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
                 let again = st.recheck(&ids, &unknown, 1);
                 if !again.is_empty() {
-                    st.last_recheck = Some(Instant::now());
+                    st.reads.last_recheck = Some(Instant::now());
                 }
                 unknown.extend(again);
             }
@@ -250,10 +251,10 @@ impl Provider {
             let mut st = self.lock();
             for o in &observed {
                 if let Some(t) = &o.tags {
-                    st.tags.insert(o.id.clone(), t.clone());
+                    st.record_tags(&o.id, t.clone(), false);
                 }
             }
-            st.live_tags.extend(live);
+            st.mark_live(live);
             let actions = st.apply(
                 &observed,
                 &statuses,
@@ -266,7 +267,7 @@ impl Provider {
                 },
                 Instant::now(),
             );
-            let o = std::mem::take(&mut st.outcomes);
+            let o = std::mem::take(&mut st.reads.outcomes);
             drop(st);
             let m = self.metrics();
             m.parks.inc_by(o.parked.len() as u64);
@@ -344,17 +345,17 @@ impl Provider {
             let mut st = self.lock();
             if suspect {
                 self.metrics().suspect_listings.inc();
-                if !st.suspect_listing {
+                if !st.reads.suspect_listing {
                     warn!(
                         missing = missing.len(),
                         known,
                         "the Kamatera listing lacks most known servers; keeping their last known state until lookups by id confirm they are gone"
                     );
                 }
-            } else if st.suspect_listing {
+            } else if st.reads.suspect_listing {
                 info!("the Kamatera listing is complete again");
             }
-            st.suspect_listing = suspect;
+            st.reads.suspect_listing = suspect;
         }
         let due = self.inner.options.vanish_misses.max(1);
         missing.sort_by_key(|m| std::cmp::Reverse(m.misses));

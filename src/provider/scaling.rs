@@ -79,7 +79,7 @@ impl Provider {
             let mut names = Vec::new();
             while names.len() + actions.len() < delta as usize {
                 let name = kamatera::new_server_name(&cfg.server.name_prefix);
-                if st.instances.contains_key(&name) {
+                if st.contains(&name) {
                     continue;
                 }
                 st.insert(
@@ -145,60 +145,67 @@ impl Provider {
             let cap = cfg.poweroff_on_scale_down_max_servers as usize;
             let mut parking = st.parked_or_parking(group);
             for name in names {
-                let Some(inst) = st.instances.get_mut(&name) else {
-                    continue;
-                };
-                if inst.phase() == Phase::Deleting {
-                    continue; // already going
-                }
-                // Only a server that exists can be parked; one still being bought is terminated
-                // if it appears. A server whose power-on failed is not trusted with a second life.
-                let park = cfg.poweroff_on_scale_down
-                    && inst.server_id.is_some()
-                    && inst.create != CreateStatus::Rejected
-                    && !inst.power_on_failed
-                    && (cap == 0 || parking < cap);
-                inst.delete(park, now);
-                if inst.parking() {
-                    parking += 1;
-                }
-                let off = inst
-                    .power
-                    .as_ref()
-                    .is_some_and(|p| *p != kamatera::Power::On);
-                match (&inst.server_id, inst.create) {
-                    // Never bought (request refused, or its command failed and the API removed
-                    // what it began): forget it now.
-                    (_, CreateStatus::Rejected) => {
+                let then = st.edit(&name, |inst| {
+                    if inst.phase() == Phase::Deleting {
+                        return Then::Nothing; // already going
+                    }
+                    // Only a server that exists can be parked; one still being bought is
+                    // terminated if it appears. A server whose power-on failed is not trusted
+                    // with a second life.
+                    let park = cfg.poweroff_on_scale_down
+                        && inst.server_id.is_some()
+                        && inst.create != CreateStatus::Rejected
+                        && !inst.power_on_failed
+                        && (cap == 0 || parking < cap);
+                    inst.delete(park, now);
+                    if inst.parking() {
+                        parking += 1;
+                    }
+                    let off = inst
+                        .power
+                        .as_ref()
+                        .is_some_and(|p| *p != kamatera::Power::On);
+                    match (&inst.server_id, inst.create) {
+                        // Never bought (request refused, or its command failed and the API
+                        // removed what it began): forget it now.
+                        (_, CreateStatus::Rejected) => Then::Forget,
+                        // Maybe bought, never seen: leaves the autoscaler's view (and the error
+                        // gauge) now; its name stays watched, so a late server is terminated.
+                        (None, CreateStatus::Uncertain) if inst.command.is_none() => Then::Watch,
+                        // Listed off already and to be parked: the next reconcile parks it.
+                        (Some(_), _) if inst.parking() && off => Then::Nothing,
+                        (Some(server_id), _)
+                            if inst.command.is_none() && !inst.action_in_flight =>
+                        {
+                            actions.push(if off {
+                                Action::Terminate {
+                                    name: name.clone(),
+                                    server_id: server_id.clone(),
+                                }
+                            } else {
+                                Action::PowerOff {
+                                    name: name.clone(),
+                                    server_id: server_id.clone(),
+                                }
+                            });
+                            inst.action_in_flight = true;
+                            Then::Nothing
+                        }
+                        // A create or power-on still running, or a create whose outcome is
+                        // unknown: the reconcile goes on from what the listing shows.
+                        _ => Then::Nothing,
+                    }
+                });
+                match then {
+                    Some(Then::Forget) => {
                         st.remove(&name);
                     }
-                    // Maybe bought, never seen: leaves the autoscaler's view (and the error
-                    // gauge) now; its name stays watched, so a late server is terminated.
-                    (None, CreateStatus::Uncertain) if inst.command.is_none() => {
+                    Some(Then::Watch) => {
                         st.watch_uncertain(&name, now);
                     }
-                    // Listed off already and to be parked: the next reconcile parks it.
-                    (Some(_), _) if inst.parking() && off => {}
-                    (Some(server_id), _) if inst.command.is_none() && !inst.action_in_flight => {
-                        inst.action_in_flight = true;
-                        actions.push(if off {
-                            Action::Terminate {
-                                name: name.clone(),
-                                server_id: server_id.clone(),
-                            }
-                        } else {
-                            Action::PowerOff {
-                                name: name.clone(),
-                                server_id: server_id.clone(),
-                            }
-                        });
-                    }
-                    // A create or power-on still running, or a create whose outcome is unknown:
-                    // the reconcile goes on from what the listing shows.
-                    _ => {}
+                    Some(Then::Nothing) | None => {}
                 }
             }
-            st.version += 1;
         }
         info!(group, nodes = nodes.len(), "scale-down");
         for _ in &actions {
@@ -254,18 +261,33 @@ impl Provider {
         // Failed and unsent first, then the newest requests.
         candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         for (_, _, name) in candidates.into_iter().take(want) {
-            let Some(inst) = st.instances.get_mut(&name) else {
-                continue;
-            };
-            if inst.create == CreateStatus::Rejected {
-                st.remove(&name);
-            } else {
-                inst.delete(false, now);
-                st.watch_uncertain(&name, now);
+            let rejected = st.edit(&name, |inst| {
+                let rejected = inst.create == CreateStatus::Rejected;
+                if !rejected {
+                    inst.delete(false, now);
+                }
+                rejected
+            });
+            match rejected {
+                Some(true) => {
+                    st.remove(&name);
+                }
+                Some(false) => {
+                    st.watch_uncertain(&name, now);
+                }
+                None => {}
             }
         }
-        st.version += 1;
         info!(group, delta, "target size decreased");
         Ok(())
     }
+}
+
+/// What a scale-down does with an instance after marking it deleted.
+enum Then {
+    Nothing,
+    /// Never bought: forgotten at once.
+    Forget,
+    /// Maybe bought, never seen: its name is watched.
+    Watch,
 }

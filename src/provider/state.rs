@@ -42,7 +42,7 @@ pub struct ErrorInfo {
 }
 
 /// Where the create request of an instance stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CreateStatus {
     /// Waiting for a request slot.
     Queued,
@@ -73,7 +73,7 @@ pub struct Pending {
     pub unknown_since: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CommandKind {
     Create,
     PowerOn,
@@ -82,7 +82,7 @@ pub enum CommandKind {
 }
 
 /// Where an instance is in its life. Each stage carries what only it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Life {
     /// Wanted and not running yet: being created, or a parked server being powered on.
     Creating,
@@ -92,7 +92,7 @@ pub enum Life {
 }
 
 /// How a deleted instance leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Leaving {
     /// Kept powered off (parked) instead of terminated; decided when the autoscaler deleted it.
     pub park: bool,
@@ -280,42 +280,54 @@ pub struct GroupHibernation {
 }
 
 /// Everything the provider knows, keyed by server name (the providerID is prefix + name).
-/// Add and remove instances only through [`State::insert`] and [`State::remove`], which keep the
+///
+/// What the journal records (instances, tags, hibernation, watched names) is private: it
+/// changes only through the methods below, and each of them bumps [`State::version`] when it
+/// changes something, so the journal is written exactly when there is something new to write.
+/// Instances go in and out only through [`State::insert`] and [`State::remove`], which keep the
 /// per-group index that makes every read a lookup, not a scan.
 #[derive(Debug, Default)]
 pub struct State {
-    pub instances: BTreeMap<String, Instance>,
+    instances: BTreeMap<String, Instance>,
     by_group: HashMap<String, std::collections::BTreeSet<String>>,
     /// Tags by server id, read once per server (or restored from the journal).
-    pub tags: HashMap<String, Vec<String>>,
+    tags: HashMap<String, Vec<String>>,
     /// Ids whose tags this process read from the API (or set when creating the server):
     /// the only tags the mutation guard trusts.
-    pub live_tags: std::collections::HashSet<String>,
-    /// Where the round-robin re-reading of cached tags stands, and when it last read one.
-    pub recheck_cursor: usize,
-    pub last_recheck: Option<Instant>,
-    pub last_success: Option<Instant>,
-    pub last_error: Option<String>,
-    pub reconciles: u64,
-    /// Command outcomes seen by `apply`, for metrics; the caller takes and resets them.
-    pub outcomes: Outcomes,
+    live_tags: std::collections::HashSet<String>,
+    /// Where the round-robin re-reading of cached tags stands.
+    recheck_cursor: usize,
     /// Per group: servers with the group's tags that are powered off and not tracked: the warm
     /// pool (parked on scale-down, by this or an earlier provider), or servers left behind.
     /// Rebuilt from every listing; sorted by name.
-    pub parked: HashMap<String, Vec<ParkedServer>>,
+    parked: HashMap<String, Vec<ParkedServer>>,
     /// Per node group with any hibernation state; absent = awake, no manual controls.
-    pub hibernation: BTreeMap<String, GroupHibernation>,
+    hibernation: BTreeMap<String, GroupHibernation>,
     /// Bumped on every change the journal must capture.
-    pub version: u64,
-    /// The last listing lacked most known servers (warned once per episode).
-    pub suspect_listing: bool,
+    version: u64,
     /// Instances restored from the journal and not yet confirmed by a listing (see
     /// `journal::verify`); their servers' tags are read, never assumed.
-    pub unverified: std::collections::BTreeSet<String>,
+    unverified: std::collections::BTreeSet<String>,
     /// Names of deleted creates whose outcome is unknown: no longer the autoscaler's (not in
     /// NodeGroupNodes, not in error), but a server that appears under one is terminated. Name →
     /// node group, since when.
-    pub watched: BTreeMap<String, (String, Instant)>,
+    watched: BTreeMap<String, (String, Instant)>,
+    /// The reconcile loop's own bookkeeping; not journaled.
+    pub reads: Reads,
+}
+
+/// How the reconcile loop has been doing: nothing here is journaled.
+#[derive(Debug, Default)]
+pub struct Reads {
+    pub last_success: Option<Instant>,
+    pub last_error: Option<String>,
+    pub reconciles: u64,
+    /// When a cached tag was last read again.
+    pub last_recheck: Option<Instant>,
+    /// Command outcomes seen by `apply`, for metrics; the caller takes and resets them.
+    pub outcomes: Outcomes,
+    /// The last listing lacked most known servers (warned once per episode).
+    pub suspect_listing: bool,
 }
 
 /// Time limits of the state machine.
@@ -371,6 +383,143 @@ pub struct GroupTags<'a> {
 }
 
 impl State {
+    /// Changes each time something the journal records changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.instances.contains_key(name)
+    }
+
+    /// Every instance, by name.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values()
+    }
+
+    /// Changes one instance (not its name or group); bumps the version. `None` when there is
+    /// no such instance.
+    pub fn edit<R>(&mut self, name: &str, f: impl FnOnce(&mut Instance) -> R) -> Option<R> {
+        let inst = self.instances.get_mut(name)?;
+        self.version += 1;
+        Some(f(inst))
+    }
+
+    /// The cached tags of a server id.
+    pub fn tags(&self, server_id: &str) -> Option<&Vec<String>> {
+        self.tags.get(server_id)
+    }
+
+    /// Every cached tag list, by server id.
+    pub fn all_tags(&self) -> impl Iterator<Item = (&String, &Vec<String>)> {
+        self.tags.iter()
+    }
+
+    /// Whether this process read the server's tags itself (the only tags the guard trusts).
+    pub fn has_live_tags(&self, server_id: &str) -> bool {
+        self.live_tags.contains(server_id)
+    }
+
+    /// Caches a server's tags; `live` when this process read them from the API. Bumps the
+    /// version when they differ from the cached ones.
+    pub fn record_tags(&mut self, server_id: &str, tags: Vec<String>, live: bool) {
+        if live {
+            self.live_tags.insert(server_id.to_string());
+        }
+        if self.tags.get(server_id) != Some(&tags) {
+            self.tags.insert(server_id.to_string(), tags);
+            self.version += 1;
+        }
+    }
+
+    /// Marks cached tags as read by this process.
+    pub fn mark_live(&mut self, server_ids: impl IntoIterator<Item = String>) {
+        self.live_tags.extend(server_ids);
+    }
+
+    /// Forgets the tags of servers `keep` does not accept (no longer listed).
+    pub fn retain_tags(&mut self, keep: impl Fn(&str) -> bool) {
+        let before = self.tags.len();
+        self.tags.retain(|id, _| keep(id));
+        self.live_tags.retain(|id| keep(id));
+        if self.tags.len() != before {
+            self.version += 1;
+        }
+    }
+
+    /// The group's parked servers (the warm pool), sorted by name.
+    pub fn parked(&self, group: &str) -> &[ParkedServer] {
+        self.parked.get(group).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every group's parked servers.
+    pub fn all_parked(&self) -> impl Iterator<Item = &ParkedServer> {
+        self.parked.values().flatten()
+    }
+
+    pub fn hibernation(&self, group: &str) -> Option<&GroupHibernation> {
+        self.hibernation.get(group)
+    }
+
+    /// Groups with any hibernation state.
+    pub fn hibernations(&self) -> impl Iterator<Item = (&String, &GroupHibernation)> {
+        self.hibernation.iter()
+    }
+
+    /// Changes a group's hibernation state (created awake when absent); bumps the version.
+    pub fn edit_hibernation<R>(
+        &mut self,
+        group: &str,
+        f: impl FnOnce(&mut GroupHibernation) -> R,
+    ) -> R {
+        self.version += 1;
+        f(self.hibernation.entry(group.to_string()).or_default())
+    }
+
+    /// Drops a group's hibernation state (awake, no manual controls); bumps the version.
+    pub fn forget_hibernation(&mut self, group: &str) {
+        if self.hibernation.remove(group).is_some() {
+            self.version += 1;
+        }
+    }
+
+    /// How many deleted creates' names are watched.
+    pub fn watched_count(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Watched names with their group (restored or in flight): for the journal.
+    pub fn watched(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.watched.iter().map(|(name, (group, _))| (name, group))
+    }
+
+    /// Restored from the journal and not confirmed by a listing yet.
+    pub fn is_unverified(&self, name: &str) -> bool {
+        self.unverified.contains(name)
+    }
+
+    pub fn unverified(&self) -> Vec<String> {
+        self.unverified.iter().cloned().collect()
+    }
+
+    pub fn all_verified(&self) -> bool {
+        self.unverified.is_empty()
+    }
+
+    /// Marks a restored instance as not yet confirmed by a listing.
+    pub fn mark_unverified(&mut self, name: &str) {
+        self.unverified.insert(name.to_string());
+    }
+
+    /// A restored instance is decided (confirmed or dropped).
+    pub fn mark_verified(&mut self, name: &str) {
+        self.unverified.remove(name);
+    }
+
     /// Adds an instance (replacing one of the same name). Bumps the journal version.
     pub fn insert(&mut self, name: String, inst: Instance) {
         self.version += 1;
@@ -415,10 +564,7 @@ impl State {
     /// `poweroff-on-scale-down-max-servers` cap counts.
     pub fn parked_or_parking(&self, group: &str) -> usize {
         self.parked.get(group).map_or(0, Vec::len)
-            + self
-                .group_instances(group)
-                .filter(|i| i.parking())
-                .count()
+            + self.group_instances(group).filter(|i| i.parking()).count()
     }
 
     /// Up to `n` listed ids (`listed`, in listing order) whose cached tags are to be read again:
@@ -555,7 +701,7 @@ impl State {
         limits: Limits,
         now: Instant,
     ) -> Vec<Action> {
-        self.version += 1;
+        let before = self.journal_digest();
         let by_name: HashMap<&str, &Observed> =
             listed.iter().map(|s| (s.name.as_str(), s)).collect();
         let by_command: HashMap<&str, &CommandStatus> =
@@ -582,7 +728,7 @@ impl State {
         let watch = limits.uncertain_watch;
         self.watched
             .retain(|_, (_, since)| now.saturating_duration_since(*since) < watch);
-        let outcomes = &mut self.outcomes;
+        let outcomes = &mut self.reads.outcomes;
         for (name, inst) in self.instances.iter_mut() {
             let server = by_name.get(name.as_str()).copied();
             if let Some(s) = server {
@@ -617,12 +763,12 @@ impl State {
         for (name, why) in remove {
             tracing::debug!(server = %name, why, "instance forgotten");
             if why == PARKED {
-                self.outcomes.parked.push(name.clone());
+                self.reads.outcomes.parked.push(name.clone());
             }
             let inst = self.remove(&name);
             if why == GONE || inst.is_some_and(|i| i.terminated()) {
                 // Gone by the provider's own completed terminate, or confirmed by a lookup.
-                self.outcomes.gone.push(name);
+                self.reads.outcomes.gone.push(name);
             }
         }
 
@@ -665,7 +811,32 @@ impl State {
         for pool in self.parked.values_mut() {
             pool.sort_by(|a, b| a.name.cmp(&b.name));
         }
+        if self.journal_digest() != before {
+            self.version += 1;
+        }
         actions
+    }
+
+    /// A digest of what the journal records of the instances and watched names (the journal
+    /// leaves out running instances): a pass that changes none of it needs no journal write.
+    fn journal_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for i in self
+            .instances
+            .values()
+            .filter(|i| i.phase() != Phase::Running)
+        {
+            (&i.name, &i.group, i.life, i.create, &i.server_id, i.seen).hash(&mut h);
+            (
+                i.command.as_ref().map(|c| (&c.id, c.kind)),
+                i.power_on_failed,
+                i.action_in_flight,
+            )
+                .hash(&mut h);
+        }
+        self.watched.keys().for_each(|n| n.hash(&mut h));
+        h.finish()
     }
 }
 

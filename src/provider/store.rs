@@ -132,13 +132,13 @@ impl Provider {
         let cfg = &self.inner.config;
         let (dropped, settled) = {
             let mut st = self.lock();
-            if st.unverified.is_empty() {
+            if st.all_verified() {
                 (Vec::new(), true)
             } else {
                 let dropped = journal::verify(&mut st, servers, tags, &|g| {
                     cfg.node_group(g).map(|g| g.server.tags.clone())
                 });
-                (dropped, st.unverified.is_empty())
+                (dropped, st.all_verified())
             }
         };
         for (name, why) in &dropped {
@@ -167,11 +167,11 @@ impl Provider {
         }
         let (version, text) = {
             let st = self.lock();
-            if written.1.is_some() && st.version <= written.0 {
+            if written.1.is_some() && st.version() <= written.0 {
                 return Ok(());
             }
             (
-                st.version,
+                st.version(),
                 journal::render(&self.inner.config.cluster_name, &st),
             )
         };

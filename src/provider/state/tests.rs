@@ -430,7 +430,7 @@ mod park_tests {
             now,
         );
         assert!(st.instances.is_empty());
-        assert_eq!(st.outcomes.parked, vec!["a".to_string()]);
+        assert_eq!(st.reads.outcomes.parked, vec!["a".to_string()]);
         assert_eq!(st.reusable("g").len(), 1);
         assert_eq!(st.parked_or_parking("g"), 1);
     }
@@ -536,5 +536,101 @@ mod recheck_tests {
         assert_eq!(seen, ["a", "b", "d", "a"]);
         // Uncached ids are never "re"-read.
         assert!(st.recheck(&["zz".to_string()], &[], 3).is_empty());
+    }
+}
+
+/// The journal version moves exactly when something the journal records changes: a pass that
+/// changes nothing, tags read again unchanged, or a running instance's misses do not move it;
+/// every mutator that changes journaled data does.
+mod version {
+    use super::*;
+
+    fn listed(name: &str, power: Power) -> Observed {
+        Observed {
+            id: format!("id-{name}"),
+            name: name.into(),
+            power,
+            tags: Some(vec!["k8sca-c".into(), "k8scang-g".into()]),
+            presumed: false,
+        }
+    }
+
+    #[test]
+    fn moves_only_when_the_journal_would_change() {
+        let now = Instant::now();
+        let tags = vec!["k8sca-c".to_string(), "k8scang-g".to_string()];
+        let groups = [GroupTags {
+            name: "g",
+            tags: &tags,
+        }];
+        let limits = test_limits(60, 60);
+        let mut st = State::default();
+        // A running server adopted from the listing: journaled instances unchanged (the
+        // journal leaves out running ones), but insert bumps.
+        st.apply(&[listed("r", Power::On)], &[], &[], &groups, limits, now);
+        assert_eq!(st.instance("r").map(Instance::phase), Some(Phase::Running));
+        let v = st.version();
+        for _ in 0..3 {
+            st.apply(&[listed("r", Power::On)], &[], &[], &groups, limits, now);
+        }
+        assert_eq!(st.version(), v, "idle passes leave the version alone");
+        st.record_tags("id-r", tags.clone(), true);
+        st.record_tags("id-r", tags.clone(), false);
+        assert_eq!(st.version(), v + 1, "only new tags move it");
+        let v = st.version();
+        st.record_tags("id-r", tags.clone(), false);
+        assert_eq!(st.version(), v, "the same tags again do not");
+
+        // A create in flight: its command completing is journaled.
+        let mut i = Instance::creating("c".into(), "g".into(), now);
+        i.create = CreateStatus::Accepted;
+        i.command = Some(Pending {
+            id: "7".into(),
+            kind: CommandKind::Create,
+            since: now,
+            unknown_since: None,
+        });
+        st.insert("c".into(), i);
+        let v = st.version();
+        let progress = CommandStatus {
+            id: "7".into(),
+            state: CommandState::Progress,
+            log: String::new(),
+        };
+        st.apply(
+            &[listed("r", Power::On), listed("c", Power::Off)],
+            &[progress.clone()],
+            &[],
+            &groups,
+            limits,
+            now,
+        );
+        assert!(
+            st.version() > v,
+            "first listing of the create's server is journaled"
+        );
+        let v = st.version();
+        st.apply(
+            &[listed("r", Power::On), listed("c", Power::Off)],
+            &[progress],
+            &[],
+            &groups,
+            limits,
+            now,
+        );
+        assert_eq!(st.version(), v, "nothing new");
+        assert_eq!(st.edit("c", |i| i.action_in_flight = true), Some(()));
+        assert!(st.version() > v, "edit bumps");
+        let v = st.version();
+        assert_eq!(st.edit("nobody", |i| i.action_in_flight = true), None);
+        assert_eq!(st.version(), v, "editing no instance changes nothing");
+        st.edit_hibernation("g", |h| h.kept.push("n".into()));
+        assert!(st.version() > v, "hibernation edits bump");
+        let v = st.version();
+        st.forget_hibernation("g");
+        assert!(st.version() > v);
+        let v = st.version();
+        st.forget_hibernation("g");
+        assert_eq!(st.version(), v, "forgetting nothing changes nothing");
     }
 }
