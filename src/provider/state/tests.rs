@@ -599,7 +599,7 @@ mod version {
         };
         st.apply(
             &[listed("r", Power::On), listed("c", Power::Off)],
-            &[progress.clone()],
+            std::slice::from_ref(&progress),
             &[],
             &groups,
             limits,
