@@ -393,6 +393,14 @@ impl App {
     }
 }
 
+/// Runs `fut` to completion on a multi-threaded runtime of its own (the binaries' `main`s).
+pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T, std::io::Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut))
+}
+
 /// A future that resolves once `stop` says so.
 fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut rx = stop.subscribe();

@@ -99,19 +99,13 @@ fn run(
     fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> ExitCode {
     telemetry::init_logging(format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    match kamatera_ca_provider::app::block_on(fut) {
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    match runtime.block_on(fut) {
-        Ok(code) => code,
-        Err(e) => {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -10,7 +10,6 @@ use common::req;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use kamatera_ca_provider::config::CloudConfig;
 use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
@@ -35,30 +34,18 @@ async fn env() -> Env {
         .with_test_writer()
         .try_init();
     let sim = common::start_sim(Timing::fast(), Default::default()).await;
-    let text = format!(
-        r#"[global]
-kamatera-api-client-id = {}
-kamatera-api-secret = {}
-kamatera-api-url = {}
-cluster-name = faults
-filter-name-prefix = f-
-default-datacenter = EU
-default-image = ubuntu_server_24.04_64-bit
-default-network = name=wan,ip=auto
-
-[nodegroup "{GROUP}"]
-name-prefix = f-pool
+    let cfg = common::TestConfig::new(&sim.url(), "faults", "f-")
+        .global("default-datacenter = EU")
+        .group(
+            GROUP,
+            "name-prefix = f-pool
 min-size = 0
 max-size = 6
 cpu = 1B
 ram = 2048
-disk = size=20
-"#,
-        sim::DEMO_CLIENT_ID,
-        sim::DEMO_SECRET,
-        sim.url()
-    );
-    let cfg = CloudConfig::parse("faults.ini", &text, &|_| None).expect("config");
+disk = size=20",
+        )
+        .parse();
     let client = Client::new(ClientSettings {
         retry: RetryPolicy::immediate(3),
         timeout: Duration::from_millis(800),

@@ -26,40 +26,33 @@ struct Env {
 }
 
 fn config_text(api_url: &str) -> String {
-    format!(
-        r#"[global]
-kamatera-api-client-id = {id}
-kamatera-api-secret = {secret}
-kamatera-api-url = {api_url}
-cluster-name = test
-filter-name-prefix = test-
-default-datacenter = US-NY2
-default-image = ubuntu_server_24.04_64-bit
-default-network = name=wan,ip=auto
+    common::TestConfig::new(api_url, "test", "test-")
+        .global(
+            "default-datacenter = US-NY2
 default-min-size = 0
-default-script-base64 = IyEvYmluL3NoCnRydWUK
-
-[nodegroup "alpha"]
-name-prefix = test-alpha
+default-script-base64 = IyEvYmluL3NoCnRydWUK",
+        )
+        .group(
+            "alpha",
+            "name-prefix = test-alpha
 max-size = 5
 cpu = 2B
 ram = 4096
 disk = size=40
 template-label = example.com/pool=alpha
-template-taint = dedicated=alpha:NoSchedule
-
-[nodegroup "beta"]
-name-prefix = test-beta
+template-taint = dedicated=alpha:NoSchedule",
+        )
+        .group(
+            "beta",
+            "name-prefix = test-beta
 max-size = 3
 cpu = 4D
 ram = 8192
 disk = size=80
 scale-down-unneeded-time = 5m
-ignore-daemonsets-utilization = true
-"#,
-        id = sim::DEMO_CLIENT_ID,
-        secret = sim::DEMO_SECRET,
-    )
+ignore-daemonsets-utilization = true",
+        )
+        .text()
 }
 
 async fn env_with(timing: Timing, quota: Quota) -> Env {

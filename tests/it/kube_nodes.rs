@@ -474,7 +474,6 @@ async fn drain_primitives_cordon_list_evict_delete() {
 mod controller {
     use super::*;
     use crate::common::ca::Ca;
-    use kamatera_ca_provider::config::CloudConfig;
     use kamatera_ca_provider::grpc::ServeOptions;
     use kamatera_ca_provider::proto::externalgrpc as pb;
     use kamatera_ca_provider::provider::{Provider, ProviderOptions};
@@ -499,31 +498,21 @@ mod controller {
         let sim = common::start_sim(Timing::fast(), Quota::default()).await;
         let fake = FakeKube::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = format!(
-            "[global]
-kamatera-api-client-id = {id}
-kamatera-api-secret = {secret}
-kamatera-api-url = {url}
-cluster-name = nc
-filter-name-prefix = nc-
-default-datacenter = EU
-default-image = ubuntu_server_24.04_64-bit
-default-network = name=wan,ip=auto
-default-script-base64 = IyEvYmluL3NoCnRydWUK
-
-[nodegroup \"workers\"]
-name-prefix = nc-w
+        let cfg = common::TestConfig::new(&sim.url(), "nc", "nc-")
+            .global(
+                "default-datacenter = EU
+default-script-base64 = IyEvYmluL3NoCnRydWUK",
+            )
+            .group(
+                "workers",
+                "name-prefix = nc-w
 max-size = 8
 cpu = 2B
 ram = 4096
 disk = size=20
-template-label = team=data
-",
-            id = kamatera_ca_provider::sim::DEMO_CLIENT_ID,
-            secret = kamatera_ca_provider::sim::DEMO_SECRET,
-            url = sim.url(),
-        );
-        let cfg = CloudConfig::parse("nc.ini", &text, &|_| None).expect("config");
+template-label = team=data",
+            )
+            .parse();
         let metrics = Arc::new(Metrics::new());
         let provider = Provider::new(
             cfg.clone(),

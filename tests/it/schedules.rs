@@ -18,7 +18,7 @@ use kamatera_ca_provider::proto::admin::admin_client::AdminClient;
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::proto::k8s;
 use kamatera_ca_provider::provider::{Clock, Provider, ProviderOptions};
-use kamatera_ca_provider::sim::{self, Quota, SimHandle, Timing};
+use kamatera_ca_provider::sim::{Quota, SimHandle, Timing};
 use pb::instance_status::InstanceState;
 use prost::Message;
 use tonic::Code;
@@ -28,31 +28,25 @@ const PREFIX: &str = "kamatera://";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config_text(api_url: &str, group_extra: &str, global_extra: &str) -> String {
-    format!(
-        "[global]
-kamatera-api-client-id = {id}
-kamatera-api-secret = {secret}
-kamatera-api-url = {api_url}
-cluster-name = sched
-filter-name-prefix = sc-
-default-datacenter = US-NY2
-default-image = ubuntu_server_24.04_64-bit
-default-network = name=wan,ip=auto
+    common::TestConfig::new(api_url, "sched", "sc-")
+        .global(&format!(
+            "default-datacenter = US-NY2
 default-script-base64 = IyEvYmluL3NoCnRydWUK
-{global_extra}
-
-[nodegroup \"dev\"]
-name-prefix = sc-dev
+{global_extra}"
+        ))
+        .group(
+            "dev",
+            &format!(
+                "name-prefix = sc-dev
 min-size = 1
 max-size = 4
 cpu = 2B
 ram = 4096
 disk = size=20
-{group_extra}
-",
-        id = sim::DEMO_CLIENT_ID,
-        secret = sim::DEMO_SECRET,
-    )
+{group_extra}"
+            ),
+        )
+        .text()
 }
 
 /// A clock the test sets, in Unix seconds.

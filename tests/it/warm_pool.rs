@@ -37,40 +37,29 @@ struct Case {
 }
 
 fn config_text(api_url: &str, case: Case) -> String {
-    let mut text = format!(
-        "[global]
-kamatera-api-client-id = {id}
-kamatera-api-secret = {secret}
-kamatera-api-url = {api_url}
-cluster-name = wp
-filter-name-prefix = wp-
-default-datacenter = US-NY2
-default-image = ubuntu_server_24.04_64-bit
-default-network = name=wan,ip=auto
+    let mut cfg = common::TestConfig::new(api_url, "wp", "wp-").global(
+        "default-datacenter = US-NY2
 default-min-size = 0
-default-script-base64 = IyEvYmluL3NoCnRydWUK
-",
-        id = kamatera_ca_provider::sim::DEMO_CLIENT_ID,
-        secret = kamatera_ca_provider::sim::DEMO_SECRET,
+default-script-base64 = IyEvYmluL3NoCnRydWUK",
     );
     for g in &GROUPS[..case.groups] {
-        text.push_str(&format!(
-            "
-[nodegroup \"{g}\"]
-name-prefix = wp-{g}
+        cfg = cfg.group(
+            g,
+            &format!(
+                "name-prefix = wp-{g}
 max-size = 6
 cpu = 2B
 ram = 2048
 disk = size=20
 poweroff-on-scale-down = {power}
 poweron-on-scale-up = {power}
-poweroff-on-scale-down-max-servers = {cap}
-",
-            power = case.power,
-            cap = case.cap,
-        ));
+poweroff-on-scale-down-max-servers = {cap}",
+                power = case.power,
+                cap = case.cap,
+            ),
+        );
     }
-    text
+    cfg.text()
 }
 
 struct Env {

@@ -49,20 +49,13 @@ enum Inner {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(LogFormat::Text);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let outcome = kamatera_ca_provider::app::block_on(async {
+        match cli.command {
+            Some(Inner::Serve(settings)) => serve(settings).await,
+            None => measure(cli).await,
         }
-    };
-    let outcome = match cli.command {
-        Some(Inner::Serve(settings)) => runtime.block_on(serve(settings)),
-        None => runtime.block_on(measure(cli)),
-    };
+    })
+    .unwrap_or_else(|e| Err(format!("cannot start the async runtime: {e}")));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

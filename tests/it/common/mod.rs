@@ -42,6 +42,55 @@ pub async fn serve(
     (addr, tx)
 }
 
+/// A cloud config for a test: `[global]` with the simulator's credentials at the API URL, the
+/// cluster name and name filter, and an image and network the simulator accepts; then the
+/// global lines and node groups the test adds.
+pub struct TestConfig {
+    global: String,
+    groups: String,
+}
+
+impl TestConfig {
+    pub fn new(api_url: &str, cluster: &str, filter_prefix: &str) -> TestConfig {
+        TestConfig {
+            global: format!(
+                "[global]\nkamatera-api-client-id = {}\nkamatera-api-secret = {}\n\
+                 kamatera-api-url = {api_url}\ncluster-name = {cluster}\n\
+                 filter-name-prefix = {filter_prefix}\ndefault-image = ubuntu_server_24.04_64-bit\n\
+                 default-network = name=wan,ip=auto\n",
+                sim::DEMO_CLIENT_ID,
+                sim::DEMO_SECRET,
+            ),
+            groups: String::new(),
+        }
+    }
+
+    /// More `[global]` lines.
+    pub fn global(mut self, lines: &str) -> TestConfig {
+        self.global.push_str(lines.trim_matches('\n'));
+        self.global.push('\n');
+        self
+    }
+
+    /// A `[nodegroup "name"]` section with these lines.
+    pub fn group(mut self, name: &str, lines: &str) -> TestConfig {
+        self.groups.push_str(&format!(
+            "\n[nodegroup \"{name}\"]\n{}\n",
+            lines.trim_matches('\n')
+        ));
+        self
+    }
+
+    pub fn text(&self) -> String {
+        format!("{}{}", self.global, self.groups)
+    }
+
+    pub fn parse(&self) -> kamatera_ca_provider::config::CloudConfig {
+        kamatera_ca_provider::config::CloudConfig::parse("test.ini", &self.text(), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 /// The provider as `serve` assembles it: `App::build` from `serve` flags, on ephemeral loopback
 /// ports. Nothing is listed until the caller runs it ([`run_app`]).
 pub async fn build_app(flags: &[&str]) -> kamatera_ca_provider::app::App {
