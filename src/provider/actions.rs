@@ -58,11 +58,10 @@ impl Provider {
                         .refused_mutation("create", "journal_unavailable");
                     self.lock().edit(&name, |inst| {
                         inst.create = CreateStatus::Rejected;
-                        inst.error = Some(ErrorInfo {
-                            class: InstanceErrorClass::Other,
-                            code: "JOURNAL_UNAVAILABLE",
-                            message: format!("create of {name} not sent: {e}"),
-                        });
+                        inst.error = Some(ErrorInfo::other(
+                            "JOURNAL_UNAVAILABLE",
+                            format!("create of {name} not sent: {e}"),
+                        ));
                     });
                     return;
                 }
@@ -94,19 +93,12 @@ impl Provider {
                             } else {
                                 inst.create = CreateStatus::Rejected;
                                 self.metrics().create("rejected");
-                                inst.error = Some(ErrorInfo {
-                                    class: if e.is_quota() {
-                                        InstanceErrorClass::OutOfResources
-                                    } else {
-                                        InstanceErrorClass::Other
-                                    },
-                                    code: if e.is_quota() {
-                                        "QUOTA_EXCEEDED"
-                                    } else {
-                                        "CREATE_REJECTED"
-                                    },
-                                    message: e.safe_message().to_string(),
-                                });
+                                let code = if e.is_quota() {
+                                    "QUOTA_EXCEEDED"
+                                } else {
+                                    "CREATE_REJECTED"
+                                };
+                                inst.error = Some(refused(&e, code));
                             }
                         }
                     })
@@ -181,15 +173,7 @@ impl Provider {
                 Err(e) => {
                     warn!(server = %name, error = e.detail(), "power-on refused");
                     self.metrics().power_on("rejected");
-                    inst.error = Some(ErrorInfo {
-                        class: if e.is_quota() {
-                            InstanceErrorClass::OutOfResources
-                        } else {
-                            InstanceErrorClass::Other
-                        },
-                        code: "POWER_ON_REJECTED",
-                        message: e.safe_message().to_string(),
-                    });
+                    inst.error = Some(refused(&e, "POWER_ON_REJECTED"));
                 }
             }
         });
@@ -223,11 +207,10 @@ impl Provider {
                     // The next reconcile tries again (Deleting with no command).
                     warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
                     self.metrics().delete("failed");
-                    inst.error = Some(ErrorInfo {
-                        class: InstanceErrorClass::Other,
-                        code: "DELETE_FAILED",
-                        message: e.safe_message().to_string(),
-                    });
+                    inst.error = Some(ErrorInfo::other(
+                        "DELETE_FAILED",
+                        e.safe_message().to_string(),
+                    ));
                 }
             }
         });
@@ -236,6 +219,19 @@ impl Provider {
 
 pub(super) fn result_label(r: &str) -> crate::telemetry::ResultLabel {
     crate::telemetry::ResultLabel { result: r.into() }
+}
+
+/// The error info of a request the API refused: out of resources when it was the quota.
+fn refused(e: &KamateraError, code: &'static str) -> ErrorInfo {
+    ErrorInfo {
+        class: if e.is_quota() {
+            InstanceErrorClass::OutOfResources
+        } else {
+            InstanceErrorClass::Other
+        },
+        code,
+        message: e.safe_message().to_string(),
+    }
 }
 
 /// The API's create request for a server of `server`'s node group, named `name`.

@@ -441,14 +441,13 @@ pub fn restore_text(
         let unreadable = e.command_id.clone().filter(|id| !valid_command_id(id));
         if let Some(id) = &unreadable {
             // Never waited for: whatever that command did, the listing tells.
-            inst.error = Some(super::state::ErrorInfo {
-                class: super::state::InstanceErrorClass::Other,
-                code: "JOURNAL_UNREADABLE",
-                message: format!(
+            inst.error = Some(super::state::ErrorInfo::other(
+                "JOURNAL_UNREADABLE",
+                format!(
                     "the state file holds an unreadable command id {} for this instance",
                     crate::telemetry::quoted(id)
                 ),
-            });
+            ));
             if inst.create == CreateStatus::Accepted && inst.phase() == Phase::Creating {
                 inst.create = CreateStatus::Uncertain;
             }
@@ -474,11 +473,10 @@ pub fn restore_text(
             // Waits for its server (adopted if it appears); reports an error after the grace.
             CreateStatus::Uncertain => {}
             CreateStatus::Rejected => {
-                inst.error = Some(super::state::ErrorInfo {
-                    class: super::state::InstanceErrorClass::Other,
-                    code: "CREATE_REJECTED",
-                    message: "create failed before the provider restarted".into(),
-                });
+                inst.error = Some(super::state::ErrorInfo::other(
+                    "CREATE_REJECTED",
+                    "create failed before the provider restarted",
+                ));
             }
             CreateStatus::Queued if inst.phase() == Phase::Creating => {
                 to_send.push(Action::Create {

@@ -197,15 +197,12 @@ impl Provider {
             (known, unknown)
         };
         let tag_reads = unknown.len();
-        let fetched: Vec<(String, std::result::Result<Vec<String>, KamateraError>)> =
-            futures_util::stream::iter(unknown)
-                .map(|id| async move {
-                    let r = client.server_tags(&id).await;
-                    (id, r)
-                })
-                .buffer_unordered(self.inner.options.max_concurrent_tag_reads.max(1))
-                .collect()
-                .await;
+        let fetched = per_server(
+            unknown,
+            self.inner.options.max_concurrent_tag_reads,
+            |id| async move { client.server_tags(&id).await },
+        )
+        .await;
         let mut live = Vec::new();
         for (id, r) in fetched {
             match r {
@@ -366,17 +363,10 @@ impl Provider {
             .map(|m| m.observed.id.clone())
             .collect();
         let client = &self.inner.client;
-        let answers: Vec<(
-            String,
-            std::result::Result<Option<kamatera::Server>, KamateraError>,
-        )> = futures_util::stream::iter(to_look_up)
-            .map(|id| async move {
-                let r = client.server_info(&id).await;
-                (id, r)
-            })
-            .buffer_unordered(LOOKUPS_PER_RECONCILE)
-            .collect()
-            .await;
+        let answers = per_server(to_look_up, LOOKUPS_PER_RECONCILE, |id| async move {
+            client.server_info(&id).await
+        })
+        .await;
         let mut gone = Vec::new();
         for (id, answer) in answers {
             match answer {
@@ -464,4 +454,20 @@ impl Provider {
             }
         }
     }
+}
+
+/// One request per server id, at most `limit` in flight; each answer with its id.
+async fn per_server<T, F, Fut>(ids: Vec<String>, limit: usize, request: F) -> Vec<(String, T)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    futures_util::stream::iter(ids)
+        .map(|id| {
+            let answer = request(id.clone());
+            async move { (id, answer.await) }
+        })
+        .buffer_unordered(limit.max(1))
+        .collect()
+        .await
 }

@@ -96,20 +96,20 @@ impl Provider {
             }
             actions
         };
-        let powered_on: Vec<&str> = actions
+        let (powered_on, created): (Vec<&Action>, Vec<&Action>) = actions
             .iter()
-            .filter_map(|a| match a {
-                Action::PowerOn { name, .. } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        let created: Vec<&str> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Create { name, .. } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
+            .partition(|a| matches!(a, Action::PowerOn { .. }));
+        let names = |list: Vec<&Action>| -> Vec<String> {
+            list.into_iter()
+                .map(|a| match a {
+                    Action::Create { name, .. }
+                    | Action::PowerOn { name, .. }
+                    | Action::PowerOff { name, .. }
+                    | Action::Terminate { name, .. } => name.clone(),
+                })
+                .collect()
+        };
+        let (powered_on, created) = (names(powered_on), names(created));
         info!(group, delta, power_on = ?powered_on, create = ?created, "scale-up");
         // Spawned before the journal write so that a dropped call (deadline) still runs them.
         for a in actions {

@@ -41,6 +41,17 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
+impl ErrorInfo {
+    /// An error of class `Other` (not out of resources).
+    pub fn other(code: &'static str, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo {
+            class: InstanceErrorClass::Other,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 /// Where the create request of an instance stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CreateStatus {
@@ -344,11 +355,7 @@ pub struct Limits {
 
 /// Error info of a create whose outcome is unknown.
 pub fn uncertain_error(why: &str) -> ErrorInfo {
-    ErrorInfo {
-        class: InstanceErrorClass::Other,
-        code: "CREATE_UNCERTAIN",
-        message: why.to_string(),
-    }
+    ErrorInfo::other("CREATE_UNCERTAIN", why.to_string())
 }
 
 /// A powered-off server with a group's tags that the provider does not track.
@@ -930,19 +937,18 @@ fn command_result(
                     ),
                 }
             } else {
-                ErrorInfo {
-                    class: InstanceErrorClass::Other,
-                    code: if *state == CommandState::Cancelled {
+                ErrorInfo::other(
+                    if *state == CommandState::Cancelled {
                         "CREATE_CANCELLED"
                     } else {
                         "CREATE_FAILED"
                     },
-                    message: format!(
+                    format!(
                         "create command {} ended {}: {detail}",
                         cmd.id,
                         state.as_str()
                     ),
-                }
+                )
             });
         }
         (CommandKind::PowerOn, CommandState::Complete) => {
@@ -954,17 +960,16 @@ fn command_result(
             inst.command = None;
             inst.power_on_failed = true;
             outcomes.power_ons_failed += 1;
-            inst.error = Some(ErrorInfo {
-                class: InstanceErrorClass::Other,
-                code: "POWER_ON_FAILED",
-                message: format!(
+            inst.error = Some(ErrorInfo::other(
+                "POWER_ON_FAILED",
+                format!(
                     "power-on command {} of parked server {} ended {}: {}",
                     cmd.id,
                     inst.name,
                     state.as_str(),
                     first_line(&st.log)
                 ),
-            });
+            ));
         }
         (CommandKind::PowerOff, CommandState::Complete) if inst.parking() => {
             // Parked once the listing shows it off (see `step`).
@@ -998,16 +1003,15 @@ fn command_result(
             // Tried again on the next reconcile (see `step`).
             outcomes.deletes_failed += 1;
             inst.command = None;
-            inst.error = Some(ErrorInfo {
-                class: InstanceErrorClass::Other,
-                code: "TERMINATE_FAILED",
-                message: format!(
+            inst.error = Some(ErrorInfo::other(
+                "TERMINATE_FAILED",
+                format!(
                     "terminate command {} ended {}: {}",
                     cmd.id,
                     state.as_str(),
                     first_line(&st.log)
                 ),
-            });
+            ));
         }
     }
 }
@@ -1037,11 +1041,10 @@ fn step(
             if server.is_none() && inst.seen && inst.command.is_none() && inst.error.is_none() {
                 // Listed once, confirmed gone since (a server that is merely missing from a
                 // listing is presumed), nothing running that explains it.
-                inst.error = Some(ErrorInfo {
-                    class: InstanceErrorClass::Other,
-                    code: "SERVER_GONE",
-                    message: format!("server {} no longer exists", inst.name),
-                });
+                inst.error = Some(ErrorInfo::other(
+                    "SERVER_GONE",
+                    format!("server {} no longer exists", inst.name),
+                ));
             }
             if let Some(s) = server {
                 if inst.create == CreateStatus::Uncertain {
@@ -1070,15 +1073,14 @@ fn step(
                     && now.saturating_duration_since(inst.since) >= limits.uncertain_grace
                 {
                     inst.power_on_failed = true;
-                    inst.error = Some(ErrorInfo {
-                        class: InstanceErrorClass::Other,
-                        code: "POWER_ON_FAILED",
-                        message: format!(
+                    inst.error = Some(ErrorInfo::other(
+                        "POWER_ON_FAILED",
+                        format!(
                             "parked server {} is still powered off {} s after its power-on",
                             inst.name,
                             limits.uncertain_grace.as_secs()
                         ),
-                    });
+                    ));
                 }
             }
         }

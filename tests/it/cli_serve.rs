@@ -135,19 +135,7 @@ async fn a_named_kubeconfig_is_used_or_refused_clearly() {
     );
     drop(serve);
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
-        .args([
-            "serve",
-            "--simulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--kubeconfig",
-            "/nonexistent/kubeconfig",
-        ])
-        .output()
-        .expect("run");
+    let out = common::serve_output(&["--simulate", "--kubeconfig", "/nonexistent/kubeconfig"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

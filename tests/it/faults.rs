@@ -34,8 +34,7 @@ async fn env() -> Env {
         .with_test_writer()
         .try_init();
     let sim = common::start_sim(Timing::fast(), Default::default()).await;
-    let cfg = common::TestConfig::new(&sim.url(), "faults", "f-")
-        .global("default-datacenter = EU")
+    let cfg = common::TestConfig::new(&sim.url(), "faults", "f-", "EU")
         .group(
             GROUP,
             "name-prefix = f-pool
@@ -70,9 +69,7 @@ disk = size=20",
         },
     );
     let (addr, stop) = common::serve(provider, ServeOptions::default()).await;
-    let ca = CloudProviderClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let ca = common::ca::Ca::connect(addr).await.rpc;
     Env {
         sim,
         ca,
@@ -199,26 +196,7 @@ impl Env {
 
     /// The invariants, checked at steady state.
     async fn check_invariants(&mut self, desired: usize, what: &str) {
-        let snapshot = self.sim.snapshot();
-        let servers: Vec<(String, String, Vec<String>)> = snapshot["servers"]
-            .as_array()
-            .expect("servers")
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().unwrap_or_default().to_string(),
-                    s["power"].as_str().unwrap_or_default().to_string(),
-                    s["tags"]
-                        .as_array()
-                        .map(|t| {
-                            t.iter()
-                                .filter_map(|x| x.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
+        let servers = common::sim_servers(&self.sim);
         let names: HashSet<&String> = servers.iter().map(|s| &s.0).collect();
         assert_eq!(
             names.len(),

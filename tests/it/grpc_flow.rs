@@ -26,12 +26,8 @@ struct Env {
 }
 
 fn config_text(api_url: &str) -> String {
-    common::TestConfig::new(api_url, "test", "test-")
-        .global(
-            "default-datacenter = US-NY2
-default-min-size = 0
-default-script-base64 = IyEvYmluL3NoCnRydWUK",
-        )
+    common::TestConfig::new(api_url, "test", "test-", "US-NY2")
+        .global("default-min-size = 0")
         .group(
             "alpha",
             "name-prefix = test-alpha
@@ -108,16 +104,9 @@ impl Env {
     }
 
     fn sim_servers(&self) -> Vec<(String, String)> {
-        self.sim.snapshot()["servers"]
-            .as_array()
-            .expect("servers")
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().unwrap_or_default().to_string(),
-                    s["power"].as_str().unwrap_or_default().to_string(),
-                )
-            })
+        common::sim_servers(&self.sim)
+            .into_iter()
+            .map(|(name, power, _)| (name, power))
             .collect()
     }
 }
@@ -247,14 +236,7 @@ async fn scaling_flow() {
             ..Default::default()
         },
     ] {
-        let g =
-            e.ca.rpc
-                .node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
-                .await
-                .expect("for node")
-                .into_inner()
-                .node_group
-                .expect("group");
+        let g = e.ca.group_for(node).await;
         assert_eq!((g.id.as_str(), g.min_size, g.max_size), ("alpha", 0, 5));
     }
 

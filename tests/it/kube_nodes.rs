@@ -498,11 +498,7 @@ mod controller {
         let sim = common::start_sim(Timing::fast(), Quota::default()).await;
         let fake = FakeKube::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = common::TestConfig::new(&sim.url(), "nc", "nc-")
-            .global(
-                "default-datacenter = EU
-default-script-base64 = IyEvYmluL3NoCnRydWUK",
-            )
+        let cfg = common::TestConfig::new(&sim.url(), "nc", "nc-", "EU")
             .group(
                 "workers",
                 "name-prefix = nc-w

@@ -257,19 +257,7 @@ async fn tls_files_are_all_or_nothing() {
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 
     // The CLI refuses a partial set at startup.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
-        .args([
-            "serve",
-            "--simulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "x.pem",
-        ])
-        .output()
-        .expect("run");
+    let out = common::serve_output(&["--simulate", "--tls-cert", "x.pem"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -28,12 +28,8 @@ const PREFIX: &str = "kamatera://";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config_text(api_url: &str, group_extra: &str, global_extra: &str) -> String {
-    common::TestConfig::new(api_url, "sched", "sc-")
-        .global(&format!(
-            "default-datacenter = US-NY2
-default-script-base64 = IyEvYmluL3NoCnRydWUK
-{global_extra}"
-        ))
+    common::TestConfig::new(api_url, "sched", "sc-", "US-NY2")
+        .global(global_extra)
         .group(
             "dev",
             &format!(
@@ -281,14 +277,7 @@ async fn node_groups_follow_the_schedule_exactly_at_its_boundaries() {
     // NodeGroupForNode reports the sizes in force too.
     let names = e.scale_up(1).await;
     let node = ca::node(&format!("{PREFIX}{}", names[0]), PREFIX);
-    let g =
-        e.ca.rpc
-            .node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
-            .await
-            .expect("for node")
-            .into_inner()
-            .node_group
-            .expect("group");
+    let g = e.ca.group_for(node).await;
     assert_eq!((g.min_size, g.max_size), (2, 3));
 
     let s = e.status().await;
@@ -472,15 +461,6 @@ async fn pricing_is_unimplemented_without_prices() {
     assert_eq!(err.code(), Code::Unimplemented);
 }
 
-async fn fake_kube(dir: &tempfile::TempDir) -> (FakeKube, kamatera_ca_provider::kube::Kube) {
-    let fake = FakeKube::start().await;
-    kamatera_ca_provider::kamatera::install_crypto_provider();
-    let kube = kamatera_ca_provider::kube::Kube::from_kubeconfig_file(&fake.kubeconfig(dir.path()))
-        .await
-        .expect("kube client");
-    (fake, kube)
-}
-
 fn pod(name: &str, node: &str, owner: Option<&str>, blocked: bool) -> FakePod {
     FakePod {
         namespace: "apps".into(),
@@ -526,7 +506,7 @@ const DEV_NIGHTS: &str =
 #[tokio::test]
 async fn hibernation_drains_removes_servers_and_resumes_at_the_window_end() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
+    let (fake, kube) = common::fake_kube::with_client(&dir).await;
     let mut e = env(Setup {
         group_extra: DEV_NIGHTS,
         start: "2026-11-23T19:00",
@@ -620,7 +600,7 @@ async fn hibernation_drains_removes_servers_and_resumes_at_the_window_end() {
 #[tokio::test]
 async fn without_force_undrainable_nodes_are_kept_and_uncordoned() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
+    let (fake, kube) = common::fake_kube::with_client(&dir).await;
     let mut e = env(Setup {
         group_extra: "hibernate = \"cron=0 20 * * *; duration=12h; drain-timeout=1s\"",
         start: "2026-11-23T19:00",

@@ -37,11 +37,8 @@ struct Case {
 }
 
 fn config_text(api_url: &str, case: Case) -> String {
-    let mut cfg = common::TestConfig::new(api_url, "wp", "wp-").global(
-        "default-datacenter = US-NY2
-default-min-size = 0
-default-script-base64 = IyEvYmluL3NoCnRydWUK",
-    );
+    let mut cfg =
+        common::TestConfig::new(api_url, "wp", "wp-", "US-NY2").global("default-min-size = 0");
     for g in &GROUPS[..case.groups] {
         cfg = cfg.group(
             g,
@@ -316,20 +313,11 @@ matrix! {
 const TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 const CANDIDATE: &str = "DeletionCandidateOfClusterAutoscaler";
 
-async fn fake_kube(dir: &tempfile::TempDir) -> (FakeKube, kamatera_ca_provider::kube::Kube) {
-    let fake = FakeKube::start().await;
-    kamatera_ca_provider::kamatera::install_crypto_provider();
-    let kube = kamatera_ca_provider::kube::Kube::from_kubeconfig_file(&fake.kubeconfig(dir.path()))
-        .await
-        .expect("kube client");
-    (fake, kube)
-}
-
 /// One node group (parking with `power`, at most `cap` parked) with Kubernetes access to a fake
 /// cluster; the directory holds its kubeconfig.
 async fn with_kube(power: bool, cap: u32) -> (Env, FakeKube, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (fake, kube) = fake_kube(&dir).await;
+    let (fake, kube) = common::fake_kube::with_client(&dir).await;
     let e = env(
         Case {
             power,

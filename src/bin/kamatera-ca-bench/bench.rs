@@ -160,17 +160,16 @@ fn per_endpoint(sim: &SimHandle) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The kB figure of the line starting with `key` in a /proc file (Linux).
+fn proc_kb(path: &str, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Peak resident set size of a process, from /proc (Linux).
 fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
+    proc_kb(&format!("/proc/{pid}/status"), "VmHWM:")
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -565,15 +564,7 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
+    let mem = proc_kb("/proc/meminfo", "MemTotal")
         .map(|kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0))
         .unwrap_or_else(|| "unknown memory".into());
     format!(

@@ -28,12 +28,11 @@ impl Drop for ServeChild {
     }
 }
 
-/// Starts `<exe> serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 <args>` (without the
-/// Kamatera credential and Kubernetes variables of this environment: only explicit flags reach a
-/// cloud or cluster) and waits up to `wait` for the log line that names its addresses.
-pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChild, String> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(exe)
+/// `<exe> serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 <args>`, logging at info, without
+/// the Kamatera credential and Kubernetes variables of this environment.
+pub fn serve_command(exe: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(exe);
+    command
         .args([
             "serve",
             "--listen",
@@ -46,7 +45,16 @@ pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChi
         .env_remove("KAMATERA_API_CLIENT_ID")
         .env_remove("KAMATERA_API_SECRET")
         .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    command
+}
+
+/// Starts `<exe> serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 <args>` (without the
+/// Kamatera credential and Kubernetes variables of this environment: only explicit flags reach a
+/// cloud or cluster) and waits up to `wait` for the log line that names its addresses.
+pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChild, String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = serve_command(exe, args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

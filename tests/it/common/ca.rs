@@ -15,6 +15,17 @@ pub struct Ca {
 }
 
 impl Ca {
+    /// NodeGroupForNode, which must find a group.
+    pub async fn group_for(&mut self, node: pb::ExternalGrpcNode) -> pb::NodeGroup {
+        self.rpc
+            .node_group_for_node(req(pb::NodeGroupForNodeRequest { node: Some(node) }))
+            .await
+            .expect("for node")
+            .into_inner()
+            .node_group
+            .expect("group")
+    }
+
     pub async fn connect(addr: std::net::SocketAddr) -> Ca {
         Ca {
             rpc: CloudProviderClient::connect(format!("http://{addr}"))

@@ -895,3 +895,13 @@ async fn replace_object(
     g.objects.insert(key, object.clone());
     ok(&object)
 }
+
+/// A fake API server and a client for it (through a kubeconfig written into `dir`).
+pub async fn with_client(dir: &tempfile::TempDir) -> (FakeKube, kamatera_ca_provider::kube::Kube) {
+    let fake = FakeKube::start().await;
+    kamatera_ca_provider::kamatera::install_crypto_provider();
+    let kube = kamatera_ca_provider::kube::Kube::from_kubeconfig_file(&fake.kubeconfig(dir.path()))
+        .await
+        .expect("kube client");
+    (fake, kube)
+}

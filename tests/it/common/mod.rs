@@ -12,6 +12,24 @@ use kamatera_ca_provider::grpc::{self, ServeOptions};
 use kamatera_ca_provider::provider::Provider;
 use kamatera_ca_provider::sim::{self, Quota, SimConfig, SimHandle, Timing};
 
+/// The simulator's servers as (name, power, tags), from its state snapshot.
+pub fn sim_servers(sim: &SimHandle) -> Vec<(String, String, Vec<String>)> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    sim.snapshot()["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| {
+            let tags = s["tags"].as_array().map_or_else(Vec::new, |t| {
+                t.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            });
+            (text(&s["name"]), text(&s["power"]), tags)
+        })
+        .collect()
+}
+
 /// A simulator on an ephemeral loopback port.
 pub async fn start_sim(timing: Timing, quota: Quota) -> SimHandle {
     sim::start(
@@ -51,13 +69,15 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
-    pub fn new(api_url: &str, cluster: &str, filter_prefix: &str) -> TestConfig {
+    /// Servers in `datacenter`, with a one-line init script.
+    pub fn new(api_url: &str, cluster: &str, filter_prefix: &str, datacenter: &str) -> TestConfig {
         TestConfig {
             global: format!(
                 "[global]\nkamatera-api-client-id = {}\nkamatera-api-secret = {}\n\
                  kamatera-api-url = {api_url}\ncluster-name = {cluster}\n\
-                 filter-name-prefix = {filter_prefix}\ndefault-image = ubuntu_server_24.04_64-bit\n\
-                 default-network = name=wan,ip=auto\n",
+                 filter-name-prefix = {filter_prefix}\ndefault-datacenter = {datacenter}\n\
+                 default-image = ubuntu_server_24.04_64-bit\ndefault-network = name=wan,ip=auto\n\
+                 default-script-base64 = IyEvYmluL3NoCnRydWUK\n",
                 sim::DEMO_CLIENT_ID,
                 sim::DEMO_SECRET,
             ),
@@ -153,6 +173,17 @@ pub fn spawn_serve(args: &[&str]) -> ServeProcess {
         Duration::from_secs(30),
     )
     .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `kamatera-ca-provider serve` on ephemeral ports with `args` to its end: for flags it
+/// must refuse at startup.
+pub fn serve_output(args: &[&str]) -> std::process::Output {
+    child::serve_command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_kamatera-ca-provider")),
+        args,
+    )
+    .output()
+    .expect("run serve")
 }
 
 /// Runs `make()`'s future on a multi-threaded runtime of its own, in a thread of its own. When
