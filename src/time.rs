@@ -1,46 +1,32 @@
-//! UTC timestamp formatting without a calendar dependency.
+//! UTC timestamps in the two formats the provider writes, through `jiff`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-/// (year, month, day, hour, minute, second) of seconds since the Unix epoch, in UTC.
-fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, rem / 3600, (rem / 60) % 60, rem % 60)
-}
+use jiff::Timestamp;
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// `secs` since the Unix epoch, in `format` (UTC); the epoch itself when out of range.
+fn utc(secs: i64, format: &str) -> String {
+    Timestamp::from_second(secs)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .strftime(format)
+        .to_string()
 }
 
 /// `YYYY-MM-DD HH:MM:SS`, the Kamatera queue's format.
 pub fn queue_timestamp(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s) = civil(unix(t));
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    let secs = Timestamp::try_from(t).map_or(0, |t| t.as_second());
+    utc(secs, "%Y-%m-%d %H:%M:%S")
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, as Kubernetes writes times.
 pub fn rfc3339(secs: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    utc(secs, "%Y-%m-%dT%H:%M:%SZ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn formats() {

@@ -388,7 +388,7 @@ pub(super) fn resolve_group(
         .map(|(_, v)| v.as_slice())
         .unwrap_or_default()
     {
-        match super::windows::parse_schedule(text, (min_size, max_size)) {
+        match super::entries::parse_schedule(text, (min_size, max_size)) {
             Ok(e) => schedules.push(e),
             Err(e) => problems.add(Some(*line), &label, Some("schedule"), e),
         }
@@ -399,7 +399,7 @@ pub(super) fn resolve_group(
         .map(|(_, v)| v.as_slice())
         .unwrap_or_default()
     {
-        match super::windows::parse_hibernate(text) {
+        match super::entries::parse_hibernate(text) {
             Ok(e) => hibernate.push(e),
             Err(e) => problems.add(Some(*line), &label, Some("hibernate"), e),
         }

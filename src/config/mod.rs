@@ -7,6 +7,7 @@
 //! names that no create request could carry) is reported here, all problems at once, each with
 //! its file, line, section and key.
 
+mod entries;
 mod gcfg;
 mod group;
 mod keys;
@@ -15,16 +16,15 @@ mod read;
 mod resolve;
 mod summary;
 mod values;
-mod windows;
 
 use std::fmt;
 use std::path::Path;
 
 pub use crate::secret::Secret;
+pub use entries::DEFAULT_DRAIN_TIMEOUT;
 pub use labels::{GROUP_LABEL, INSTANCE_TYPE_LABEL, KUBELET_LABELS, REGION_LABEL, kubelet_may_set};
 pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
 pub use summary::{render as render_summary, warnings as label_warnings};
-pub use windows::DEFAULT_DRAIN_TIMEOUT;
 
 /// Environment variable that overrides `kamatera-api-client-id`.
 pub const ENV_CLIENT_ID: &str = "KAMATERA_API_CLIENT_ID";

@@ -152,7 +152,7 @@ impl Provider {
         let config = &self.inner.config;
         let group_of = |g: &str| -> Option<(&NodeGroupConfig, u32)> {
             let cfg = config.node_group(g)?;
-            let max = super::windows::in_force(cfg, &config.timezone, now, &manual(g)).max_size;
+            let max = super::in_force::in_force(cfg, &config.timezone, now, &manual(g)).max_size;
             Some((cfg, max))
         };
         let Err(refusal) = check(st, action, &group_of) else {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::in_force::{Manual, open_hibernate_end};
 use super::state::{GroupHibernation, HibernationPhase, Phase};
-use super::windows::{Manual, open_hibernate_end};
 use super::{NodeRef, Provider, Result};
 use crate::config::DEFAULT_DRAIN_TIMEOUT;
 use crate::kube::{Eviction, Kube};

@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::in_force::Manual;
 use super::state::{
     Action, CommandKind, CreateStatus, GroupHibernation, HibernationPhase, Instance, Leaving, Life,
     Pending, Phase, State,
 };
-use super::windows::Manual;
 
 const VERSION: u32 = 1;
 

@@ -15,6 +15,7 @@ mod actions;
 mod gauges;
 mod guard;
 mod hibernate;
+mod in_force;
 mod journal;
 mod leader;
 mod nodes;
@@ -25,7 +26,6 @@ mod scaling;
 mod state;
 mod store;
 mod template;
-mod windows;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,11 +38,11 @@ use crate::config::{CloudConfig, NodeGroupConfig};
 use crate::kamatera::{self, Client, CommandStatus, CreateServer, KamateraError};
 
 pub use hibernate::HibernationStatus;
+pub use in_force::{InForce, Manual};
 pub use state::{
     CreateStatus, ErrorInfo, GroupHibernation, HibernationPhase, InstanceErrorClass, Phase,
 };
 pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
-pub use windows::{InForce, Manual};
 // Part of the provider's answers (GetOptions), so its callers need not reach into `config`.
 pub use crate::config::OptionOverrides;
 

@@ -34,7 +34,7 @@ impl Provider {
             if g.schedules.is_empty() && g.hibernate.is_empty() && manual.is_none() {
                 (g.min_size, g.max_size)
             } else {
-                let f = windows::in_force(
+                let f = in_force::in_force(
                     g,
                     &self.inner.config.timezone,
                     now,
@@ -134,7 +134,7 @@ impl Provider {
             .hibernation(&g.name)
             .map(|h| h.manual.clone())
             .unwrap_or_default();
-        windows::in_force(
+        in_force::in_force(
             g,
             &self.inner.config.timezone,
             self.inner.options.clock.now(),

@@ -284,7 +284,7 @@ pub enum HibernationPhase {
 /// A node group's hibernation: manual controls and the phase reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupHibernation {
-    pub manual: super::windows::Manual,
+    pub manual: super::in_force::Manual,
     pub phase: HibernationPhase,
     /// Nodes that could not be drained in time (without `force`): kept running, uncordoned.
     pub kept: Vec<String>,
