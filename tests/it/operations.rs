@@ -236,6 +236,52 @@ async fn mutual_tls_accepts_known_clients_only_and_picks_up_rotation() {
     );
 }
 
+/// The watcher re-reads rotated files on its period, not before, and keeps a broken set out: on
+/// a paused clock, so the test waits for no period.
+#[tokio::test(start_paused = true)]
+async fn the_tls_watcher_picks_up_rotation_on_its_period() {
+    let pki = Pki::new();
+    let server_ca = pki.ca("servers");
+    pki.ca("clients");
+    pki.leaf("server", &["localhost"], true, &server_ca);
+    let tls = ReloadingTls::load(pki.server_files()).expect("load TLS");
+    let period = Duration::from_secs(30);
+    let watcher = tls.spawn_watcher(period);
+    // Lets the watcher run whatever is due at the current (paused) instant.
+    let settle = || async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    };
+    settle().await; // the first tick, at once: nothing changed
+    let first = tls.current();
+
+    // A longer certificate: the files' stamps differ even within the same second.
+    pki.leaf(
+        "server",
+        &["localhost", "provider.example.com", "127.0.0.1"],
+        true,
+        &pki.ca("servers2"),
+    );
+    tokio::time::advance(period - Duration::from_secs(1)).await;
+    settle().await;
+    assert!(Arc::ptr_eq(&first, &tls.current()), "not before its period");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    let rotated = tls.current();
+    assert!(!Arc::ptr_eq(&first, &rotated), "re-read on its period");
+
+    // A broken key: reported, and the working configuration kept through later periods.
+    std::fs::write(pki.path("server-key.pem"), "not a key").expect("break key");
+    tokio::time::advance(period * 3).await;
+    settle().await;
+    assert!(
+        Arc::ptr_eq(&rotated, &tls.current()),
+        "the broken set is kept out"
+    );
+    watcher.abort();
+}
+
 #[tokio::test]
 async fn tls_files_are_all_or_nothing() {
     assert_eq!(TlsFiles::from_flags(None, None, None).expect("none"), None);
