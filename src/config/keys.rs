@@ -128,8 +128,9 @@ mod tests {
     /// The operator reference documents every key (and so a new key cannot land undocumented).
     #[test]
     fn the_reference_documents_every_key() {
-        let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
-            .expect("docs/config.md");
+        let reference =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
+                .expect("docs/config.md");
         for k in KEYS {
             for name in [k.group, k.global].into_iter().flatten() {
                 assert!(

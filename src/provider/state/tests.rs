@@ -1,6 +1,7 @@
 //! Tests of the state machine (beside `state.rs`).
 
 use super::*;
+use crate::kamatera::CommandState;
 
 /// Limits for the state-machine tests: watch and grace in seconds, the rest fixed (unreported
 /// commands given up after 60 s, one missed listing is proof).
