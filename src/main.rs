@@ -61,11 +61,14 @@ enum Command {
     /// Exit status: 0 when the config is valid, 2 when it has problems (all are printed).
     Check {
         /// The Kamatera INI cloud config (same format as the in-tree provider).
-        #[arg(long, value_name = "FILE")]
-        cloud_config: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "keys")]
+        cloud_config: Option<PathBuf>,
         /// Also check the credentials, datacenters and images against the Kamatera API.
         #[arg(long)]
         online: bool,
+        /// Print every key the cloud config takes (Markdown table) and exit.
+        #[arg(long, conflicts_with_all = ["cloud_config", "online"])]
+        keys: bool,
     },
     /// Serve the externalgrpc CloudProvider API to the cluster-autoscaler.
     Serve(Settings),
@@ -78,14 +81,23 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check { keys: true, .. }
+        | Command::Check {
+            cloud_config: None, ..
+        } => {
+            out_part!("{}", config::key_reference());
+            ExitCode::SUCCESS
+        }
         Command::Check {
-            cloud_config,
+            cloud_config: Some(path),
             online: false,
-        } => check(&cloud_config),
+            ..
+        } => check(&path),
         Command::Check {
-            cloud_config,
+            cloud_config: Some(path),
             online: true,
-        } => run(cli.log_format, check_online(cloud_config)),
+            ..
+        } => run(cli.log_format, check_online(path)),
         Command::Serve(args) => run(cli.log_format, serve(args)),
         Command::Simulator(args) => run(cli.log_format, simulator(args)),
         Command::Client(args) => run(cli.log_format, client(args)),

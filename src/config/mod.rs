@@ -22,6 +22,7 @@ use std::path::Path;
 
 pub use crate::secret::Secret;
 pub use entries::DEFAULT_DRAIN_TIMEOUT;
+pub use keys::reference as key_reference;
 pub use labels::{GROUP_LABEL, INSTANCE_TYPE_LABEL, KUBELET_LABELS, REGION_LABEL, kubelet_may_set};
 pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
 pub use summary::{render as render_summary, warnings as label_warnings};

@@ -245,3 +245,40 @@ fn says_where_each_label_comes_from_and_warns_about_taints() {
         "web has none:\n{stdout}"
     );
 }
+
+/// `check --keys` prints the key reference (the same table docs/config.md holds), and needs no
+/// config; without either, `check` asks for the config.
+#[test]
+fn check_keys_prints_every_key_without_a_config() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .args(["check", "--keys"])
+        .output()
+        .expect("run check --keys");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("| node-group key | `[global]` key | default | meaning |"),
+        "{text}"
+    );
+    for key in [
+        "`cluster-name`",
+        "`default-min-size`",
+        "`hibernate`",
+        "`price-per-hour`",
+    ] {
+        assert!(text.contains(key), "{key} missing:\n{text}");
+    }
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
+        .expect("docs/config.md");
+    assert!(
+        docs.contains(text.as_ref()),
+        "docs/config.md is not the printed table"
+    );
+
+    let bare = Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+        .arg("check")
+        .output()
+        .expect("run check");
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("--cloud-config <FILE>"));
+}
