@@ -680,26 +680,32 @@ fn run_cli(args: Vec<String>) -> std::process::Output {
         .expect("run")
 }
 
+/// `kamatera-ca-provider client --address ADDR <args>`: exit code, standard output and error.
+fn client_at(
+    addr: SocketAddr,
+    args: &[&str],
+) -> impl std::future::Future<Output = (Option<i32>, String, String)> + use<> {
+    let mut all = vec!["client".to_string(), "--address".into(), addr.to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    async move {
+        let out = tokio::task::spawn_blocking(move || run_cli(all))
+            .await
+            .expect("join");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_command_against_a_served_simulator() {
     let sim = start_sim().await;
     let provider = provider_for(&sim, Arc::new(Metrics::new()));
     provider.reconcile().await.expect("reconcile");
     let (addr, _stop) = common::serve(provider, ServeOptions::default()).await;
-    let cli = move |args: &[&str]| {
-        let mut all = vec!["client".to_string(), "--address".into(), addr.to_string()];
-        all.extend(args.iter().map(|s| s.to_string()));
-        async move {
-            let out = tokio::task::spawn_blocking(move || run_cli(all))
-                .await
-                .expect("join");
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).to_string(),
-                String::from_utf8_lossy(&out.stderr).to_string(),
-            )
-        }
-    };
+    let cli = |args: &[&str]| client_at(addr, args);
     let (code, out, _) = cli(&["groups"]).await;
     assert_eq!(code, Some(0));
     assert!(
@@ -742,21 +748,7 @@ async fn client_reads_show_counts_and_print_json_and_errors_read_code_then_messa
     let provider = provider_for(&sim, Arc::new(Metrics::new()));
     provider.reconcile().await.expect("reconcile");
     let (addr, _stop) = common::serve(provider, ServeOptions::default()).await;
-    let address = addr.to_string();
-    let cli = move |args: &[&str]| {
-        let mut all = vec!["client".to_string(), "--address".into(), address.clone()];
-        all.extend(args.iter().map(|s| s.to_string()));
-        async move {
-            let out = tokio::task::spawn_blocking(move || run_cli(all))
-                .await
-                .expect("join");
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).to_string(),
-                String::from_utf8_lossy(&out.stderr).to_string(),
-            )
-        }
-    };
+    let cli = |args: &[&str]| client_at(addr, args);
     let (code, out, err) = cli(&["increase", "web", "2"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), "asked node group web for 2 more node(s)");
