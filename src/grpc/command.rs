@@ -92,96 +92,101 @@ pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
     let tls = tls.as_ref();
     let address = args.address.as_str();
     let view = match args.call {
-        ClientCall::Hibernate { group, force } => {
+        call @ (ClientCall::Hibernate { .. } | ClientCall::Resume { .. } | ClientCall::Status) => {
             let mut admin = client::connect_admin(address, tls).await?;
-            let s = admin
-                .hibernate(apb::HibernateRequest { group, force })
-                .await?
-                .into_inner();
-            View::Status(vec![s])
-        }
-        ClientCall::Resume { group } => {
-            let mut admin = client::connect_admin(address, tls).await?;
-            let s = admin
-                .resume(apb::GroupRequest { group })
-                .await?
-                .into_inner();
-            View::Status(vec![s])
-        }
-        ClientCall::Status => {
-            let mut admin = client::connect_admin(address, tls).await?;
-            View::Status(
-                admin
-                    .status(apb::StatusRequest {})
-                    .await?
-                    .into_inner()
-                    .groups,
-            )
+            match call {
+                ClientCall::Hibernate { group, force } => {
+                    let s = admin
+                        .hibernate(apb::HibernateRequest { group, force })
+                        .await?
+                        .into_inner();
+                    View::Status(vec![s])
+                }
+                ClientCall::Resume { group } => {
+                    let s = admin
+                        .resume(apb::GroupRequest { group })
+                        .await?
+                        .into_inner();
+                    View::Status(vec![s])
+                }
+                ClientCall::Status => View::Status(
+                    admin
+                        .status(apb::StatusRequest {})
+                        .await?
+                        .into_inner()
+                        .groups,
+                ),
+                _ => unreachable!("admin calls only"),
+            }
         }
         ClientCall::Groups => View::Groups(groups(address, tls).await?),
-        ClientCall::Nodes { group } => {
+        call => {
             let mut ca = client::connect(address, tls).await?;
-            let r = ca
-                .node_group_nodes(pb::NodeGroupNodesRequest { id: group })
-                .await?
-                .into_inner();
-            View::Instances(r.instances)
-        }
-        ClientCall::Target { group } => {
-            let mut ca = client::connect(address, tls).await?;
-            let r = ca
-                .node_group_target_size(pb::NodeGroupTargetSizeRequest { id: group.clone() })
-                .await?
-                .into_inner();
-            View::Target(group, r.target_size)
-        }
-        ClientCall::Increase { group, delta } => {
-            let mut ca = client::connect(address, tls).await?;
-            ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
-                // Bounded to i32::MAX by the argument's parser.
-                delta: i32::try_from(delta).unwrap_or(i32::MAX),
-                id: group.clone(),
-            })
-            .await?;
-            return Ok(format!(
-                "asked node group {group} for {delta} more node(s)\n"
-            ));
-        }
-        ClientCall::Delete { group, nodes } => {
-            let mut ca = client::connect(address, tls).await?;
-            let n = nodes.len();
-            ca.node_group_delete_nodes(pb::NodeGroupDeleteNodesRequest {
-                nodes: nodes.iter().map(|s| node_arg(s)).collect(),
-                id: group.clone(),
-            })
-            .await?;
-            return Ok(format!("deleting {n} node(s) of node group {group}\n"));
-        }
-        ClientCall::Template { group } => {
-            let mut ca = client::connect(address, tls).await?;
-            let r = ca
-                .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: group })
-                .await?
-                .into_inner();
-            let bytes = if r.node_bytes.is_empty() {
-                r.legacy_node_info
-            } else {
-                r.node_bytes
-            };
-            let node = crate::proto::k8s::Node::decode(bytes.as_slice())
-                .map_err(|e| ClientError::Decode(format!("the template node: {e}")))?;
-            View::Template(client::node_json(&node))
-        }
-        ClientCall::Options { group } => {
-            let mut ca = client::connect(address, tls).await?;
-            let r = ca
-                .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
-                    id: group.clone(),
-                    defaults: None,
-                })
-                .await?
-                .into_inner();
-            View::Options(group, r.node_group_autoscaling_options)
+            match call {
+                ClientCall::Nodes { group } => {
+                    let r = ca
+                        .node_group_nodes(pb::NodeGroupNodesRequest { id: group })
+                        .await?
+                        .into_inner();
+                    View::Instances(r.instances)
+                }
+                ClientCall::Target { group } => {
+                    let r = ca
+                        .node_group_target_size(pb::NodeGroupTargetSizeRequest {
+                            id: group.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    View::Target(group, r.target_size)
+                }
+                ClientCall::Increase { group, delta } => {
+                    ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+                        // Bounded to i32::MAX by the argument's parser.
+                        delta: i32::try_from(delta).unwrap_or(i32::MAX),
+                        id: group.clone(),
+                    })
+                    .await?;
+                    return Ok(format!(
+                        "asked node group {group} for {delta} more node(s)\n"
+                    ));
+                }
+                ClientCall::Delete { group, nodes } => {
+                    let n = nodes.len();
+                    ca.node_group_delete_nodes(pb::NodeGroupDeleteNodesRequest {
+                        nodes: nodes.iter().map(|s| node_arg(s)).collect(),
+                        id: group.clone(),
+                    })
+                    .await?;
+                    return Ok(format!("deleting {n} node(s) of node group {group}\n"));
+                }
+                ClientCall::Template { group } => {
+                    let r = ca
+                        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest {
+                            id: group,
+                        })
+                        .await?
+                        .into_inner();
+                    let bytes = if r.node_bytes.is_empty() {
+                        r.legacy_node_info
+                    } else {
+                        r.node_bytes
+                    };
+                    let node = crate::proto::k8s::Node::decode(bytes.as_slice())
+                        .map_err(|e| ClientError::Decode(format!("the template node: {e}")))?;
+                    View::Template(client::node_json(&node))
+                }
+                ClientCall::Options { group } => {
+                    let r = ca
+                        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+                            id: group.clone(),
+                            defaults: None,
+                        })
+                        .await?
+                        .into_inner();
+                    View::Options(group, r.node_group_autoscaling_options)
+                }
+                _ => unreachable!("provider calls only"),
+            }
         }
     };
     Ok(view.render(output))
@@ -381,8 +386,13 @@ impl View {
     }
 }
 
+/// The width of a left column: its longest value or its header.
+fn column<'a>(values: impl Iterator<Item = &'a str>, header: &str) -> usize {
+    values.map(str::len).max().unwrap_or(0).max(header.len())
+}
+
 fn groups_table(rows: &[GroupRow]) -> String {
-    let width = rows.iter().map(|g| g.group.len()).max().unwrap_or(5).max(5);
+    let width = column(rows.iter().map(|r| r.group.as_str()), "GROUP");
     let mut out = format!(
         "{:<width$}  {:>4}  {:>4}  {:>6}  {:>8}  {:>7}  {:>8}  {:>6}\n",
         "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED"
@@ -397,12 +407,7 @@ fn groups_table(rows: &[GroupRow]) -> String {
 }
 
 fn instances_table(instances: &[pb::Instance]) -> String {
-    let width = instances
-        .iter()
-        .map(|i| i.id.len())
-        .max()
-        .unwrap_or(8)
-        .max(8);
+    let width = column(instances.iter().map(|i| i.id.as_str()), "INSTANCE");
     let mut out = format!("{:<width$}  {:<9}  ERROR\n", "INSTANCE", "STATE");
     for i in instances {
         let error = match i.status.as_ref().and_then(|s| s.error_info.as_ref()) {
@@ -456,12 +461,7 @@ fn options_table(o: &pb::NodeGroupAutoscalingOptions) -> String {
 
 /// `GROUP  PHASE  MIN  MAX  PARKED  NEXT CHANGE  WINDOW` lines, then kept nodes.
 fn status_table(groups: &[apb::GroupStatus]) -> String {
-    let width = groups
-        .iter()
-        .map(|g| g.group.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
+    let width = column(groups.iter().map(|g| g.group.as_str()), "GROUP");
     let dash = |s: &str| {
         if s.is_empty() {
             "-".to_string()
