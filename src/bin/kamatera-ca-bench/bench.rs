@@ -582,9 +582,10 @@ pub fn render(results: &[ScaleResult], opts: &BenchOptions, command: &str) -> St
         out,
         "Figures from `{command}` (release build), written by the command itself.\n\n\
          - Machine: {}\n- Version: {}\n- Read RPCs: {} calls each, {} in flight, real tonic client over loopback.\n\
-         - The provider runs as its own process (`serve`) against the simulator, which is seeded with\n  \
-         tagged, running servers; the simulator and the load generator share the machine with it, so\n  \
-         latencies include their CPU contention.\n",
+         - The provider runs as its own process (the benchmark's `serve`, which builds and runs it as\n  \
+         `kamatera-ca-provider serve` does) against the simulator, which is seeded with tagged, running\n  \
+         servers; the simulator and the load generator share the machine with it, so latencies include\n  \
+         their CPU contention.\n",
         machine(),
         env!("CARGO_PKG_VERSION"),
         opts.calls,
