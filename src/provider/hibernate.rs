@@ -347,35 +347,44 @@ impl Provider {
         force: bool,
     ) -> Drained {
         let mut out = Drained::default();
-        let mut to_drain = Vec::with_capacity(nodes.len());
-        for n in nodes {
-            match kube.cordon(&self.tie(n), true).await {
-                Ok(crate::kube::Cordoned::NotTied(why)) => {
-                    // Not this server's Node: neither cordoned nor emptied; the server goes
-                    // the way of any scale-down.
-                    warn!(node = %n, %why, "not draining a Node that is not the server's");
-                    out.drained.push(n.clone());
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => warn!(node = %n, error = %e, "cannot cordon the node"),
-            }
-            to_drain.push(n.clone());
-            self.node_event(
-                n,
-                false,
-                "Hibernating",
-                format!("node group {group} hibernates: node cordoned, pods being evicted"),
-            );
-        }
+        // A Node's pods are evicted only once its cordon established that it is the server's
+        // Node; a Node whose cordon failed is tried again each round.
+        let mut uncordoned: Vec<String> = nodes.to_vec();
+        let mut pending: Vec<String> = Vec::new();
         // One event per blocked pod and drain, not one per retry.
         let mut reported = BTreeSet::new();
-        let mut pending: Vec<String> = to_drain;
         loop {
             if !self.wants_hibernation(group) {
                 out.cancelled = true;
                 return out;
             }
+            let mut failed = Vec::new();
+            for n in uncordoned {
+                match kube.cordon(&self.tie(&n), true).await {
+                    Ok(crate::kube::Cordoned::NotTied(why)) => {
+                        // Not this server's Node: neither cordoned nor emptied; the server goes
+                        // the way of any scale-down.
+                        warn!(node = %n, %why, "not draining a Node that is not the server's");
+                        out.drained.push(n);
+                    }
+                    Ok(_) => {
+                        self.node_event(
+                            &n,
+                            false,
+                            "Hibernating",
+                            format!(
+                                "node group {group} hibernates: node cordoned, pods being evicted"
+                            ),
+                        );
+                        pending.push(n);
+                    }
+                    Err(e) => {
+                        warn!(node = %n, error = %e, "cannot cordon the node; its pods are left alone until it works");
+                        failed.push(n);
+                    }
+                }
+            }
+            uncordoned = failed;
             let mut still = Vec::new();
             let mut left = Vec::new();
             for n in &pending {
@@ -412,10 +421,15 @@ impl Provider {
                 }
             }
             pending = still;
-            if pending.is_empty() {
+            if pending.is_empty() && uncordoned.is_empty() {
                 return out;
             }
             if Instant::now() >= deadline {
+                for n in std::mem::take(&mut uncordoned) {
+                    // Never known to be the server's Node: kept, whatever `force` says.
+                    warn!(node = %n, "drain timed out before the node could be cordoned: the node keeps running");
+                    out.kept.push(n);
+                }
                 if force {
                     for (n, pods) in left {
                         for p in pods {

@@ -628,6 +628,51 @@ async fn without_force_undrainable_nodes_are_kept_and_uncordoned() {
     .await;
 }
 
+/// A Node whose cordon keeps failing was never shown to be the server's Node: its pods are left
+/// alone (no eviction, no delete, even with force) and its server is kept.
+#[tokio::test]
+async fn a_node_that_cannot_be_cordoned_is_neither_emptied_nor_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, kube) = common::fake_kube::with_client(&dir).await;
+    let kube = kube.with_retry(kamatera_ca_provider::kube::ConflictRetry {
+        attempts: 2,
+        delay: Duration::from_millis(10),
+    });
+    let mut e = env(Setup {
+        group_extra: DEV_NIGHTS,
+        start: "2026-11-23T19:00",
+        kube: Some(kube),
+        ..Setup::default()
+    })
+    .await;
+    let names = e.scale_up(1).await;
+    register(&fake, &names);
+    // Every Node write conflicts: the cordon never gets through.
+    fake.conflict_next(u32::MAX);
+    e.at("2026-11-23T20:00");
+    let node = names[0].clone();
+    e.until("the drain ended", |e| {
+        e.provider
+            .hibernation_status("dev")
+            .is_ok_and(|s| s.phase == "hibernating")
+    })
+    .await;
+    assert_eq!(
+        e.status().await.kept,
+        vec![node.clone()],
+        "the node is kept"
+    );
+    let calls = fake.calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("/eviction") || c.starts_with("DELETE /api/v1/namespaces")),
+        "pods were touched: {calls:?}"
+    );
+    assert!(fake.pods().contains(&"apps/web-0".to_string()));
+    assert_eq!(e.servers(), vec![(node, true)], "the server runs on");
+}
+
 #[tokio::test]
 async fn manual_hibernate_and_resume_through_the_admin_service() {
     // No Kubernetes access and force: servers removed without a drain.
