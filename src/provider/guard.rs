@@ -4,10 +4,13 @@
 //!
 //! - Power-on, power-off and terminate name a server id; the server must have been last listed
 //!   carrying every tag of the instance's node group (the cluster tag and the group tag).
-//! - A create must carry a name of the provider's own pattern (`<name-prefix>-<11 hex>`: no
-//!   regular-expression metacharacters, which the API would interpret), and must not take the
-//!   group past its max-size (the schedule in force included), counting every server the cloud
-//!   has shown with the group's tags (tracked, presumed, parked) and every create in flight.
+//!   The action must be about its instance: the server id is the one the instance tracks.
+//! - A create must be for a queued instance of that node group that has no server yet (so no
+//!   create is ever sent twice), carry a name of the provider's own pattern
+//!   (`<name-prefix>-<11 hex>`: no regular-expression metacharacters, which the API would
+//!   interpret), and must not take the group past its max-size (the schedule in force included),
+//!   counting every server the cloud has shown with the group's tags (tracked, presumed, parked)
+//!   and every create in flight.
 
 use tracing::warn;
 
@@ -26,6 +29,9 @@ pub enum Refusal {
     OverMax { existing: usize, max: u32 },
     /// The instance or its node group is unknown.
     Unknown(String),
+    /// The action does not fit its instance (another server, another group, a create already
+    /// sent): the action is wrong, not the instance, which is left as it is.
+    Mismatch(String),
 }
 
 impl Refusal {
@@ -36,6 +42,7 @@ impl Refusal {
             Refusal::BadName(_) => "bad_name",
             Refusal::OverMax { .. } => "over_max_size",
             Refusal::Unknown(_) => "unknown",
+            Refusal::Mismatch(_) => "mismatch",
         }
     }
 }
@@ -55,7 +62,7 @@ impl std::fmt::Display for Refusal {
                 f,
                 "the node group already has {existing} servers (counting unlisted, parked and in-flight ones) and max-size is {max}"
             ),
-            Refusal::Unknown(what) => f.write_str(what),
+            Refusal::Unknown(what) | Refusal::Mismatch(what) => f.write_str(what),
         }
     }
 }
@@ -81,6 +88,21 @@ pub fn check<'c>(
         Action::Create { name, group } => {
             let (cfg, max) =
                 group_of(group).ok_or_else(|| Refusal::Unknown(format!("node group {group}")))?;
+            let inst = st
+                .instance(name)
+                .ok_or_else(|| Refusal::Unknown(format!("instance {name}")))?;
+            if inst.group != *group {
+                return Err(Refusal::Mismatch(format!(
+                    "a create for node group {group} names an instance of node group {}",
+                    inst.group
+                )));
+            }
+            if inst.create != CreateStatus::Queued || inst.server_id.is_some() {
+                return Err(Refusal::Mismatch(format!(
+                    "the create of {name} is not waiting to be sent ({:?})",
+                    inst.create
+                )));
+            }
             if !crate::kamatera::is_server_name(&cfg.server.name_prefix, name) {
                 return Err(Refusal::BadName(name.clone()));
             }
@@ -96,6 +118,11 @@ pub fn check<'c>(
             let inst = st
                 .instance(name)
                 .ok_or_else(|| Refusal::Unknown(format!("instance {name}")))?;
+            if inst.server_id.as_deref() != Some(server_id.as_str()) {
+                return Err(Refusal::Mismatch(format!(
+                    "server {server_id} is not the server of instance {name}"
+                )));
+            }
             let (cfg, _) = group_of(&inst.group)
                 .ok_or_else(|| Refusal::Unknown(format!("node group {}", inst.group)))?;
             let tags = st.tags(server_id);
@@ -177,11 +204,147 @@ impl Provider {
                     });
                 });
             }
+            (Refusal::Mismatch(_), _) | (_, false) => {}
             (_, true) => {
                 st.remove(&name);
             }
-            (_, false) => {}
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::{CloudConfig, EXAMPLE_CONFIG};
+    use crate::provider::state::Instance;
+
+    fn config() -> CloudConfig {
+        CloudConfig::parse("example.ini", EXAMPLE_CONFIG, &|_| None).expect("example config")
+    }
+
+    fn decide(st: &State, cfg: &CloudConfig, action: &Action) -> Result<(), Refusal> {
+        check(st, action, &|g| cfg.node_group(g).map(|c| (c, c.max_size)))
+    }
+
+    /// A server of node group `general` the provider tracks, listed with the group's tags.
+    fn tracked(st: &mut State, cfg: &CloudConfig, name: &str, id: &str) {
+        let mut i = Instance::creating(name.into(), "general".into(), Instant::now());
+        i.create = CreateStatus::Adopted;
+        i.server_id = Some(id.into());
+        st.insert(name.into(), i);
+        let tags = cfg
+            .node_group("general")
+            .expect("general")
+            .server
+            .tags
+            .clone();
+        st.record_tags(id, tags, true);
+    }
+
+    #[test]
+    fn a_power_or_terminate_names_its_own_instances_server() {
+        let cfg = config();
+        let mut st = State::default();
+        tracked(&mut st, &cfg, "a", "id-a");
+        tracked(&mut st, &cfg, "b", "id-b");
+        let terminate = |name: &str, id: &str| Action::Terminate {
+            name: name.into(),
+            server_id: id.into(),
+        };
+        assert_eq!(decide(&st, &cfg, &terminate("a", "id-a")), Ok(()));
+        // Another server of the same group, carrying the same tags: still not a's.
+        assert!(matches!(
+            decide(&st, &cfg, &terminate("a", "id-b")),
+            Err(Refusal::Mismatch(_))
+        ));
+        let power_off = Action::PowerOff {
+            name: "a".into(),
+            server_id: "id-elsewhere".into(),
+        };
+        assert!(matches!(
+            decide(&st, &cfg, &power_off),
+            Err(Refusal::Mismatch(_))
+        ));
+        // Its own server, but not listed with the group's tags.
+        let mut untagged = Instance::creating("c".into(), "general".into(), Instant::now());
+        untagged.server_id = Some("id-c".into());
+        st.insert("c".into(), untagged);
+        assert!(matches!(
+            decide(&st, &cfg, &terminate("c", "id-c")),
+            Err(Refusal::NotTheGroups { .. })
+        ));
+        assert!(matches!(
+            decide(&st, &cfg, &terminate("nobody", "id-a")),
+            Err(Refusal::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn a_create_goes_out_once_for_a_queued_instance_of_its_group() {
+        let cfg = config();
+        let prefix = cfg
+            .node_group("general")
+            .expect("general")
+            .server
+            .name_prefix
+            .clone();
+        let name = crate::kamatera::new_server_name(&prefix);
+        let mut st = State::default();
+        st.insert(
+            name.clone(),
+            Instance::creating(name.clone(), "general".into(), Instant::now()),
+        );
+        let create = |group: &str| Action::Create {
+            name: name.clone(),
+            group: group.into(),
+        };
+        assert_eq!(decide(&st, &cfg, &create("general")), Ok(()));
+        // Filed under another group: its max-size and name pattern would be the wrong ones.
+        assert!(matches!(
+            decide(&st, &cfg, &create("highmem")),
+            Err(Refusal::Mismatch(_))
+        ));
+        // Already on the wire, accepted, or with a server: never sent again.
+        for status in [
+            CreateStatus::Sent,
+            CreateStatus::Accepted,
+            CreateStatus::Uncertain,
+        ] {
+            st.edit(&name, |i| i.create = status);
+            assert!(
+                matches!(
+                    decide(&st, &cfg, &create("general")),
+                    Err(Refusal::Mismatch(_))
+                ),
+                "{status:?}"
+            );
+        }
+        st.edit(&name, |i| {
+            i.create = CreateStatus::Queued;
+            i.server_id = Some("id-x".into());
+        });
+        assert!(matches!(
+            decide(&st, &cfg, &create("general")),
+            Err(Refusal::Mismatch(_))
+        ));
+        // A name the provider does not make (the API would read it as a pattern).
+        st.insert(
+            ".*".into(),
+            Instance::creating(".*".into(), "general".into(), Instant::now()),
+        );
+        assert!(matches!(
+            decide(
+                &st,
+                &cfg,
+                &Action::Create {
+                    name: ".*".into(),
+                    group: "general".into()
+                }
+            ),
+            Err(Refusal::BadName(_))
+        ));
     }
 }
