@@ -438,6 +438,20 @@ pub fn restore_text(
                 continue;
             }
         };
+        let kind = match e.command_kind.as_deref() {
+            None => None,
+            Some("create") => Some(CommandKind::Create),
+            Some("poweron") => Some(CommandKind::PowerOn),
+            Some("poweroff") => Some(CommandKind::PowerOff),
+            Some("terminate") => Some(CommandKind::Terminate),
+            Some(other) => {
+                dropped.push(format!(
+                    "{entry}: unknown command kind {}",
+                    crate::telemetry::quoted(other)
+                ));
+                continue;
+            }
+        };
         let unreadable = e.command_id.clone().filter(|id| !valid_command_id(id));
         if let Some(id) = &unreadable {
             // Never waited for: whatever that command did, the listing tells.
@@ -452,18 +466,10 @@ pub fn restore_text(
                 inst.create = CreateStatus::Uncertain;
             }
         }
-        inst.command = match (
-            e.command_id.filter(|_| unreadable.is_none()),
-            e.command_kind.as_deref(),
-        ) {
+        inst.command = match (e.command_id.filter(|_| unreadable.is_none()), kind) {
             (Some(id), Some(kind)) => Some(Pending {
                 id,
-                kind: match kind {
-                    "poweron" => CommandKind::PowerOn,
-                    "poweroff" => CommandKind::PowerOff,
-                    "terminate" => CommandKind::Terminate,
-                    _ => CommandKind::Create,
-                },
+                kind,
                 since: now,
                 unknown_since: None,
             }),

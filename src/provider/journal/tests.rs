@@ -176,6 +176,24 @@ mod restore {
         assert!(!st.instance("g-0123456789a").expect("restored").parking());
     }
 
+    /// A command kind the provider never writes is not read as a create: the entry is dropped
+    /// with its reason, and nothing is sent for it.
+    #[test]
+    fn an_unknown_command_kind_drops_the_entry() {
+        let text = r#"{"version": 1, "cluster": "c", "instances": [{"name": "g-0123456789a",
+            "group": "g", "phase": "creating", "create": "accepted", "seen": false,
+            "terminated": false, "command_id": "5", "command_kind": "reboot"}]}"#;
+        let mut st = State::default();
+        let (r, to_send) =
+            restore_text(text, "c", &any_g, &mut st, Instant::now()).expect("a journal");
+        assert_eq!(r.instances, 0, "{r:?}");
+        assert_eq!(
+            r.dropped,
+            vec!["\"g-0123456789a\": unknown command kind \"reboot\"".to_string()]
+        );
+        assert!(to_send.is_empty() && !st.contains("g-0123456789a"));
+    }
+
     #[test]
     fn missing_file_is_a_fresh_start() {
         let dir = tempfile::tempdir().expect("tempdir");
