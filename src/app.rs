@@ -445,12 +445,8 @@ fn log_kube_access(cfg: &CloudConfig, kube: Option<&kube::Kube>, simulate: bool)
 /// The warnings a valid config may still deserve: its file permissions, labels, schedules that
 /// need an autoscaler flag, hibernation without Kubernetes access.
 fn log_config_warnings(settings: &Settings, cfg: &CloudConfig, has_kube: bool) {
-    if let Some(path) = &settings.cloud_config
-        && let Some(w) = config::permission_warning(path, &|k| std::env::var(k).ok())
-    {
-        tracing::warn!("{w}");
-    }
-    for w in config::label_warnings(cfg) {
+    let env = |k: &str| std::env::var(k).ok();
+    for w in config::warnings(cfg, settings.cloud_config.as_deref(), &env) {
         tracing::warn!("{w}");
     }
     for g in &cfg.node_groups {

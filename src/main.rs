@@ -153,10 +153,7 @@ fn check(path: &Path) -> ExitCode {
 /// The warnings after the summary (a valid config may still need a look): a config file others
 /// can read while it holds the API secret, labels and taints.
 fn print_warnings(path: &Path, cfg: &CloudConfig) {
-    let mut warnings: Vec<String> = config::permission_warning(path, &|k| std::env::var(k).ok())
-        .into_iter()
-        .collect();
-    warnings.extend(config::label_warnings(cfg));
+    let warnings = config::warnings(cfg, Some(path), &|k| std::env::var(k).ok());
     if !warnings.is_empty() {
         out!();
     }

@@ -25,7 +25,7 @@ pub use entries::DEFAULT_DRAIN_TIMEOUT;
 pub use keys::reference as key_reference;
 pub use labels::{GROUP_LABEL, INSTANCE_TYPE_LABEL, KUBELET_LABELS, REGION_LABEL, kubelet_may_set};
 pub use resolve::{DEFAULT_API_URL, DEFAULT_PROVIDER_ID_PREFIX};
-pub use summary::{render as render_summary, warnings as label_warnings};
+pub use summary::{render as render_summary, warnings};
 
 /// Environment variable that overrides `kamatera-api-client-id`.
 pub const ENV_CLIENT_ID: &str = "KAMATERA_API_CLIENT_ID";

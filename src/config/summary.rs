@@ -223,12 +223,17 @@ fn block(out: &mut String, title: &str, rows: &[(&str, String)]) {
     }
 }
 
-/// Every `warning:` line `check` prints after the summary (and `serve` logs at startup).
-pub fn warnings(config: &CloudConfig) -> Vec<String> {
-    config
-        .node_groups
-        .iter()
-        .flat_map(|g| g.label_warnings())
+/// Every `warning:` line `check` prints after the summary (and `serve` logs at startup): a
+/// config file at `path` others may read while it holds the API secret, then what the node
+/// groups' labels and taints need.
+pub fn warnings(
+    config: &CloudConfig,
+    path: Option<&std::path::Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    path.and_then(|p| super::permission_warning(p, env))
+        .into_iter()
+        .chain(config.node_groups.iter().flat_map(|g| g.label_warnings()))
         .collect()
 }
 
