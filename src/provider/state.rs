@@ -614,11 +614,15 @@ impl State {
             .values()
             .filter(|i| i.phase() != Phase::Running)
         {
-            (&i.name, &i.group, i.life(), i.create, &i.server_id, i.seen).hash(&mut h);
+            // The fields of a journal entry (`journal::render`), no more.
+            let leaving = i.leaving().unwrap_or_default();
+            (&i.name, &i.group, i.phase(), i.create, &i.server_id, i.seen).hash(&mut h);
             (
+                leaving.park,
+                leaving.powered_off_at.is_some(),
+                leaving.terminated,
                 i.command.as_ref().map(|c| (&c.id, c.kind)),
                 i.power_on_failed,
-                i.action_in_flight,
             )
                 .hash(&mut h);
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::kamatera::Power;
 
 /// The autoscaler's view of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     Creating,
     Running,
@@ -91,7 +91,7 @@ pub enum CommandKind {
 }
 
 /// Where an instance is in its life. Each stage carries what only it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Life {
     /// Wanted and not running yet: being created, or a parked server being powered on.
     Creating,
@@ -101,7 +101,7 @@ pub enum Life {
 }
 
 /// How a deleted instance leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Leaving {
     /// Kept powered off (parked) instead of terminated; decided when the autoscaler deleted it.
     pub park: bool,
@@ -159,10 +159,6 @@ impl Instance {
     /// Counts toward the target size.
     pub fn in_target(&self) -> bool {
         matches!(self.life, Life::Creating | Life::Running)
-    }
-
-    pub fn life(&self) -> Life {
-        self.life
     }
 
     /// The autoscaler's view of where it is.
