@@ -322,7 +322,8 @@ impl App {
     /// Serves until `shutdown` resolves: the first listing (unless a lease decides who lists),
     /// the background reconcile, leader election, the node controller, TLS reloads and the gRPC
     /// server. Then stops accepting, lets in-flight RPCs finish within the grace, and flushes the
-    /// journal.
+    /// journal. A gRPC server that fails before `shutdown` ends the run the same way, with its
+    /// error.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let App {
             provider,
@@ -355,19 +356,28 @@ impl App {
         .into_iter()
         .flatten()
         .collect();
-        let server = tokio::spawn(grpc::serve(
+        let mut server = tokio::spawn(grpc::serve(
             provider.clone(),
             listener,
             grpc::ServeOptions { tls },
             stopped(&stop),
         ));
 
-        shutdown.await;
+        // Until shutdown, or until the gRPC server ends on its own (it failed): then the
+        // process stops too rather than run on answering nothing.
+        let ended = tokio::select! {
+            _ = shutdown => None,
+            r = &mut server => Some(r),
+        };
         let _ = stop.send(true);
         for t in &tasks {
             t.abort();
         }
-        let outcome = match tokio::time::timeout(shutdown_grace, server).await {
+        let served = match ended {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(shutdown_grace, server).await,
+        };
+        let outcome = match served {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(AppError::Serve(e)),
             Ok(Err(e)) => Err(AppError::Task(e)),
