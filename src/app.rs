@@ -175,6 +175,12 @@ impl App {
                 CloudConfig::load(path).map_err(AppError::Config)?,
                 path.display().to_string(),
             ),
+            // The built-in example is only ever pointed at the embedded simulator.
+            None if !settings.simulate => {
+                return Err(AppError::Flag(
+                    "--cloud-config is required without --simulate".into(),
+                ));
+            }
             None => (
                 CloudConfig::parse(EXAMPLE_SOURCE, config::EXAMPLE_CONFIG, &|_| None)
                     .map_err(AppError::Config)?,

@@ -1094,3 +1094,20 @@ async fn refreshes_make_the_background_reconcile_skip_its_turn() {
     assert!(sim.requests(Endpoint::ListServers) > quiet);
     background.abort();
 }
+
+/// The built-in example config is only ever served against the embedded simulator: settings
+/// built in code without a config file and without `simulate` are refused.
+#[tokio::test]
+async fn the_example_config_never_reaches_the_real_api() {
+    let mut settings =
+        kamatera_ca_provider::app::Settings::from_flags(["--simulate"]).expect("flags");
+    settings.simulate = false;
+    let err = kamatera_ca_provider::app::App::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "--cloud-config is required without --simulate"
+    );
+}
