@@ -91,102 +91,95 @@ pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
     let output = args.output.unwrap_or(Output::Text);
     let tls = tls.as_ref();
     let address = args.address.as_str();
+    // Each call connects to the service it needs: the autoscaler's, or the provider's Admin.
+    let ca = || client::connect(address, tls);
+    let admin = || client::connect_admin(address, tls);
     let view = match args.call {
-        call @ (ClientCall::Hibernate { .. } | ClientCall::Resume { .. } | ClientCall::Status) => {
-            let mut admin = client::connect_admin(address, tls).await?;
-            match call {
-                ClientCall::Hibernate { group, force } => {
-                    let s = admin
-                        .hibernate(apb::HibernateRequest { group, force })
-                        .await?
-                        .into_inner();
-                    View::Status(vec![s])
-                }
-                ClientCall::Resume { group } => {
-                    let s = admin
-                        .resume(apb::GroupRequest { group })
-                        .await?
-                        .into_inner();
-                    View::Status(vec![s])
-                }
-                ClientCall::Status => View::Status(
-                    admin
-                        .status(apb::StatusRequest {})
-                        .await?
-                        .into_inner()
-                        .groups,
-                ),
-                _ => unreachable!("admin calls only"),
-            }
-        }
+        ClientCall::Hibernate { group, force } => View::Status(vec![
+            admin()
+                .await?
+                .hibernate(apb::HibernateRequest { group, force })
+                .await?
+                .into_inner(),
+        ]),
+        ClientCall::Resume { group } => View::Status(vec![
+            admin()
+                .await?
+                .resume(apb::GroupRequest { group })
+                .await?
+                .into_inner(),
+        ]),
+        ClientCall::Status => View::Status(
+            admin()
+                .await?
+                .status(apb::StatusRequest {})
+                .await?
+                .into_inner()
+                .groups,
+        ),
         ClientCall::Groups => View::Groups(groups(address, tls).await?),
-        call => {
-            let mut ca = client::connect(address, tls).await?;
-            match call {
-                ClientCall::Nodes { group } => {
-                    let r = ca
-                        .node_group_nodes(pb::NodeGroupNodesRequest { id: group })
-                        .await?
-                        .into_inner();
-                    View::Instances(r.instances)
-                }
-                ClientCall::Target { group } => {
-                    let r = ca
-                        .node_group_target_size(pb::NodeGroupTargetSizeRequest {
-                            id: group.clone(),
-                        })
-                        .await?
-                        .into_inner();
-                    View::Target(group, r.target_size)
-                }
-                ClientCall::Increase { group, delta } => {
-                    ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
-                        // Bounded to i32::MAX by the argument's parser.
-                        delta: i32::try_from(delta).unwrap_or(i32::MAX),
-                        id: group.clone(),
-                    })
-                    .await?;
-                    return Ok(format!(
-                        "asked node group {group} for {delta} more node(s)\n"
-                    ));
-                }
-                ClientCall::Delete { group, nodes } => {
-                    let n = nodes.len();
-                    ca.node_group_delete_nodes(pb::NodeGroupDeleteNodesRequest {
-                        nodes: nodes.iter().map(|s| node_arg(s)).collect(),
-                        id: group.clone(),
-                    })
-                    .await?;
-                    return Ok(format!("deleting {n} node(s) of node group {group}\n"));
-                }
-                ClientCall::Template { group } => {
-                    let r = ca
-                        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest {
-                            id: group,
-                        })
-                        .await?
-                        .into_inner();
-                    let bytes = if r.node_bytes.is_empty() {
-                        r.legacy_node_info
-                    } else {
-                        r.node_bytes
-                    };
-                    let node = crate::proto::k8s::Node::decode(bytes.as_slice())
-                        .map_err(|e| ClientError::Decode(format!("the template node: {e}")))?;
-                    View::Template(client::node_json(&node))
-                }
-                ClientCall::Options { group } => {
-                    let r = ca
-                        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
-                            id: group.clone(),
-                            defaults: None,
-                        })
-                        .await?
-                        .into_inner();
-                    View::Options(group, r.node_group_autoscaling_options)
-                }
-                _ => unreachable!("provider calls only"),
-            }
+        ClientCall::Nodes { group } => View::Instances(
+            ca().await?
+                .node_group_nodes(pb::NodeGroupNodesRequest { id: group })
+                .await?
+                .into_inner()
+                .instances,
+        ),
+        ClientCall::Target { group } => {
+            let r = ca()
+                .await?
+                .node_group_target_size(pb::NodeGroupTargetSizeRequest { id: group.clone() })
+                .await?
+                .into_inner();
+            View::Target(group, r.target_size)
+        }
+        ClientCall::Increase { group, delta } => {
+            ca().await?
+                .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+                    // Bounded to i32::MAX by the argument's parser.
+                    delta: i32::try_from(delta).unwrap_or(i32::MAX),
+                    id: group.clone(),
+                })
+                .await?;
+            return Ok(format!(
+                "asked node group {group} for {delta} more node(s)\n"
+            ));
+        }
+        ClientCall::Delete { group, nodes } => {
+            let n = nodes.len();
+            ca().await?
+                .node_group_delete_nodes(pb::NodeGroupDeleteNodesRequest {
+                    nodes: nodes.iter().map(|s| node_arg(s)).collect(),
+                    id: group.clone(),
+                })
+                .await?;
+            return Ok(format!("deleting {n} node(s) of node group {group}\n"));
+        }
+        ClientCall::Template { group } => {
+            let r = ca()
+                .await?
+                .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: group })
+                .await?
+                .into_inner();
+            let bytes = if r.node_bytes.is_empty() {
+                r.legacy_node_info
+            } else {
+                r.node_bytes
+            };
+            let node = crate::proto::k8s::Node::decode(bytes.as_slice())
+                .map_err(|e| ClientError::Decode(format!("the template node: {e}")))?;
+            View::Template(client::node_json(&node))
+        }
+        ClientCall::Options { group } => {
+            let r = ca()
+                .await?
+                .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+                    id: group.clone(),
+                    defaults: None,
+                })
+                .await?
+                .into_inner();
+            View::Options(group, r.node_group_autoscaling_options)
         }
     };
     Ok(view.render(output))
