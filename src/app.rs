@@ -200,13 +200,8 @@ impl App {
         };
 
         let metrics = Arc::new(Metrics::new());
-        let client = kamatera::Client::new(kamatera::ClientSettings::new(
-            &cfg.api_url,
-            &cfg.api_client_id,
-            cfg.api_secret.clone(),
-            metrics.clone(),
-        ))
-        .map_err(|e| AppError::Kamatera(e.detail().to_string()))?;
+        let client = kamatera::Client::new(client_settings(&cfg, metrics.clone()))
+            .map_err(|e| AppError::Kamatera(e.detail().to_string()))?;
         let kube = kube::connect(settings.kubeconfig.as_deref(), !settings.simulate)
             .await
             .map_err(AppError::Kube)?;
@@ -406,6 +401,28 @@ impl App {
             tracing::info!("stopped");
         }
         outcome
+    }
+}
+
+/// The Kamatera client settings a config asks for (URL, credentials, timeouts), its figures
+/// recorded into `metrics`.
+pub fn client_settings(
+    cfg: &config::CloudConfig,
+    metrics: Arc<Metrics>,
+) -> kamatera::ClientSettings {
+    let t = cfg.api_timeouts;
+    kamatera::ClientSettings {
+        timeouts: kamatera::Timeouts {
+            read: t.read,
+            power: t.power,
+            create: t.create,
+        },
+        ..kamatera::ClientSettings::new(
+            &cfg.api_url,
+            &cfg.api_client_id,
+            cfg.api_secret.clone(),
+            metrics,
+        )
     }
 }
 

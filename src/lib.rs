@@ -10,6 +10,7 @@ pub mod config;
 pub mod grpc;
 pub mod kamatera;
 pub mod kube;
+pub mod names;
 pub mod proto;
 pub mod provider;
 pub mod schedule;

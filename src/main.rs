@@ -169,10 +169,8 @@ async fn check_online(path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     out_part!("{}", config::render_summary(&cfg));
     print_warnings(&path, &cfg);
-    let client = kamatera::Client::new(kamatera::ClientSettings::new(
-        &cfg.api_url,
-        &cfg.api_client_id,
-        cfg.api_secret.clone(),
+    let client = kamatera::Client::new(kamatera_ca_provider::app::client_settings(
+        &cfg,
         std::sync::Arc::new(telemetry::Metrics::new()),
     ))
     .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;

@@ -175,15 +175,12 @@ pub(super) fn resolve_group(
 
     // Server settings.
     let name_prefix = pick("name-prefix", "default-name-prefix");
-    if !NAME_PREFIX_RE.is_match(&name_prefix.value) || name_prefix.value.len() > MAX_NAME_PREFIX {
+    if let Some(problem) = crate::names::prefix_problem(&name_prefix.value) {
         problems.add(
             name_prefix.line,
             &name_prefix.section,
             Some(name_prefix.key),
-            format!(
-                "name prefix {:?} must be at most {MAX_NAME_PREFIX} letters, digits, '-', '_', '.', '(' or ')'",
-                name_prefix.value
-            ),
+            format!("name prefix: {problem}"),
         );
     }
     let filter = &global.filter_name_prefix;

@@ -149,6 +149,27 @@ pub(super) const KEYS: &[Key] = &[
         "PodPrice rate per GiB and hour",
     )
     .ext(),
+    global(
+        "kamatera-api-timeout",
+        Str,
+        "`30s`",
+        "how long one API read (listing, tags, lookup, queue poll) may take; a duration such as `30s`",
+    )
+    .ext(),
+    global(
+        "kamatera-api-power-timeout",
+        Str,
+        "`1m`",
+        "how long one power-on, power-off or terminate request may take",
+    )
+    .ext(),
+    global(
+        "kamatera-api-create-timeout",
+        Str,
+        "`5m`",
+        "how long one create request may take before its outcome counts as unknown (never resent)",
+    )
+    .ext(),
     both(
         "min-size",
         "default-min-size",

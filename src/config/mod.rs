@@ -95,8 +95,32 @@ pub struct CloudConfig {
     pub timezone: crate::schedule::Zone,
     /// Per-pod price model (PricingPodPrice), when node groups have prices.
     pub pod_prices: Option<PodPrices>,
+    /// How long one Kamatera API request may take, by kind.
+    pub api_timeouts: ApiTimeouts,
     /// Node groups, sorted by name.
     pub node_groups: Vec<NodeGroupConfig>,
+}
+
+/// How long one Kamatera API request may take, by kind (`kamatera-api-*timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiTimeouts {
+    /// Listings, tags, lookups, queue polls, options.
+    pub read: std::time::Duration,
+    /// Power on, power off, terminate.
+    pub power: std::time::Duration,
+    /// Create: the server makes several upstream calls for one; the in-tree provider waits 5
+    /// minutes.
+    pub create: std::time::Duration,
+}
+
+impl Default for ApiTimeouts {
+    fn default() -> Self {
+        ApiTimeouts {
+            read: std::time::Duration::from_secs(30),
+            power: std::time::Duration::from_secs(60),
+            create: std::time::Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 /// One `[nodegroup "name"]` with the global defaults applied.

@@ -13,16 +13,12 @@ pub(super) const DEFAULT_MAX_SIZE: i64 = 254;
 /// Kamatera accepts at most four disks and four networks per server.
 pub(super) const MAX_DISKS: usize = 4;
 pub(super) const MAX_NETWORKS: usize = 4;
-/// Server names are `<name-prefix>-<11 hex>`; Kamatera's name rule allows 40 characters.
-pub(super) const MAX_NAME_PREFIX: usize = 40 - 12;
 pub(super) const MAX_NAME_LEN: usize = 15;
 
 pub(super) static TAG_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9\-_\s\.]{3,24}$").expect("static regex"));
 pub(super) static CPU_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^([0-9]+)[ABDT]$").expect("static regex"));
-pub(super) static NAME_PREFIX_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9()_.\-]*$").expect("static regex"));
 pub(super) static LABEL_NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$").expect("static regex")
 });

@@ -7,7 +7,7 @@ use super::gcfg::{self, Section};
 use super::group::resolve_group;
 use super::keys::{Kind, global_keys, group_keys};
 use super::read::*;
-use super::values::parse_price;
+use super::values::{parse_duration, parse_price};
 use super::{CloudConfig, ENV_CLIENT_ID, ENV_SECRET, Problem, Secret};
 
 pub const DEFAULT_API_URL: &str = "https://cloudcli.cloudwm.com";
@@ -389,6 +389,35 @@ pub(super) fn resolve_global(
         }
     };
 
+    let defaults = super::ApiTimeouts::default();
+    let mut timeout = |key: &str, default: std::time::Duration| {
+        let Some((v, line)) = r.non_empty(key) else {
+            return default;
+        };
+        match parse_duration(&v).filter(|d| {
+            (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600)).contains(d)
+        }) {
+            Some(d) => d,
+            None => {
+                problems.add(
+                    Some(line),
+                    "global",
+                    Some(key),
+                    format!(
+                        "{} is not a duration between 1s and 1h (e.g. 30s, 5m)",
+                        super::shown(v)
+                    ),
+                );
+                default
+            }
+        }
+    };
+    let api_timeouts = super::ApiTimeouts {
+        read: timeout("kamatera-api-timeout", defaults.read),
+        power: timeout("kamatera-api-power-timeout", defaults.power),
+        create: timeout("kamatera-api-create-timeout", defaults.create),
+    };
+
     CloudConfig {
         api_client_id,
         api_secret: Secret::new(api_secret),
@@ -402,6 +431,7 @@ pub(super) fn resolve_global(
         gpu_label: r.string("gpu-label").map(|(v, _)| v).unwrap_or_default(),
         timezone,
         pod_prices,
+        api_timeouts,
         node_groups: Vec::new(),
     }
 }

@@ -4,6 +4,10 @@ use std::fmt::Write;
 
 use super::CloudConfig;
 
+fn seconds(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
 /// Renders the resolved config. Secrets are never shown; only whether they are set.
 pub fn render(config: &CloudConfig) -> String {
     let mut out = String::new();
@@ -32,6 +36,15 @@ pub fn render(config: &CloudConfig) -> String {
                 }
                 None => "-".into(),
             },
+        ),
+        (
+            "api timeouts",
+            format!(
+                "reads {}, power {}, create {}",
+                seconds(config.api_timeouts.read),
+                seconds(config.api_timeouts.power),
+                seconds(config.api_timeouts.create)
+            ),
         ),
         ("node groups", config.node_groups.len().to_string()),
     ];

@@ -33,6 +33,11 @@ pub enum ErrorClass {
     QuotaOrCapacity,
     /// The API rejected the request as malformed (400 and other 4xx).
     InvalidRequest,
+    /// The API refused with a reason: an answer the upstream gave, passed on (the create and
+    /// queue shape `{"json_decode_error": null, ..}`, or `{"message": "<info> (<code>)"}` on
+    /// the paths that address a server), or one of the server's own specific texts. Nothing
+    /// was done, and asking again gets the same answer.
+    Refused,
     /// The API or the network failed, also after retries (5xx, timeouts, connection errors).
     Transient,
     /// A 200 answer whose shape we do not understand.
@@ -46,6 +51,7 @@ impl ErrorClass {
             ErrorClass::NotFound => "not found",
             ErrorClass::QuotaOrCapacity => "quota or capacity",
             ErrorClass::InvalidRequest => "invalid request",
+            ErrorClass::Refused => "refused",
             ErrorClass::Transient => "transient",
             ErrorClass::BadResponse => "bad response",
         }
@@ -112,6 +118,69 @@ impl KamateraError {
 pub fn is_quota_message(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     QUOTA_PATTERNS.iter().any(|p| lower.contains(p))
+}
+
+/// The beginnings of cloudcli-server's own failure texts that name no reason: an exception in the
+/// server (from a bad flag to an upstream that could not be reached, so the request may have
+/// been carried out), an upstream answer without text, or one that was not JSON.
+const GENERIC_TEXTS: &[&str] = &[
+    "Failed to run command method",
+    "Error response from server",
+    "json decode error",
+    "Invalid response from server",
+    "Unexpected error",
+    "Missing env var",
+];
+
+/// How an error answer (HTTP status not 2xx) of cloudcli-server reads: the one place that tells
+/// a refusal (nothing was done) from a failure that leaves the outcome open (fact sheet §3-§5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorBody {
+    /// The upstream's refusal passed on, or a specific text of the server's.
+    Refusal,
+    /// Laravel's own exception page (`{"error": true, ..}`: unknown path, wrong method, routes
+    /// that failed to load): the route never ran.
+    NotRouted,
+    /// Anything else: a generic text, no body, not JSON.
+    Unclear,
+}
+
+impl ErrorBody {
+    /// `status` is the answer's HTTP status: a 4xx is the server's own validation unless the
+    /// body is the upstream's, passed on (`json_decode_error`); a 429 is a rate limit, whatever
+    /// it says.
+    pub(crate) fn of(status: u16, body: Option<&serde_json::Value>) -> ErrorBody {
+        use serde_json::Value;
+        let Some(obj) = body.and_then(Value::as_object) else {
+            return ErrorBody::Unclear;
+        };
+        let passed_on = obj.contains_key("json_decode_error");
+        if status == 429 || ((400..500).contains(&status) && !passed_on) {
+            return ErrorBody::Unclear;
+        }
+        if obj.get("error") == Some(&Value::Bool(true)) {
+            return ErrorBody::NotRouted;
+        }
+        let message = obj.get("message").and_then(Value::as_str).map(str::trim);
+        if message.is_some_and(|m| GENERIC_TEXTS.iter().any(|g| m.starts_with(g))) {
+            return ErrorBody::Unclear;
+        }
+        let refusal = match (obj.get("json_decode_error"), message) {
+            // The upstream answered with JSON that is not a success: its text, or (the queue)
+            // none at all. An empty text says nothing.
+            (Some(Value::Null), Some(m)) => !m.is_empty(),
+            (Some(Value::Null), None) => true,
+            // The upstream's answer was not JSON: a gateway, not the upstream's word.
+            (Some(_), _) => false,
+            (None, Some(m)) => !m.is_empty(),
+            (None, None) => obj.get("errors").is_some_and(Value::is_array),
+        };
+        if refusal {
+            ErrorBody::Refusal
+        } else {
+            ErrorBody::Unclear
+        }
+    }
 }
 
 /// True when an API message says the credentials were refused.
@@ -234,6 +303,66 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies() {
+        use serde_json::json;
+        for (body, want) in [
+            (
+                json!({"message": "Server not found (6)"}),
+                ErrorBody::Refusal,
+            ),
+            (
+                json!({"message": "No servers found (name='x')"}),
+                ErrorBody::Refusal,
+            ),
+            (json!({"json_decode_error": null}), ErrorBody::Refusal),
+            (
+                json!({"json_decode_error": null, "message": "Invalid CPU 3Q (7)"}),
+                ErrorBody::Refusal,
+            ),
+            (
+                json!({"json_decode_error": null, "message": ""}),
+                ErrorBody::Unclear,
+            ),
+            (
+                json!({"json_decode_error": "Syntax error"}),
+                ErrorBody::Unclear,
+            ),
+            (
+                json!({"message": "Failed to run command method (createServer)"}),
+                ErrorBody::Unclear,
+            ),
+            (
+                json!({"message": "Failed to run command method (createServer): Invalid argument (managed)"}),
+                ErrorBody::Unclear,
+            ),
+            (
+                json!({"message": "Error response from server: {}", "responses": []}),
+                ErrorBody::Unclear,
+            ),
+            (
+                json!({"message": "json decode error: Syntax error"}),
+                ErrorBody::Unclear,
+            ),
+            (
+                json!({"error": true, "message": "Not Found"}),
+                ErrorBody::NotRouted,
+            ),
+            (json!({"message": ""}), ErrorBody::Unclear),
+            (json!({}), ErrorBody::Unclear),
+            (json!(["x"]), ErrorBody::Unclear),
+        ] {
+            assert_eq!(ErrorBody::of(500, Some(&body)), want, "{body}");
+        }
+        assert_eq!(ErrorBody::of(500, None), ErrorBody::Unclear);
+        // The server's own validation, a rate limit, and the queue's passed-on 404.
+        let text = json!({"message": "missing required flag (name)"});
+        assert_eq!(ErrorBody::of(400, Some(&text)), ErrorBody::Unclear);
+        assert_eq!(ErrorBody::of(429, Some(&text)), ErrorBody::Unclear);
+        let bare = json!({"json_decode_error": null});
+        assert_eq!(ErrorBody::of(404, Some(&bare)), ErrorBody::Refusal);
+    }
 
     #[test]
     fn quota_messages() {

@@ -1,26 +1,32 @@
 //! Client of Kamatera's cloudcli REST API (`https://cloudcli.cloudwm.com`): list servers, read
-//! tags, create, power on/off, terminate, poll the command queue, and read server options.
+//! tags, create, power on/off, terminate, poll the command queue, look up a server the listing
+//! lacks, and read server options. What the server behind it does on each path is in
+//! `../shared/reference/cloudcli-server.md`; the simulator (`crate::sim`) answers the same way.
 //!
-//! # Retry policy
+//! # Timeouts and retries
 //!
 //! Every request carries `AuthClientId`/`AuthSecret`, JSON headers, our `User-Agent`, and a
-//! per-request timeout (30 s by default). What happens on failure depends on what repeating the
-//! request could do:
+//! timeout by kind ([`Timeouts`]): reads 30 s, power changes and terminate 60 s, create 5
+//! minutes (the server makes several upstream calls for one create, and sets no timeout of its
+//! own). What happens on failure depends on what repeating the request could do:
 //!
-//! - **Reads and status polls** (`list_servers`, `server_tags`, `command_status`, options) are
-//!   retried on connection errors, timeouts, HTTP 429, 5xx and non-JSON (gateway) bodies, with
-//!   exponential backoff and jitter, bounded in attempts and in total time ([`RetryPolicy`]).
+//! - **Reads and status polls** (`list_servers`, `server_tags`, `command_status`, lookups,
+//!   options) are retried on connection errors, timeouts, HTTP 429, generic 5xx and non-JSON
+//!   (gateway) bodies, with exponential backoff and jitter, bounded in attempts and in total time
+//!   ([`RetryPolicy`]). A refusal with a reason ([`ErrorClass::Refused`]) is not retried.
 //! - **`create_server` is never retried.** A request that timed out may still have bought a server;
 //!   a second one could buy another. The caller learns the outcome from the listing instead.
 //! - **`power_on`, `power_off`, `terminate`** are retried only when the error proves the API did
 //!   not accept the request: the connection was never established, or HTTP 429.
 //! - Other 4xx answers are never retried, and neither are answers that say what is wrong
-//!   (not logged in, no such server, quota).
+//!   (not logged in, no such server, quota, the upstream's refusal).
 //!
 //! Errors are classified ([`ErrorClass`]) and carry a message safe for the autoscaler and a
-//! detailed one for our log; both have credentials, passwords and init scripts redacted.
-//! Servers are always addressed by id, never by name: the API treats `name` as a regular
-//! expression.
+//! detailed one for our log; both have credentials, passwords and init scripts redacted. An
+//! error leaves the outcome open ([`KamateraError::may_have_been_processed`]) unless its answer
+//! proves nothing was done: a 4xx, a 429, a refused connection, or a refusal with a reason.
+//! Mutations address servers by id, never by name: the API treats `name` as a regular
+//! expression and acts on every match.
 
 mod error;
 mod preflight;
@@ -34,20 +40,51 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
+pub use crate::names::{is_server_name, new_server_name};
 use crate::secret::Secret;
 use crate::telemetry::Metrics;
 
+use error::ErrorBody;
 pub use error::{ErrorClass, KamateraError, QUOTA_PATTERNS, Redactor, is_quota_message};
 pub use preflight::{CheckResult, Placement, preflight};
 pub use retry::{Idempotency, RetryPolicy};
-pub use types::{CommandState, CommandStatus, Datacenter, Image, Power, Server};
+pub use types::{
+    AbsenceSign, CommandState, CommandStatus, Datacenter, Image, Lookup, Polled, Power, Server,
+};
 
 use types::{command_ids, id_of, str_field};
 
-/// Default per-request timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Command ids per queue request; longer lists are split.
-const QUEUE_BATCH: usize = 100;
+/// How long one request may take, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Listings, tags, lookups, queue polls, options.
+    pub read: Duration,
+    /// Power on, power off, terminate.
+    pub power: Duration,
+    /// Create (never retried: a create that times out is "maybe bought").
+    pub create: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            read: Duration::from_secs(30),
+            power: Duration::from_secs(60),
+            create: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same limit for every kind of request (tests).
+    pub fn uniform(d: Duration) -> Self {
+        Timeouts {
+            read: d,
+            power: d,
+            create: d,
+        }
+    }
+}
 /// Characters of a response body kept in an error's detail.
 const DETAIL_BODY_CHARS: usize = 1000;
 /// Characters of an API message kept in a safe message.
@@ -60,7 +97,7 @@ pub struct ClientSettings {
     pub base_url: String,
     pub client_id: String,
     pub secret: Secret,
-    pub timeout: Duration,
+    pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     /// Where request counts and latencies go.
     pub metrics: Arc<Metrics>,
@@ -79,7 +116,7 @@ impl ClientSettings {
             base_url: base_url.into(),
             client_id: client_id.into(),
             secret,
-            timeout: DEFAULT_TIMEOUT,
+            timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             metrics,
         }
@@ -98,6 +135,7 @@ struct Inner {
     base_url: String,
     client_id: String,
     secret: Secret,
+    timeouts: Timeouts,
     retry: RetryPolicy,
     redactor: Redactor,
     metrics: Arc<Metrics>,
@@ -151,33 +189,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A new server name: `<prefix>-<11 lowercase hex>` (just the hex when the prefix is empty).
-pub fn new_server_name(prefix: &str) -> String {
-    let hex = format!("{:016x}", rand::random::<u64>());
-    let suffix = &hex[..11];
-    if prefix.is_empty() {
-        suffix.to_string()
-    } else {
-        format!("{prefix}-{suffix}")
-    }
-}
-
-/// Whether `name` is one [`new_server_name`] makes for `prefix`: the prefix, a dash and 11
-/// lowercase hex digits (nothing the API could read as a regular expression beyond itself).
-pub fn is_server_name(prefix: &str, name: &str) -> bool {
-    let hex = if prefix.is_empty() {
-        Some(name)
-    } else {
-        name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-'))
-    };
-    let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    hex.is_some_and(|h| {
-        h.len() == 11
-            && h.chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-    }) && name.chars().all(plain)
-}
-
 /// One request as the retry loop sees it.
 struct Call<'a> {
     /// Short operation name for logs, e.g. `list servers`.
@@ -186,6 +197,7 @@ struct Call<'a> {
     path: String,
     body: Option<Value>,
     idempotency: Idempotency,
+    timeout: Duration,
     redactor: &'a Redactor,
 }
 
@@ -205,8 +217,7 @@ impl Client {
                 env!("CARGO_PKG_VERSION"),
                 " (+https://github.com/kubernetes/autoscaler externalgrpc)"
             ))
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .connect_timeout(settings.timeouts.read.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| {
@@ -223,6 +234,7 @@ impl Client {
                 base_url: settings.base_url.trim_end_matches('/').to_string(),
                 client_id: settings.client_id,
                 secret: settings.secret,
+                timeouts: settings.timeouts,
                 retry: settings.retry,
                 redactor,
                 metrics: settings.metrics,
@@ -248,25 +260,67 @@ impl Client {
             .map_err(|(what, at)| self.shape("list servers", what, &at))
     }
 
-    /// `POST /service/server/info` by server id: the server, or `None` when the API answers that
-    /// no such server exists (the one proof that a server is gone besides a completed terminate).
-    pub async fn server_info(&self, server_id: &str) -> Result<Option<Server>, KamateraError> {
-        let result = self
+    /// Looks up a server the listing lacks (`POST /service/server/info`), by id and by name.
+    ///
+    /// The id path asks the upstream blindly: a server that does not exist comes back as a 500
+    /// with the upstream's text, which is a refusal with a reason, not a proof. The name path
+    /// lists the account first and answers `[]` (with `allow-no-servers`) when nothing matches,
+    /// which a listing that came back empty by mistake would also do. So the sign of absence
+    /// needs both: the id refused and the exact, escaped name matching nothing. A name that
+    /// cannot be asked for safely leaves the id's refusal alone. Either path that finds the
+    /// server means it exists. Any other answer is an error: nothing is known.
+    pub async fn lookup_server(&self, id: &str, name: &str) -> Result<Lookup, KamateraError> {
+        let by_id = self
             .call(self.read(
-                "server info",
+                "server lookup",
                 Method::POST,
                 "/service/server/info",
-                Some(json!({ "id": server_id })),
+                Some(json!({ "id": id })),
             ))
             .await;
-        let v = match result {
-            Ok(v) => v,
-            Err(e) if e.class == ErrorClass::NotFound => return Ok(None),
+        match by_id {
+            Ok(v) => {
+                let servers = types::decode_servers(&v, "")
+                    .map_err(|(what, at)| self.shape("server lookup", what, &at))?;
+                return servers
+                    .into_iter()
+                    .find(|s| s.id == id)
+                    .map(Lookup::Exists)
+                    .ok_or_else(|| {
+                        self.shape("server lookup", "the server asked for is not in it", &v)
+                    });
+            }
+            Err(e) if matches!(e.class, ErrorClass::Refused | ErrorClass::NotFound) => {}
             Err(e) => return Err(e),
+        }
+        let Some(pattern) = name_pattern(name) else {
+            return Ok(Lookup::Absent(AbsenceSign::IdOnly));
         };
+        let v = self
+            .call(self.read(
+                "server lookup",
+                Method::POST,
+                "/service/server/info",
+                Some(json!({ "name": pattern, "allow-no-servers": "yes" })),
+            ))
+            .await?;
         let servers = types::decode_servers(&v, "")
-            .map_err(|(what, at)| self.shape("server info", what, &at))?;
-        Ok(servers.into_iter().find(|s| s.id == server_id))
+            .map_err(|(what, at)| self.shape("server lookup", what, &at))?;
+        if servers.is_empty() {
+            return Ok(Lookup::Absent(AbsenceSign::IdAndName));
+        }
+        match servers.into_iter().find(|s| s.id == id) {
+            Some(s) => Ok(Lookup::Exists(s)),
+            // The name is another server's now: the two paths disagree, nothing is proven.
+            None => Err(KamateraError::new(
+                ErrorClass::BadResponse,
+                "Kamatera server lookup: the id is refused but its name is listed under another id"
+                    .into(),
+                format!(
+                    "server lookup of {id}: the id path refused, the name {name} is listed under another id"
+                ),
+            )),
+        }
     }
 
     /// `POST /server/tags` for one server, by id. Accepts `tagName` and the older `tag name`.
@@ -324,6 +378,7 @@ impl Client {
                 path: "/service/server".into(),
                 body: Some(body),
                 idempotency: Idempotency::Create,
+                timeout: self.inner.timeouts.create,
                 redactor: &redactor,
             })
             .await?;
@@ -361,27 +416,33 @@ impl Client {
         .await
     }
 
-    /// `GET /service/queue?id=<a> <b> ...`: the status of several commands in one request (split
-    /// into batches of 100). Commands the API does not report are missing from the result.
-    pub async fn command_status(
-        &self,
-        command_ids: &[String],
-    ) -> Result<Vec<CommandStatus>, KamateraError> {
-        let mut out = Vec::with_capacity(command_ids.len());
-        for batch in command_ids.chunks(QUEUE_BATCH) {
-            let query: Vec<String> = batch.iter().map(|id| url_escape(id)).collect();
-            let path = format!("/service/queue?id={}", query.join("%20"));
-            let v = self
-                .call(self.read("command status", Method::GET, &path, None))
-                .await?;
-            let decoded = types::decode_queue(&v, batch)
-                .map_err(|(what, at)| self.shape("command status", what, &at))?;
-            out.extend(decoded.into_iter().map(|mut c| {
-                c.log = self.inner.redactor.clean(&c.log, 4000);
-                c
-            }));
+    /// `GET /service/queue?id=<id>`: one command's status. One id per request, as every real
+    /// client polls: the server asks the upstream once per id and fails the whole request on the
+    /// first id the upstream does not report, so a batch is only as good as its newest command.
+    /// An id the upstream does not report (not started yet, or unknown), and the empty answer
+    /// the server gives for an empty upstream body, are [`Polled::Unreported`].
+    pub async fn command_status(&self, command_id: &str) -> Result<Polled, KamateraError> {
+        let path = format!("/service/queue?id={}", url_escape(command_id));
+        let v = match self
+            .call(self.read("command status", Method::GET, &path, None))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.class == ErrorClass::Refused => return Ok(Polled::Unreported),
+            Err(e) => return Err(e),
+        };
+        let asked = [command_id.to_string()];
+        let decoded = types::decode_queue(&v, &asked)
+            .map_err(|(what, at)| self.shape("command status", what, &at))?;
+        match decoded.as_slice() {
+            [] => Ok(Polled::Unreported),
+            [one] if one.id == command_id => {
+                let mut status = one.clone();
+                status.log = self.inner.redactor.clean(&status.log, 4000);
+                Ok(Polled::Status(status))
+            }
+            _ => Err(self.shape("command status", "expected the one command asked for", &v)),
         }
-        Ok(out)
     }
 
     /// `GET /service/server?datacenter=1`: the datacenters this account can use.
@@ -410,7 +471,8 @@ impl Client {
         let v = self
             .call(self.read("images", Method::GET, &path, None))
             .await?;
-        Ok(named_entries(&v, "description")
+        // The server's `name` is the upstream's description (`code` is the upstream's name).
+        Ok(named_entries(&v, "name")
             .ok_or_else(|| self.shape("images", "expected a list of images", &v))?
             .into_iter()
             .map(|(id, description)| Image { id, description })
@@ -430,6 +492,7 @@ impl Client {
                 path: path.to_string(),
                 body: Some(body),
                 idempotency: Idempotency::Mutating,
+                timeout: self.inner.timeouts.power,
                 redactor: &self.inner.redactor,
             })
             .await?;
@@ -479,6 +542,7 @@ impl Client {
             path: path.to_string(),
             body,
             idempotency: Idempotency::Read,
+            timeout: self.inner.timeouts.read,
             redactor: &self.inner.redactor,
         }
     }
@@ -570,6 +634,7 @@ impl Client {
             .inner
             .http
             .request(call.method.clone(), &url)
+            .timeout(call.timeout)
             .header("AuthClientId", &self.inner.client_id)
             .header("AuthSecret", secret)
             .header("Accept", "application/json")
@@ -645,10 +710,12 @@ impl Client {
             .and_then(api_error_message)
             .map(|m| call.redactor.clean(&m, SAFE_MESSAGE_CHARS));
         let by_message = message.as_deref().and_then(classify_message);
+        let body = ErrorBody::of(status.as_u16(), json.as_ref());
         let class = match (status, by_message) {
             (_, Some(class)) => class,
             (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None) => ErrorClass::Unauthorized,
             (StatusCode::TOO_MANY_REQUESTS, None) => ErrorClass::Transient,
+            _ if body == ErrorBody::Refusal => ErrorClass::Refused,
             (s, None) if s.is_server_error() => ErrorClass::Transient,
             _ => ErrorClass::InvalidRequest,
         };
@@ -661,22 +728,23 @@ impl Client {
             }
         };
         let safe = match (&message, class) {
-            (Some(m), _) => format!(
+            (Some(m), _) if !m.is_empty() => format!(
                 "Kamatera {} failed (HTTP {}): {m}",
                 call.op,
                 status.as_u16()
             ),
-            (None, ErrorClass::Unauthorized) => format!(
+            (_, ErrorClass::Unauthorized) => format!(
                 "Kamatera {} failed: the API refused the credentials (HTTP {})",
                 call.op,
                 status.as_u16()
             ),
-            (None, _) => format!("Kamatera {} failed: HTTP {}", call.op, status.as_u16()),
+            _ => format!("Kamatera {} failed: HTTP {}", call.op, status.as_u16()),
         };
+        // A 5xx leaves open whether the request was carried out, unless its answer gives the
+        // reason nothing was done, or the route never ran.
+        let open = status.is_server_error() && by_message.is_none() && body == ErrorBody::Unclear;
         Err(Failure {
-            // A 5xx that names no cause leaves open whether the request was carried out.
-            error: KamateraError::new(class, safe, detail(class.as_str()))
-                .maybe_processed(status.is_server_error() && by_message.is_none()),
+            error: KamateraError::new(class, safe, detail(class.as_str())).maybe_processed(open),
             retryable,
             retry_after: if status == StatusCode::TOO_MANY_REQUESTS {
                 retry_after
@@ -806,6 +874,14 @@ fn url_escape(s: &str) -> String {
     out
 }
 
+/// A server name as an exact `name` selector: the server pastes it into `/^...$/` unescaped, so
+/// a dot is escaped and only letters, digits, `-`, `_` and `.` are asked for at all (`None`
+/// otherwise: a name that cannot be asked for exactly).
+fn name_pattern(name: &str) -> Option<String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    (!name.is_empty() && name.chars().all(plain)).then(|| name.replace('.', "\\."))
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -820,20 +896,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_have_eleven_hex_chars() {
-        let n = new_server_name("demo-general");
-        let suffix = n.strip_prefix("demo-general-").expect("prefix");
-        assert_eq!(suffix.len(), 11);
-        assert!(
-            suffix
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
-        assert_eq!(new_server_name("").len(), 11);
-        assert_ne!(new_server_name("x"), new_server_name("x"));
-    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
@@ -864,5 +926,9 @@ mod tests {
         );
         assert_eq!(api_error_message(&json!(["1"])), None);
         assert_eq!(url_escape("a b/c"), "a%20b%2Fc");
+        assert_eq!(name_pattern("k8s-a.b_1"), Some("k8s-a\\.b_1".into()));
+        for unsafe_name in ["", "a|b", "a/b", "a(b)", "a b", "a$", "é"] {
+            assert_eq!(name_pattern(unsafe_name), None, "{unsafe_name}");
+        }
     }
 }

@@ -92,6 +92,44 @@ pub struct CommandStatus {
     pub log: String,
 }
 
+/// What a lookup of one server the listing lacks found ([`super::Client::lookup_server`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The API has it: the listing omitted it.
+    Exists(Server),
+    /// The API gave a sign it does not exist.
+    Absent(AbsenceSign),
+}
+
+/// Which sign of absence a lookup got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbsenceSign {
+    /// The id path refused with a reason and the name path (exact, escaped, with
+    /// `allow-no-servers`) matched no server: both of the API's ways of looking agree.
+    IdAndName,
+    /// The id path refused with a reason; the name cannot be asked for safely (characters the
+    /// provider does not escape), so the id's answer stands alone.
+    IdOnly,
+}
+
+impl AbsenceSign {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbsenceSign::IdAndName => "id_and_name",
+            AbsenceSign::IdOnly => "id_only",
+        }
+    }
+}
+
+/// What the queue said of one command ([`super::Client::command_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    Status(CommandStatus),
+    /// The API answered without reporting it: the upstream does not know the id (yet), or
+    /// answered with an empty body. A command that has not started answers like this.
+    Unreported,
+}
+
 /// A datacenter from `GET /service/server?datacenter=1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datacenter {

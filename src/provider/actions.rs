@@ -197,14 +197,9 @@ impl Provider {
                         unknown_since: None,
                     });
                 }
-                Err(e) if e.class == kamatera::ErrorClass::NotFound => {
-                    // Already gone.
-                    inst.mark_terminated();
-                    inst.server_id = None;
-                    self.metrics().delete("completed");
-                }
                 Err(e) => {
-                    // The next reconcile tries again (Deleting with no command).
+                    // The next reconcile tries again (Deleting with no command) while the server
+                    // is listed; one that is not listed any more leaves by the vanish rule.
                     warn!(server = %name, step = ?kind, error = e.detail(), "delete step failed");
                     self.metrics().delete("failed");
                     inst.error = Some(ErrorInfo::other(

@@ -41,6 +41,7 @@ pub use hibernate::HibernationStatus;
 pub use in_force::{InForce, Manual};
 pub use state::{
     CreateStatus, ErrorInfo, GroupHibernation, HibernationPhase, InstanceErrorClass, Phase,
+    VanishRule,
 };
 pub use template::{GROUP_LABEL, MAX_PODS, TemplateNode};
 // Part of the provider's answers (GetOptions), so its callers need not reach into `config`.
@@ -110,7 +111,7 @@ impl std::fmt::Display for MaxLimit {
     }
 }
 
-/// Servers missing from a listing looked up by id per reconcile, at most.
+/// Servers missing from the listings looked up per reconcile, at most.
 const LOOKUPS_PER_RECONCILE: usize = 4;
 /// How often one server's cached tags are read again.
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
@@ -169,9 +170,9 @@ pub struct ProviderOptions {
     /// How long a create whose outcome is unknown (timeout, 5xx, lost answer) waits for its
     /// server to appear before it reports CREATE_UNCERTAIN.
     pub uncertain_create_grace: Duration,
-    /// Consecutive listings a known server must be missing from before it is looked up by id
-    /// (only a lookup that finds no such server, or a completed terminate, makes it gone).
-    pub vanish_misses: u32,
+    /// How long a known server must be missing from the listings before a lookup may prove it
+    /// gone (only such a lookup, or a completed terminate, makes it gone).
+    pub vanish: VanishRule,
     /// The restart journal as a file; `None` keeps in-flight intent in memory only (unless
     /// `state_configmap` is set, which wins).
     pub state_file: Option<std::path::PathBuf>,
@@ -203,7 +204,10 @@ impl Default for ProviderOptions {
             max_staleness: Duration::from_secs(120),
             unknown_command_limit: Duration::from_secs(10 * 60),
             uncertain_create_grace: Duration::from_secs(2 * 60),
-            vanish_misses: 3,
+            vanish: VanishRule {
+                misses: 3,
+                after: Duration::from_secs(60),
+            },
             state_file: None,
             state_configmap: None,
             leader_elect: None,

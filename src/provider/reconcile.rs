@@ -147,7 +147,7 @@ impl Provider {
         let mut servers = client.list_servers(&cfg.filter_name_prefix).await?;
         // Known servers this listing lacks are presumed to exist until a lookup by id says
         // otherwise; a few are looked up per pass.
-        let (presumed, gone) = self.verify_missing(&mut servers).await;
+        let presumed = self.verify_missing(&mut servers).await;
 
         // Tags: cached per server id; servers we created carry their group's tags already.
         let (mut known, unknown) = {
@@ -268,6 +268,7 @@ impl Provider {
             drop(st);
             let m = self.metrics();
             m.parks.inc_by(o.parked.len() as u64);
+            m.gone("terminate_completed", o.gone_terminated);
             m.power_ons
                 .get_or_create(&result_label("failed"))
                 .inc_by(o.power_ons_failed);
@@ -289,9 +290,6 @@ impl Provider {
                 .inc_by(o.deletes_failed);
             actions
         };
-        if !gone.is_empty() {
-            debug!(servers = ?gone, "confirmed gone by lookup");
-        }
         let report = ReconcileReport {
             listed: servers.len(),
             tag_reads,
@@ -321,22 +319,26 @@ impl Provider {
         Ok(report)
     }
 
-    /// Sorts the known servers a listing lacks: up to [`LOOKUPS_PER_RECONCILE`] of those missing
-    /// for `vanish_misses` listings are looked up by id. A server the API says does not exist is
-    /// gone (returned, so the listing's absence now counts); one it still has is added to
-    /// `servers` (the listing omitted it); the rest are returned as presumed: their last known
-    /// state is kept. A listing that lacks at least half of the known servers (two or more) is
+    /// Sorts the known servers a listing lacks. Those the [`VanishRule`] makes due (missing
+    /// from enough listings over enough time) are looked up, up to [`LOOKUPS_PER_RECONCILE`]
+    /// per pass, longest missing first. A lookup that gets a sign of absence makes the server
+    /// gone (left out of what is returned, so the listing's absence now counts); one that finds
+    /// it adds it to `servers` (the listing omitted it); the rest are returned as presumed:
+    /// their last known state is kept. A listing that lacks at least half of the known servers (two or more) is
     /// suspect: counted, and warned about once until a listing is trusted again.
     pub(super) async fn verify_missing(
         &self,
         servers: &mut Vec<kamatera::Server>,
-    ) -> (Vec<Observed>, Vec<String>) {
+    ) -> Vec<Observed> {
+        let now = Instant::now();
         let (mut missing, known) = {
-            let st = self.lock();
+            let mut st = self.lock();
             let listed: std::collections::HashSet<&str> =
                 servers.iter().map(|s| s.id.as_str()).collect();
-            st.missing_known(&listed)
+            st.missing_known(&listed, now)
         };
+        // Servers this provider terminated are not known any more, so they never make a
+        // listing look suspect.
         let suspect = missing.len() >= 2 && missing.len() * 2 >= known;
         {
             let mut st = self.lock();
@@ -346,7 +348,7 @@ impl Provider {
                     warn!(
                         missing = missing.len(),
                         known,
-                        "the Kamatera listing lacks most known servers; keeping their last known state until lookups by id confirm they are gone"
+                        "the Kamatera listing lacks most known servers; keeping their last known state until lookups confirm they are gone"
                     );
                 }
             } else if st.reads.suspect_listing {
@@ -354,105 +356,89 @@ impl Provider {
             }
             st.reads.suspect_listing = suspect;
         }
-        let due = self.inner.options.vanish_misses.max(1);
-        missing.sort_by_key(|m| std::cmp::Reverse(m.misses));
-        let to_look_up: Vec<String> = missing
+        let rule = self.inner.options.vanish;
+        missing.sort_by_key(|m| m.absence.since);
+        let names: std::collections::HashMap<String, String> = missing
             .iter()
-            .filter(|m| m.misses >= due)
+            .filter(|m| rule.due(&m.absence, now))
             .take(LOOKUPS_PER_RECONCILE)
-            .map(|m| m.observed.id.clone())
+            .map(|m| (m.observed.id.clone(), m.observed.name.clone()))
             .collect();
         let client = &self.inner.client;
-        let answers = per_server(to_look_up, LOOKUPS_PER_RECONCILE, |id| async move {
-            client.server_info(&id).await
-        })
+        let names = &names;
+        let answers = per_server(
+            names.keys().cloned().collect(),
+            LOOKUPS_PER_RECONCILE,
+            |id| async move {
+                let name = names.get(&id).map(String::as_str).unwrap_or_default();
+                client.lookup_server(&id, name).await
+            },
+        )
         .await;
         let mut gone = Vec::new();
+        let lookups = &self.metrics().server_lookups;
         for (id, answer) in answers {
             match answer {
-                Ok(None) => {
-                    info!(server_id = %id, "a server missing from the listing does not exist any more");
+                Ok(kamatera::Lookup::Absent(sign)) => {
+                    info!(server_id = %id, evidence = sign.as_str(), "a server missing from the listings does not exist any more");
+                    lookups.get_or_create(&result_label("absent")).inc();
+                    self.metrics().gone(sign.as_str(), 1);
                     gone.push(id);
                 }
-                Ok(Some(server)) => {
+                Ok(kamatera::Lookup::Exists(server)) => {
                     debug!(server = %server.name, server_id = %id, "the listing omitted a server that exists");
+                    lookups.get_or_create(&result_label("exists")).inc();
                     servers.push(server);
                 }
                 Err(e) => {
-                    debug!(server_id = %id, error = e.detail(), "cannot look up a server missing from the listing; presuming it exists")
+                    lookups.get_or_create(&result_label("inconclusive")).inc();
+                    debug!(server_id = %id, error = e.detail(), "cannot look up a server missing from the listings; presuming it exists")
                 }
             }
         }
-        let presumed = missing
+        missing
             .into_iter()
             .map(|m| m.observed)
             .filter(|o| !gone.contains(&o.id) && !servers.iter().any(|s| s.id == o.id))
-            .collect();
-        (presumed, gone)
+            .collect()
     }
 
-    /// Polls commands: one batched request; if it fails, each id alone (bounded), so one id the
-    /// API rejects cannot block the others. Returns the statuses and the ids the API did not
-    /// report while it answered (only then are they "unanswered").
+    /// Polls commands, one id per request and a bounded number at once, as every real client
+    /// does (a batch fails whole on the first command the upstream does not report yet).
+    /// Returns the statuses and the ids the API answered without reporting (not started yet,
+    /// or unknown: they count toward the unknown-command limit); ids whose poll failed are in
+    /// neither and are polled again next time.
     pub(super) async fn poll(&self, pending: &[String]) -> (Vec<CommandStatus>, Vec<String>) {
-        const SINGLE_POLLS: usize = 20;
-        if pending.is_empty() {
-            return (Vec::new(), Vec::new());
-        }
         let client = &self.inner.client;
-        let unreported = |statuses: &[CommandStatus]| -> Vec<String> {
-            pending
-                .iter()
-                .filter(|id| !statuses.iter().any(|s| &s.id == *id))
-                .cloned()
-                .collect()
-        };
-        match client.command_status(pending).await {
-            Ok(statuses) => {
-                let missing = unreported(&statuses);
-                (statuses, missing)
-            }
-            Err(e) if pending.len() == 1 => {
-                warn!(
-                    error = e.detail(),
-                    "cannot poll the command queue; trying again next time"
-                );
-                (Vec::new(), Vec::new())
-            }
-            Err(e) => {
-                warn!(
-                    error = e.detail(),
-                    "batched queue poll failed; polling commands one by one"
-                );
-                // A bounded number, concurrently: a few ids the API rejects cannot stall the
-                // pass (and with it readiness) one timeout after another.
-                let answers: Vec<(
-                    String,
-                    std::result::Result<Vec<CommandStatus>, KamateraError>,
-                )> = futures_util::stream::iter(pending.iter().take(SINGLE_POLLS).cloned())
-                    .map(|id| async move {
-                        let r = client.command_status(std::slice::from_ref(&id)).await;
-                        (id, r)
-                    })
-                    .buffer_unordered(self.inner.options.max_concurrent_requests.max(1))
-                    .collect()
-                    .await;
-                let mut statuses = Vec::new();
-                let mut failed = Vec::new();
-                for (id, r) in answers {
-                    match r {
-                        Ok(s) => statuses.extend(s),
-                        Err(_) => failed.push(id),
-                    }
-                }
-                if statuses.is_empty() {
-                    // Nothing answered: the API is down, not the ids unknown.
-                    (statuses, Vec::new())
-                } else {
-                    (statuses, failed)
+        let answers = per_server(
+            pending.to_vec(),
+            self.inner.options.max_concurrent_requests,
+            |id| async move { client.command_status(&id).await },
+        )
+        .await;
+        let mut statuses = Vec::new();
+        let mut unreported = Vec::new();
+        let mut failed = 0;
+        let mut last_error = None;
+        for (id, r) in answers {
+            match r {
+                Ok(kamatera::Polled::Status(s)) => statuses.push(s),
+                Ok(kamatera::Polled::Unreported) => unreported.push(id),
+                Err(e) => {
+                    failed += 1;
+                    last_error = Some(e);
                 }
             }
         }
+        if let Some(e) = last_error {
+            warn!(
+                failed,
+                polled = pending.len(),
+                error = e.detail(),
+                "cannot poll some commands; trying again next time"
+            );
+        }
+        (statuses, unreported)
     }
 }
 

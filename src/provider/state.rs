@@ -30,8 +30,35 @@ pub enum Action {
 pub struct Missing {
     /// Its last known state, marked presumed.
     pub observed: Observed,
+    /// How long it has been missing.
+    pub absence: Absence,
+}
+
+/// How long a known server has been missing from the listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Absence {
     /// Listings in a row without it, this one included.
     pub misses: u32,
+    /// When the first of them was read.
+    pub since: Instant,
+}
+
+/// What makes a known server that the listings lack gone (ARCHITECTURE.md, invariant 6): it
+/// must be missing from `misses` listings in a row spanning at least `after` before it is looked
+/// up at all, and only a lookup that gets a sign of absence ([`crate::kamatera::Lookup`]) then
+/// makes it gone. A completed terminate of the provider's own is the other proof, and needs no
+/// lookup. Until then the server is presumed: it counts toward the target and max-size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VanishRule {
+    pub misses: u32,
+    pub after: Duration,
+}
+
+impl VanishRule {
+    /// Whether a missing server is due its lookup.
+    pub fn due(&self, a: &Absence, now: Instant) -> bool {
+        a.misses >= self.misses.max(1) && now.saturating_duration_since(a.since) >= self.after
+    }
 }
 
 /// A listed server with its tags, for one reconcile.
@@ -119,6 +146,8 @@ pub struct Reads {
     pub outcomes: Outcomes,
     /// The last listing lacked most known servers (warned once per episode).
     pub suspect_listing: bool,
+    /// Known servers missing from the listings, by server id (see [`State::missing_known`]).
+    pub absences: HashMap<String, Absence>,
 }
 
 /// Time limits of the state machine.
@@ -159,8 +188,10 @@ pub struct Outcomes {
     /// Servers parked (powered off, kept) by this pass: their Nodes are deleted.
     pub parked: Vec<String>,
     /// Servers this pass forgot because they are gone for certain (the provider terminated them,
-    /// or a lookup by id found no such server): their Nodes are deleted.
+    /// or a lookup gave a sign of absence): their Nodes are deleted.
     pub gone: Vec<String>,
+    /// How many of `gone` left by the provider's own completed terminate.
+    pub gone_terminated: u64,
 }
 
 /// What one node group needs for membership decisions.
@@ -434,45 +465,55 @@ impl State {
     }
 
     /// Servers the provider knows exist (tracked and listed once, not terminated by it, or in a
-    /// group's pool) that `listed` lacks, with their last known state: presumed to exist until a
-    /// lookup by id says otherwise. `misses` counts the listings in a row that lacked it, this
-    /// one included (pool servers: 1, nothing is counted for them).
-    pub fn missing_known(&self, listed: &std::collections::HashSet<&str>) -> (Vec<Missing>, usize) {
+    /// group's pool) that `listed` lacks, with their last known state: presumed to exist until
+    /// the [`VanishRule`] and a lookup say otherwise. Each one's absence is counted here, once per
+    /// listing, and forgotten as soon as a listing has it again (or it is no longer known).
+    /// Returns them and how many servers are known.
+    pub fn missing_known(
+        &mut self,
+        listed: &std::collections::HashSet<&str>,
+        now: Instant,
+    ) -> (Vec<Missing>, usize) {
         let mut known = 0;
         let mut missing = Vec::new();
-        for i in self.instances.values() {
-            let Some(id) = i.server_id.as_ref().filter(|_| i.seen && !i.terminated()) else {
+        let tracked = self.instances.values().filter_map(|i| {
+            let id = i.server_id.as_ref().filter(|_| i.seen && !i.terminated())?;
+            Some((id, &i.name, i.power.clone().unwrap_or(Power::Off)))
+        });
+        let pooled = self
+            .parked
+            .values()
+            .flatten()
+            .map(|p| (&p.id, &p.name, Power::Off));
+        for (id, name, power) in tracked.chain(pooled) {
+            known += 1;
+            if listed.contains(id.as_str()) {
                 continue;
-            };
-            known += 1;
-            if !listed.contains(id.as_str()) {
-                missing.push(Missing {
-                    observed: Observed {
-                        id: id.clone(),
-                        name: i.name.clone(),
-                        power: i.power.clone().unwrap_or(Power::Off),
-                        tags: self.tags.get(id).cloned(),
-                        presumed: true,
-                    },
-                    misses: i.missed + 1,
-                });
             }
+            missing.push(Observed {
+                id: id.clone(),
+                name: name.clone(),
+                power,
+                tags: self.tags.get(id).cloned(),
+                presumed: true,
+            });
         }
-        for p in self.parked.values().flatten() {
-            known += 1;
-            if !listed.contains(p.id.as_str()) {
-                missing.push(Missing {
-                    observed: Observed {
-                        id: p.id.clone(),
-                        name: p.name.clone(),
-                        power: Power::Off,
-                        tags: self.tags.get(&p.id).cloned(),
-                        presumed: true,
-                    },
-                    misses: 1,
+        let absences = &mut self.reads.absences;
+        absences.retain(|id, _| missing.iter().any(|o| &o.id == id));
+        let missing = missing
+            .into_iter()
+            .map(|observed| {
+                let a = absences.entry(observed.id.clone()).or_insert(Absence {
+                    misses: 0,
+                    since: now,
                 });
-            }
-        }
+                a.misses += 1;
+                Missing {
+                    observed,
+                    absence: *a,
+                }
+            })
+            .collect();
         (missing, known)
     }
 
@@ -522,9 +563,6 @@ impl State {
                 inst.server_id = Some(s.id.clone());
                 inst.power = Some(s.power.clone());
                 inst.seen = true;
-                inst.missed = if s.presumed { inst.missed + 1 } else { 0 };
-            } else if inst.seen {
-                inst.missed += 1;
             }
             if let Some(cmd) = inst.command.clone() {
                 if let Some(st) = by_command.get(cmd.id.as_str()) {
@@ -553,9 +591,13 @@ impl State {
                 self.reads.outcomes.parked.push(name.clone());
             }
             let inst = self.remove(&name);
-            if why == GONE || inst.is_some_and(|i| i.terminated()) {
-                // Gone by the provider's own completed terminate, or confirmed by a lookup.
+            let terminated = inst.is_some_and(|i| i.terminated());
+            if why == GONE || terminated {
+                // Gone by the provider's own completed terminate, or by the vanish rule.
                 self.reads.outcomes.gone.push(name);
+                if terminated {
+                    self.reads.outcomes.gone_terminated += 1;
+                }
             }
         }
 

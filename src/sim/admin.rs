@@ -1,12 +1,14 @@
 //! The unauthenticated `/_sim/...` admin surface: state, faults, seeding and vanishing servers.
 
 use super::*;
+use serde::Deserialize;
 
 pub(super) fn state_json(s: &SimState) -> Value {
     json!({
         "servers": s.servers,
         "commands": s.commands.values().collect::<Vec<_>>(),
         "requests": s.requests,
+        "queue_polls": s.queue_polls,
         "faults": s.faults,
         "quota": s.quota,
         "timing": s.timing,

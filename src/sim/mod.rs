@@ -32,16 +32,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use state::{
-    ApiError, CommandKind, DATACENTERS, Endpoint, EndpointFaults, Faults, IMAGES, Quota,
-    SeedServer, SimState, Timing,
+    ApiError, CommandKind, DATACENTERS, Endpoint, EndpointFaults, Faults, IMAGES, NOT_LOGGED_IN,
+    QUEUE_UNKNOWN_STATUS, QueuePolls, Quota, SeedServer, SimState, Timing, UNKNOWN_SERVER_ID,
 };
-use state::{NewServer, Selector, image_id, no_servers_message};
+use state::{NewServer, Selector, image_id, no_servers};
 
 use admin::*;
 pub use args::{SimArgsError, SimulatorArgs};
@@ -199,16 +198,34 @@ pub async fn start(config: SimConfig, listen: SocketAddr) -> std::io::Result<Sim
 }
 
 fn router(shared: Arc<Shared>) -> Router {
+    // A route's other methods answer as Laravel does (500), unknown paths 404.
     Router::new()
-        .route("/", get(root))
-        .route("/service/servers", get(list_servers))
-        .route("/server/tags", post(server_tags))
-        .route("/service/server", post(create_server).get(server_options))
-        .route("/service/server/poweron", post(power_on))
-        .route("/service/server/poweroff", post(power_off))
-        .route("/service/server/terminate", post(terminate))
-        .route("/service/server/info", post(server_info))
-        .route("/service/queue", get(queue))
+        .route("/", get(root).fallback(wrong_method))
+        .route("/service/servers", get(list_servers).fallback(wrong_method))
+        .route("/server/tags", post(server_tags).fallback(wrong_method))
+        .route(
+            "/service/server",
+            post(create_server)
+                .get(server_options)
+                .fallback(wrong_method),
+        )
+        .route(
+            "/service/server/poweron",
+            post(power_on).fallback(wrong_method),
+        )
+        .route(
+            "/service/server/poweroff",
+            post(power_off).fallback(wrong_method),
+        )
+        .route(
+            "/service/server/terminate",
+            post(terminate).fallback(wrong_method),
+        )
+        .route(
+            "/service/server/info",
+            post(server_info).fallback(wrong_method),
+        )
+        .route("/service/queue", get(queue).fallback(wrong_method))
         .route("/_sim/state", get(admin_state))
         .route(
             "/_sim/faults",
@@ -218,6 +235,7 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_sim/servers", post(admin_seed))
         .route("/_sim/servers/{id}/vanish", post(admin_vanish))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             lose_responses,
@@ -253,6 +271,8 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 }
 
 fn api_error(e: ApiError, endpoint: Endpoint) -> Response {
+    let status =
+        |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match e {
         ApiError::BadRequest(m) => json_response(StatusCode::BAD_REQUEST, json!({ "message": m })),
         ApiError::Server(m) => {
@@ -262,24 +282,38 @@ fn api_error(e: ApiError, endpoint: Endpoint) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({ "message": format!("Failed to run command method ({})", endpoint.method_name()) }),
         ),
-        ApiError::Upstream(m) => json_response(
+        ApiError::Upstream {
+            status: code,
+            message,
+        } => json_response(
+            status(code),
+            json!({ "json_decode_error": null, "message": message }),
+        ),
+        ApiError::Bare(code) => json_response(status(code), json!({ "json_decode_error": null })),
+        ApiError::Wrapped(upstream) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "json_decode_error": null, "message": m }),
+            json!({ "message": upstream.to_string() }),
         ),
     }
 }
 
-/// What a request meets before its handler: counting, latency, gateway faults, auth, app errors.
-async fn gate(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap) -> Result<(), Response> {
+/// The upstream's error body for a request without valid credentials.
+fn not_logged_in_body() -> Value {
+    json!({ "errors": [{ "code": 1, "info": "you are not logged in" }] })
+}
+
+/// What a request meets before its handler: counting, latency, gateway and app faults. `Ok`
+/// says whether the credentials are the account's: the server itself checks nothing, so each
+/// handler shows a refusal where the upstream's answer would surface (fact sheet §1, §5).
+async fn gate(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap) -> Result<bool, Response> {
     enum Verdict {
         Pass,
         Drop,
         Gateway,
         RateLimit,
-        Unauthorized,
         Error,
     }
-    let (verdict, latency) = {
+    let (verdict, latency, authorized) = {
         let mut s = shared.lock();
         s.count(endpoint);
         let f = s.faults.for_endpoint(endpoint);
@@ -289,22 +323,19 @@ async fn gate(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap) -> Resul
             Verdict::Gateway
         } else if s.chance(f.rate_limit_rate) {
             Verdict::RateLimit
-        } else if endpoint != Endpoint::Root
-            && (s.faults.unauthorized || !authorized(shared, headers))
-        {
-            Verdict::Unauthorized
         } else if s.chance(f.error_rate) {
             Verdict::Error
         } else {
             Verdict::Pass
         };
-        (verdict, Duration::from_millis(f.latency_ms))
+        let authorized = !s.faults.unauthorized && authorized(shared, headers);
+        (verdict, Duration::from_millis(f.latency_ms), authorized)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     match verdict {
-        Verdict::Pass => Ok(()),
+        Verdict::Pass => Ok(authorized),
         Verdict::Drop => Err(dropped_connection()),
         Verdict::Gateway => Err((
             StatusCode::GATEWAY_TIMEOUT,
@@ -318,34 +349,15 @@ async fn gate(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap) -> Resul
             axum::Json(json!({ "message": "Too Many Attempts." })),
         )
             .into_response()),
-        Verdict::Unauthorized => Err(not_logged_in(endpoint)),
         Verdict::Error => Err(api_error(ApiError::Generic, endpoint)),
     }
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    // Header names are case-insensitive, as in the server.
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     get("AuthClientId") == Some(shared.client_id.as_str())
         && get("AuthSecret") == Some(shared.secret.as_str())
-}
-
-/// The not-logged-in answer, in the shape each kind of endpoint uses.
-fn not_logged_in(endpoint: Endpoint) -> Response {
-    match endpoint {
-        // Proxied GETs pass the upstream error body on with 200.
-        Endpoint::ListServers | Endpoint::Queue | Endpoint::ServerOptions => json_response(
-            StatusCode::OK,
-            json!({ "errors": [{ "code": 1, "info": "you are not logged in" }] }),
-        ),
-        Endpoint::CreateServer => json_response(
-            StatusCode::UNAUTHORIZED,
-            json!({ "message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}" }),
-        ),
-        _ => json_response(
-            StatusCode::UNAUTHORIZED,
-            json!({ "json_decode_error": null, "message": "you are not logged in (1)" }),
-        ),
-    }
 }
 
 /// A 200 whose body breaks off: the client sees the connection drop mid-answer.
@@ -364,38 +376,71 @@ fn dropped_connection() -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// The gate, then the body as a JSON object: what every POST handler starts with.
+/// A POST handler's start: the gate, then the request's fields as the server reads them.
+/// `Ok` also says whether the credentials are the account's.
 async fn open(
     shared: &Shared,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Map<String, Value>, Response> {
-    if let Err(refused) = gate(shared, endpoint, headers).await {
-        if !shared.lock().faults.echo_request_in_errors {
-            return Err(refused);
+) -> Result<(Fields, bool), Response> {
+    match gate(shared, endpoint, headers).await {
+        Ok(authorized) => Ok((Fields::read(headers, body), authorized)),
+        Err(refused) => {
+            if !shared.lock().faults.echo_request_in_errors {
+                return Err(refused);
+            }
+            // The fault: the error quotes every field of the request back, as an API that
+            // complains about a field value does.
+            let fields: Vec<String> = Fields::read(headers, body)
+                .raw()
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                    )
+                })
+                .collect();
+            Err(json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "message": format!("invalid flag value ({})", fields.join(", ")) }),
+            ))
         }
-        // The fault: the error quotes every field of the request back, as an API that
-        // complains about a field value does.
-        let fields: Vec<String> = body_object(body)
-            .unwrap_or_default()
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    v.as_str().map_or_else(|| v.to_string(), str::to_string)
-                )
-            })
-            .collect();
-        return Err(json_response(
-            StatusCode::BAD_REQUEST,
-            json!({ "message": format!("invalid flag value ({})", fields.join(", ")) }),
-        ));
     }
-    body_object(body)
+}
+
+/// The server's answer to a route it has with another method (a Laravel exception, so 500).
+async fn wrong_method(method: axum::http::Method) -> Response {
+    let allowed = if method == axum::http::Method::GET {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({ "error": true, "message": format!("The {method} method is not supported for this route. Supported methods: {allowed}.") }),
+    )
+}
+
+/// Unknown paths: 404 from the router; a trailing slash is redirected away first (`.htaccess`).
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.len() > 1 && path.ends_with('/') {
+        let target = match uri.query() {
+            Some(q) => format!("{}?{q}", path.trim_end_matches('/')),
+            None => path.trim_end_matches('/').to_string(),
+        };
+        return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, target)]).into_response();
+    }
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({ "error": true, "message": "Not Found" }),
+    )
 }
 
 async fn root(State(sim): Sim, headers: HeaderMap) -> Response {
+    // Answered without an upstream call: no credentials needed.
     if let Err(r) = gate(&sim, Endpoint::Root, &headers).await {
         return r;
     }
@@ -403,8 +448,11 @@ async fn root(State(sim): Sim, headers: HeaderMap) -> Response {
 }
 
 async fn list_servers(State(sim): Sim, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&sim, Endpoint::ListServers, &headers).await {
-        return r;
+    match gate(&sim, Endpoint::ListServers, &headers).await {
+        Err(r) => return r,
+        // The upstream's error body is passed on as it is, with HTTP 200.
+        Ok(false) => return json_response(StatusCode::OK, not_logged_in_body()),
+        Ok(true) => {}
     }
     let now = Instant::now();
     let mut s = sim.lock();
@@ -419,37 +467,66 @@ async fn list_servers(State(sim): Sim, headers: HeaderMap) -> Response {
     json_response(StatusCode::OK, Value::Array(list))
 }
 
+/// The refusal of a request that addresses servers without valid credentials: the upstream's
+/// text by id, a generic failure by name (the listing it starts with gets an error object).
+fn unauthorized_select(sel: &Selector) -> ApiError {
+    match sel {
+        Selector::Id(_) => ApiError::Server(state::NOT_LOGGED_IN.into()),
+        Selector::Name(_) => ApiError::Generic,
+    }
+}
+
+/// A dry run's answer: the names a selector matches (none for an id).
+fn dry_run(s: &SimState, sel: &Selector) -> Result<Response, ApiError> {
+    let names: Vec<&str> = match sel {
+        Selector::Id(_) => Vec::new(),
+        Selector::Name(_) => s
+            .select(sel)?
+            .into_iter()
+            .map(|i| s.servers[i].name.as_str())
+            .collect(),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "dryrun": true, "server-names": names }),
+    ))
+}
+
 async fn server_tags(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::ServerTags;
-    let m = match open(&sim, e, &headers, &body).await {
-        Ok(m) => m,
+    let (m, authorized) = match open(&sim, e, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let mut s = sim.lock();
     s.advance(Instant::now());
     let result = (|| {
-        let sel = selector(&m)?;
+        let sel = m.selector()?;
+        if !authorized {
+            return Err(unauthorized_select(&sel));
+        }
+        // The info flow runs first: existence is checked, and exactly one server is needed.
         let matched = s.select(&sel)?;
         let idx = match matched.as_slice() {
-            [] => return Err(ApiError::Server(no_servers_message(&sel))),
+            [] if m.truthy("allow-no-servers") => return Err(ApiError::Generic),
+            [] => return Err(no_servers(&sel)),
             [one] => *one,
             _ => {
-                let shown = match &sel {
-                    Selector::Name(n) => format!("name='{n}'"),
-                    Selector::Id(i) => format!("id='{i}'"),
+                let Selector::Name(n) = &sel else {
+                    return Err(ApiError::Generic);
                 };
                 return Err(ApiError::Server(format!(
-                    "Too many matching servers ({shown})"
+                    "Too many matching servers (name='{n}')"
                 )));
             }
         };
         let srv = &mut s.servers[idx];
-        if let Some(add) = text(&m, "add").filter(|t| !t.is_empty())
+        if let Some(add) = m.present("add")
             && !srv.tags.contains(&add)
         {
             srv.tags.push(add);
         }
-        if let Some(remove) = text(&m, "remove") {
+        if let Some(remove) = m.present("remove") {
             srv.tags.retain(|t| *t != remove);
         }
         Ok(srv
@@ -466,26 +543,26 @@ async fn server_tags(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Respon
 
 async fn create_server(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::CreateServer;
-    let m = match open(&sim, e, &headers, &body).await {
-        Ok(m) => m,
+    let (m, authorized) = match open(&sim, e, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let now = Instant::now();
     let mut s = sim.lock();
     s.advance(now);
-    let (req, generate) = match parse_create(&m, &s.lans) {
-        Ok(x) => x,
-        Err(err) => return api_error(err, e),
-    };
-    match s.create(req, now) {
-        Ok(cmd) if generate => {
+    let result = parse_create(&m, &s.lans, authorized).and_then(|(req, generate)| {
+        let cmd = s.create(req, now)?;
+        Ok((cmd, generate))
+    });
+    match result {
+        Ok((cmd, true)) => {
             let seed: u64 = cmd.parse().unwrap_or(7);
             json_response(
                 StatusCode::OK,
                 json!({ "commandIds": [cmd], "password": generated_password(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) }),
             )
         }
-        Ok(cmd) => json_response(StatusCode::OK, json!([cmd])),
+        Ok((cmd, false)) => json_response(StatusCode::OK, json!([cmd])),
         Err(err) => api_error(err, e),
     }
 }
@@ -497,19 +574,25 @@ async fn server_command(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
-    let m = match open(sim, e, headers, body).await {
-        Ok(m) => m,
+    let (m, authorized) = match open(sim, e, headers, body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let now = Instant::now();
     let mut s = sim.lock();
     s.advance(now);
-    let result =
-        selector(&m).and_then(|sel| s.server_command(kind, &sel, truthy(&m, "force"), now));
-    match result {
-        Ok(ids) => json_response(StatusCode::OK, json!(ids)),
-        Err(err) => api_error(err, e),
-    }
+    let result = m.selector().and_then(|sel| {
+        if !authorized {
+            return Err(unauthorized_select(&sel));
+        }
+        if m.truthy("dryrun") {
+            return dry_run(&s, &sel);
+        }
+        // PHP's loose `== "true"`: only JSON true or the string "true" force.
+        let ids = s.server_command(kind, &sel, m.loosely_true("force"), now)?;
+        Ok(json_response(StatusCode::OK, json!(ids)))
+    });
+    result.unwrap_or_else(|err| api_error(err, e))
 }
 
 async fn power_on(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
@@ -547,18 +630,30 @@ async fn terminate(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response
 
 async fn server_info(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Response {
     let e = Endpoint::ServerInfo;
-    let m = match open(&sim, e, &headers, &body).await {
-        Ok(m) => m,
+    let (m, authorized) = match open(&sim, e, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let mut s = sim.lock();
     s.advance(Instant::now());
-    let result = selector(&m).and_then(|sel| {
-        let matched = s.select(&sel)?;
-        if matched.is_empty() && !truthy(&m, "allow-no-servers") {
-            return Err(ApiError::Server(no_servers_message(&sel)));
+    let result = m.selector().and_then(|sel| {
+        if !authorized {
+            return Err(unauthorized_select(&sel));
         }
-        Ok(matched
+        if m.truthy("dryrun") {
+            return dry_run(&s, &sel);
+        }
+        let matched = s.select(&sel)?;
+        if matched.is_empty() {
+            // By id the upstream is asked blindly and fails; by name the server's own answer.
+            return match sel {
+                Selector::Name(_) if m.truthy("allow-no-servers") => {
+                    Ok(json_response(StatusCode::OK, json!([])))
+                }
+                _ => Err(no_servers(&sel)),
+            };
+        }
+        let list: Vec<Value> = matched
             .into_iter()
             .map(|i| {
                 let srv = &s.servers[i];
@@ -567,58 +662,98 @@ async fn server_info(State(sim): Sim, headers: HeaderMap, body: Bytes) -> Respon
                     "cpu": srv.cpu, "ram": srv.ram_mb, "diskSizes": srv.disks_gb,
                     "networks": srv.networks.iter().map(|n| json!({"network": n, "ips": []})).collect::<Vec<_>>(),
                     "billing": srv.billing, "traffic": "t5000", "managed": "0", "backup": "0",
+                    // Strings, as the server formats them; hourly-off repeats hourly-on (its bug).
+                    "priceMonthlyOn": "20.0", "priceHourlyOn": "0.03", "priceHourlyOff": "0.03",
                 })
             })
-            .collect::<Vec<_>>())
+            .collect();
+        Ok(json_response(StatusCode::OK, Value::Array(list)))
     });
-    match result {
-        Ok(list) => json_response(StatusCode::OK, Value::Array(list)),
-        Err(err) => api_error(err, e),
-    }
+    result.unwrap_or_else(|err| api_error(err, e))
 }
 
-#[derive(Deserialize)]
-struct QueueQuery {
-    id: Option<String>,
-}
-
-async fn queue(State(sim): Sim, headers: HeaderMap, Query(q): Query<QueueQuery>) -> Response {
+async fn queue(
+    State(sim): Sim,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
     let e = Endpoint::Queue;
-    if let Err(r) = gate(&sim, e, &headers).await {
-        return r;
-    }
-    let Some(ids) = q.id.filter(|i| !i.trim().is_empty()) else {
-        return api_error(ApiError::BadRequest("missing required flag (id)".into()), e);
+    let authorized = match gate(&sim, e, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
     };
+    // PHP keeps the last of repeated keys.
+    let last = |key: &str| {
+        q.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let truthy = |key: &str| last(key).is_some_and(|v| v != "0");
+    // Split on spaces; empty parts and the id 0 are skipped. No id: no upstream call, `[]`.
+    let ids_text = last("id").unwrap_or_default();
+    let ids: Vec<&str> = ids_text
+        .split(' ')
+        .filter(|i| !i.is_empty() && *i != "0")
+        .collect();
+    if ids.is_empty() {
+        return json_response(StatusCode::OK, json!([]));
+    }
+    if !authorized {
+        return api_error(ApiError::Bare(500), e);
+    }
+    let now = Instant::now();
     let mut s = sim.lock();
-    s.advance(Instant::now());
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    match s.queue(&ids) {
+    s.advance(now);
+    match s.queue(&ids, now) {
+        // `wait` empties every item and drops it; `log` keeps only the log.
+        Ok(_) if truthy("wait") => json_response(StatusCode::OK, json!([])),
+        Ok(list) if truthy("log") => json_response(
+            StatusCode::OK,
+            Value::Array(
+                list.into_iter()
+                    .map(|item| json!({ "log": item["log"] }))
+                    .collect(),
+            ),
+        ),
         Ok(list) => json_response(StatusCode::OK, Value::Array(list)),
         Err(err) => api_error(err, e),
     }
-}
-
-#[derive(Deserialize)]
-struct OptionsQuery {
-    datacenter: Option<String>,
-    images: Option<String>,
 }
 
 async fn server_options(
     State(sim): Sim,
     headers: HeaderMap,
-    Query(q): Query<OptionsQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
     let e = Endpoint::ServerOptions;
-    if let Err(r) = gate(&sim, e, &headers).await {
-        return r;
+    let authorized = match gate(&sim, e, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let value = |key: &str| {
+        q.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty() && v != "0")
+    };
+    // Tested by truthiness in this order: capabilities, sizes, images, datacenter, bare.
+    if value("capabilities").is_some() || value("sizes").is_some() {
+        // Not simulated (no client of ours asks): the server's generic failure.
+        return api_error(ApiError::Generic, e);
     }
-    if q.images.is_some() {
-        let dc = q.datacenter.unwrap_or_default();
+    if value("images").is_some() {
+        if !authorized {
+            return api_error(ApiError::Wrapped(not_logged_in_body()), e);
+        }
+        let dc = value("datacenter").unwrap_or_else(|| "EU".into());
         if !DATACENTERS.iter().any(|(id, ..)| *id == dc) {
             return api_error(
-                ApiError::BadRequest(format!("invalid flag value (datacenter={dc})")),
+                ApiError::Wrapped(
+                    json!({ "errors": [{ "code": 4, "info": format!("Unknown datacenter {dc}") }] }),
+                ),
                 e,
             );
         }
@@ -626,22 +761,41 @@ async fn server_options(
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                json!({ "datacenter": dc, "id": image_id(&dc, i), "code": d, "description": d,
-                        "osDiskSizeGB": 20, "ramMBMin": {"A": 256, "B": 512, "D": 1024, "T": 256} })
+                // `name` is the upstream's description, `code` its name.
+                json!({ "datacenter": dc, "os": d.split('_').next().unwrap_or(d), "id": image_id(&dc, i),
+                        "name": d, "code": d.replace("_server", ""), "osDiskSizeGB": 20,
+                        "ramMBMin": {"A": 256, "B": 512, "D": 1024, "T": 256} })
             })
             .collect();
         return json_response(StatusCode::OK, Value::Array(list));
     }
-    if q.datacenter.is_some() {
+    if value("datacenter").is_some() {
+        if !authorized {
+            return api_error(ApiError::Wrapped(not_logged_in_body()), e);
+        }
         let list: Vec<Value> = DATACENTERS
             .iter()
             .map(|(id, name, cat, sub)| json!({ "id": id, "name": name, "category": cat, "subCategory": sub }))
             .collect();
         return json_response(StatusCode::OK, Value::Array(list));
     }
+    if !authorized {
+        return json_response(StatusCode::OK, not_logged_in_body());
+    }
     let dcs: Map<String, Value> = DATACENTERS
         .iter()
         .map(|(id, name, ..)| (id.to_string(), json!(name)))
+        .collect();
+    let images: Map<String, Value> = DATACENTERS
+        .iter()
+        .map(|(dc, ..)| {
+            let list: Vec<Value> = IMAGES
+                .iter()
+                .enumerate()
+                .map(|(i, d)| json!({ "id": image_id(dc, i), "description": d }))
+                .collect();
+            (dc.to_string(), Value::Array(list))
+        })
         .collect();
     json_response(
         StatusCode::OK,
@@ -650,8 +804,10 @@ async fn server_options(
             "cpu": ["1A", "2A", "1B", "2B", "4B", "8B", "2D", "4D", "8D", "1T", "2T"],
             "ram": [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144],
             "disk": [5, 10, 20, 40, 50, 60, 80, 100, 150, 200, 250, 300, 500, 1000, 2000],
-            "billing": ["hourly", "monthly"],
+            "diskImages": images,
             "traffic": ["t5000", "t10000"],
+            "networks": ["wan"],
+            "billing": ["hourly", "monthly"],
         }),
     )
 }

@@ -1,54 +1,81 @@
-//! Reading request bodies the way the API does: JSON objects, `k=v` specs, yes/no flags, and a
-//! create request with the API's validation.
+//! Reading requests the way cloudcli-server does (fact sheet §2): fields from a JSON body only
+//! with a JSON content type, strings trimmed (passwords excepted), empty strings as missing,
+//! PHP's `empty()` and loose comparisons; `k=v` item specs; a create with the server's checks
+//! in the server's order, then the upstream's.
 
 use super::*;
 
-/// A request body as a JSON object (empty body = empty object).
-pub(super) fn body_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+/// A request's fields after the server's middleware.
+pub(super) struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// The body as Laravel's `input()` sees it: a JSON object when the content type says JSON
+    /// (malformed JSON reads as no fields), nothing otherwise.
+    pub(super) fn read(headers: &HeaderMap, body: &Bytes) -> Fields {
+        let json_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("/json") || t.contains("+json"));
+        let mut m = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) if json_type => m,
+            _ => Map::new(),
+        };
+        for (k, v) in m.iter_mut() {
+            if let Value::String(s) = v {
+                // TrimStrings (passwords kept as sent), then ConvertEmptyStringsToNull.
+                if k != "password" && k != "password_confirmation" {
+                    *s = s.trim().to_string();
+                }
+                if s.is_empty() {
+                    *v = Value::Null;
+                }
+            }
+        }
+        Fields(m)
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(json_response(
-            StatusCode::BAD_REQUEST,
-            json!({ "message": "invalid request body: expected a JSON object" }),
-        )),
+
+    /// Every field as read, for the echo fault.
+    pub(super) fn raw(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
+    /// A field as text, unless PHP's `empty()` holds for it (absent, null, `""`, `"0"`, `0`,
+    /// false, an empty array).
+    pub(super) fn present(&self, key: &str) -> Option<String> {
+        let text = match self.0.get(key)? {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(true) => "1".into(),
+            _ => return None,
+        };
+        (text != "0" && text != "0.0").then_some(text)
+    }
+
+    /// PHP truthiness: not `empty()`.
+    pub(super) fn truthy(&self, key: &str) -> bool {
+        self.present(key).is_some()
+    }
+
+    /// PHP 7's loose `== "true"`: JSON true or the string `true`; `"1"`, `1`, `"yes"` are not.
+    pub(super) fn loosely_true(&self, key: &str) -> bool {
+        match self.0.get(key) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s == "true",
+            _ => false,
+        }
+    }
+
+    /// `name` or `id`, exactly one of them (the server fails generically otherwise).
+    pub(super) fn selector(&self) -> Result<Selector, ApiError> {
+        match (self.present("name"), self.present("id")) {
+            (Some(n), None) => Ok(Selector::Name(n)),
+            (None, Some(id)) => Ok(Selector::Id(id)),
+            _ => Err(ApiError::Generic),
+        }
     }
 }
 
-/// A field as text: strings as they are, numbers and booleans printed.
-pub(super) fn text(m: &Map<String, Value>, key: &str) -> Option<String> {
-    match m.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-pub(super) fn truthy(m: &Map<String, Value>, key: &str) -> bool {
-    match m.get(key) {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        Some(Value::Number(n)) => n.as_u64() == Some(1),
-        _ => false,
-    }
-}
-
-/// `name` or `id`, exactly one of them (the API fails generically otherwise).
-pub(super) fn selector(m: &Map<String, Value>) -> Result<Selector, ApiError> {
-    match (
-        text(m, "name").filter(|s| !s.is_empty()),
-        text(m, "id").filter(|s| !s.is_empty()),
-    ) {
-        (Some(n), None) => Ok(Selector::Name(n)),
-        (None, Some(id)) => Ok(Selector::Id(id)),
-        _ => Err(ApiError::Generic),
-    }
-}
-
-/// `k=v,k=v` items separated by spaces, with allowed keys; `None` when malformed.
+/// `k=v,k=v` items separated by spaces; `None` when an item is malformed.
 pub(super) fn spec_items(spec: &str, keys: &[&str]) -> Option<Vec<BTreeMap<String, String>>> {
     spec.split_whitespace()
         .map(|item| {
@@ -62,56 +89,99 @@ pub(super) fn spec_items(spec: &str, keys: &[&str]) -> Option<Vec<BTreeMap<Strin
         .collect()
 }
 
-pub(super) fn yes_no(m: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
-    match text(m, key)
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "" => Ok(default),
-        "yes" => Ok(true),
-        "no" => Ok(false),
-        _ => Err(ApiError::Generic),
+/// Disk or network items with ids 0-3; items without an id take the free ids in order.
+fn numbered(
+    flag: &str,
+    spec: &str,
+    keys: &[&str],
+) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+    let invalid = || ApiError::BadRequest(format!("invalid flag value ({flag}={spec})"));
+    let items = spec_items(spec, keys).ok_or_else(invalid)?;
+    let mut slots: [Option<BTreeMap<String, String>>; 4] = Default::default();
+    let mut loose = Vec::new();
+    for item in items {
+        match item.get("id") {
+            Some(id) => {
+                let n: usize = id.parse().map_err(|_| invalid())?;
+                if n > 3 {
+                    return Err(ApiError::BadRequest(format!(
+                        "invalid item id: {n} ({flag}={spec})"
+                    )));
+                }
+                if slots[n].is_some() {
+                    return Err(ApiError::BadRequest(format!(
+                        "duplicate item id: {n} ({flag}={spec})"
+                    )));
+                }
+                slots[n] = Some(item);
+            }
+            None => loose.push(item),
+        }
+    }
+    for item in loose {
+        let free = slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| ApiError::BadRequest(format!("invalid item ids ({flag}={spec})")))?;
+        slots[free] = Some(item);
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// A `yes`/`no` flag (any case); anything else is an exception in the server.
+fn yes_no(m: &Fields, key: &str, default: bool) -> Result<bool, ApiError> {
+    match m.present(key).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("yes") => Ok(true),
+        Some("no") => Ok(false),
+        Some(_) => Err(ApiError::Generic),
     }
 }
 
-/// Validates a create request the way cloudcli-server does.
+/// A create request checked as cloudcli-server checks it (fact sheet §4.3), then as the
+/// simulated upstream does (datacenter, image, cpu, ram, networks, tags, credentials).
+/// Returns the server to create and whether the API generates its password.
 pub(super) fn parse_create(
-    m: &Map<String, Value>,
+    m: &Fields,
     lans: &[String],
+    authorized: bool,
 ) -> Result<(NewServer, bool), ApiError> {
-    let required = |key: &str| {
-        text(m, key)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| ApiError::BadRequest(format!("missing required flag ({key})")))
-    };
-    let invalid = |key: &str, value: &str| {
-        ApiError::BadRequest(format!("invalid flag value ({key}={value})"))
-    };
-
-    let name = required("name")?;
-    let datacenter = required("datacenter")?;
-    if !DATACENTERS.iter().any(|(id, ..)| *id == datacenter) {
-        return Err(invalid("datacenter", &datacenter));
+    // Required flags, the first missing one only, in the server's order.
+    let ssh_key = m.present("ssh-key").unwrap_or_default();
+    for key in ["name", "password", "datacenter", "image"] {
+        let stands_in = key == "password" && !ssh_key.is_empty();
+        if !stands_in && m.present(key).is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "missing required flag ({key})"
+            )));
+        }
     }
-    let image_arg = required("image")?;
-    let image_arg = image_arg.trim();
-    let image = if image_arg.chars().all(|c| c.is_ascii_alphanumeric()) {
-        let id = format!("{datacenter}:{image_arg}");
-        (0..IMAGES.len())
-            .map(|i| image_id(&datacenter, i))
-            .find(|candidate| *candidate == id)
-            .ok_or(ApiError::Generic)?
-    } else if let Some((dc, _)) = image_arg.split_once(':') {
-        if dc != datacenter {
-            // The real text only shows with APP_DEBUG; the API answers generically.
+    let name = m.present("name").unwrap_or_default();
+    let datacenter = m.present("datacenter").unwrap_or_default();
+    let password = m.present("password").unwrap_or_default();
+    let disk_text = m.present("disk").unwrap_or_else(|| "id=0,size=20".into());
+    let disks = numbered("disk", &disk_text, &["id", "size"])?;
+    let net_text = m
+        .present("network")
+        .unwrap_or_else(|| "id=0,name=wan,ip=auto".into());
+    let nets = numbered("network", &net_text, &["id", "name", "ip"])?;
+
+    // The image: letters and digits are an id in the datacenter; one `:` is a full id whose
+    // prefix must be the datacenter; anything else is a description looked up upstream first
+    // (an unknown datacenter, no match, or bad credentials fail that lookup: an exception).
+    let image_arg = m.present("image").unwrap_or_default();
+    let known_dc = DATACENTERS.iter().any(|(id, ..)| *id == datacenter);
+    let image_id_asked = if image_arg.chars().all(|c| c.is_ascii_alphanumeric()) {
+        format!("{datacenter}:{image_arg}")
+    } else if image_arg.matches(':').count() == 1 {
+        if image_arg.split(':').next() != Some(datacenter.as_str()) {
             return Err(ApiError::Generic);
         }
-        (0..IMAGES.len())
-            .map(|i| image_id(&datacenter, i))
-            .find(|candidate| candidate == image_arg)
-            .ok_or(ApiError::Generic)?
+        image_arg.clone()
     } else {
+        if !authorized || !known_dc {
+            return Err(ApiError::Generic);
+        }
         IMAGES
             .iter()
             .position(|d| *d == image_arg)
@@ -119,74 +189,72 @@ pub(super) fn parse_create(
             .ok_or(ApiError::Generic)?
     };
 
-    let cpu = text(m, "cpu")
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "1B".into());
+    // The server's own post-processing: exceptions, answered generically.
+    yes_no(m, "dailybackup", false)?;
+    yes_no(m, "managed", false)?;
+    let power_on_after = yes_no(m, "poweronaftercreate", true)?;
+    let billing = match m
+        .present("billingcycle")
+        .map(|b| b.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("hourly") => "hourly",
+        Some("monthly") => "monthly",
+        Some(_) => return Err(ApiError::Generic),
+    };
+    if nets.iter().any(|n| !n.contains_key("name")) || disks.iter().any(|d| !d.contains_key("size"))
+    {
+        return Err(ApiError::Generic);
+    }
+    // `quantity` is read and ignored; `passwordValidate`, `billingCycle` and other unknown
+    // keys are not read at all.
+    let generate = password == "__generate__";
+
+    // The upstream's checks: its refusals come back with its status and text.
+    if !authorized {
+        return Err(state::refused(NOT_LOGGED_IN));
+    }
+    if !known_dc {
+        return Err(state::refused(format!(
+            "Invalid datacenter {datacenter} (4)"
+        )));
+    }
+    let image = (0..IMAGES.len())
+        .map(|i| image_id(&datacenter, i))
+        .find(|candidate| *candidate == image_id_asked)
+        .ok_or_else(|| state::refused(format!("Disk image {image_id_asked} not found (5)")))?;
+    let cpu = m.present("cpu").unwrap_or_else(|| "1B".into());
     let cpu_ok = cpu.len() >= 2
         && cpu[..cpu.len() - 1].chars().all(|c| c.is_ascii_digit())
         && matches!(cpu.chars().last(), Some('A' | 'B' | 'D' | 'T'))
         && cpu[..cpu.len() - 1].parse::<u32>().is_ok_and(|n| n > 0);
     if !cpu_ok {
-        return Err(invalid("cpu", &cpu));
+        return Err(state::refused(format!("Invalid CPU {cpu} (7)")));
     }
-    let ram_text = text(m, "ram")
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "1024".into());
+    let ram_text = m.present("ram").unwrap_or_else(|| "1024".into());
     let ram_mb = ram_text
         .parse::<u64>()
         .ok()
         .filter(|r| (256..=262_144).contains(r))
-        .ok_or_else(|| invalid("ram", &ram_text))?;
-
-    let disk_text = text(m, "disk")
-        .filter(|d| !d.trim().is_empty())
-        .unwrap_or_else(|| "id=0,size=20".into());
-    let disks = spec_items(&disk_text, &["id", "size"])
-        .filter(|d| !d.is_empty() && d.len() <= 4)
-        .ok_or_else(|| invalid("disk", &disk_text))?;
+        .ok_or_else(|| state::refused(format!("Invalid RAM size {ram_text} (8)")))?;
     let disks_gb = disks
         .iter()
-        .map(|d| d.get("size").map_or(Some(20), |s| s.parse().ok()))
+        .map(|d| d.get("size").and_then(|s| s.parse::<u64>().ok()))
         .collect::<Option<Vec<u64>>>()
-        .ok_or_else(|| invalid("disk", &disk_text))?;
-
-    let net_text = text(m, "network")
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| "id=0,name=wan,ip=auto".into());
-    let nets = spec_items(&net_text, &["id", "name", "ip"])
-        .filter(|n| !n.is_empty() && n.len() <= 4)
-        .ok_or_else(|| invalid("network", &net_text))?;
+        .ok_or_else(|| state::refused(format!("Invalid disk size ({disk_text}) (9)")))?;
     let mut networks = Vec::new();
     for n in &nets {
-        let name = n.get("name").ok_or(ApiError::Generic)?;
-        if name != "wan" && !lans.contains(name) {
-            return Err(ApiError::Generic);
+        let net = n.get("name").cloned().unwrap_or_default();
+        if net != "wan" && !lans.contains(&net) {
+            return Err(state::refused(format!("Network {net} not found (10)")));
         }
-        networks.push(name.clone());
+        networks.push(net);
     }
-
-    yes_no(m, "dailybackup", false)?;
-    yes_no(m, "managed", false)?;
-    let power_on_after = yes_no(m, "poweronaftercreate", true)?;
-    let billing = match text(m, "billingcycle").unwrap_or_default().as_str() {
-        "" | "hourly" => "hourly",
-        "monthly" => "monthly",
-        _ => return Err(ApiError::Generic),
-    };
-
-    let password = text(m, "password").unwrap_or_default();
-    let ssh_key = text(m, "ssh-key").unwrap_or_default();
-    if password.is_empty() && ssh_key.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "missing required flag (password)".into(),
-        ));
-    }
-    let generate = password == "__generate__"
-        && text(m, "passwordValidate").as_deref() == Some("__generate__");
-
-    let tags: Vec<String> = text(m, "tag")
+    let tags: Vec<String> = m
+        .present("tag")
         .unwrap_or_default()
-        .split_whitespace()
+        .split(' ')
+        .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
     let tag_ok = |t: &String| {
@@ -194,8 +262,8 @@ pub(super) fn parse_create(
             && t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
-    if !tags.iter().all(tag_ok) {
-        return Err(ApiError::Generic);
+    if let Some(bad) = tags.iter().find(|t| !tag_ok(t)) {
+        return Err(state::refused(format!("Invalid tag name {bad} (11)")));
     }
 
     Ok((

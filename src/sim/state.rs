@@ -125,8 +125,11 @@ pub struct Faults {
     pub command_error_rate: f64,
     /// Probability that a new command ends `cancelled`.
     pub command_cancel_rate: f64,
-    /// The queue answers `[]` whatever is asked.
+    /// The queue answers `[]` whatever is asked (the upstream's empty body).
     pub queue_empty: bool,
+    /// A new command is unknown to the queue (HTTP 404, `{"json_decode_error": null}`) for
+    /// this long after it was queued: it has not started upstream yet.
+    pub queue_lag_ms: u64,
     /// A new server shows up in the listing only this long after its create request.
     pub listing_lag_ms: u64,
     /// The listing answers `[]` (HTTP 200), whatever exists (a glitching API, a wrong account
@@ -208,19 +211,20 @@ impl Endpoint {
         }
     }
 
-    /// The cloudcli-server method name, as it appears in its generic error messages.
+    /// The cloudcli-server handler name, as its generic error text shows it
+    /// (`Failed to run command method (<name>)`).
     pub fn method_name(self) -> &'static str {
         match self {
             Endpoint::Root => "root",
-            Endpoint::ListServers => "servers",
+            Endpoint::ListServers => "listServers",
             Endpoint::ServerTags => "serverTags",
             Endpoint::CreateServer => "createServer",
-            Endpoint::PowerOn => "powerOnServer",
-            Endpoint::PowerOff => "powerOffServer",
+            Endpoint::PowerOn => "poweronServer",
+            Endpoint::PowerOff => "poweroffServer",
             Endpoint::Terminate => "terminateServer",
-            Endpoint::Queue => "queue",
-            Endpoint::ServerInfo => "serverInfo",
-            Endpoint::ServerOptions => "serverOptions",
+            Endpoint::Queue => "getQueue",
+            Endpoint::ServerInfo => "serversInfo",
+            Endpoint::ServerOptions => "getServerOptions",
         }
     }
 }
@@ -327,6 +331,17 @@ impl SimCommand {
     }
 }
 
+/// What the queue was asked and answered, for tests and the benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueuePolls {
+    /// The most ids one request asked for.
+    pub most_ids: usize,
+    /// Requests that failed on an id the upstream did not report.
+    pub unknown: u64,
+    /// Answers that reported a create command `complete`.
+    pub complete: u64,
+}
+
 /// The whole simulated account.
 #[derive(Debug)]
 pub struct SimState {
@@ -335,6 +350,7 @@ pub struct SimState {
     /// Command ids in creation order.
     command_order: Vec<String>,
     pub requests: BTreeMap<&'static str, u64>,
+    pub queue_polls: QueuePolls,
     pub faults: Faults,
     pub timing: Timing,
     pub quota: Quota,
@@ -345,17 +361,40 @@ pub struct SimState {
     epoch: Instant,
 }
 
-/// A failure the HTTP layer renders in the API's shapes.
+/// A failure the HTTP layer renders in the API's shapes (fact sheet §3-§5).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiError {
-    /// 400 `{"message": ...}`.
+    /// 400 `{"message": ...}`: the server's own validation (missing or malformed flags).
     BadRequest(String),
-    /// 500 `{"message": "No servers found (name='...')"}` and similar specific 500s.
+    /// 500 `{"message": ...}` with a specific text: the server's own (`No servers found
+    /// (name='...')`, `Too many matching servers (...)`) or, on the paths that address servers
+    /// (info, power, terminate, tags), the upstream's `<info> (<code>)`.
     Server(String),
-    /// 500 `{"message": "Failed to run command method (<method>)"}`.
+    /// 500 `{"message": "Failed to run command method (<handler>)"}`: any exception in the
+    /// server, from a bad yes/no flag to an unreachable upstream.
     Generic,
-    /// 500 with the upstream passthrough shape: `{"json_decode_error": null, "message": ...}`.
-    Upstream(String),
+    /// The upstream refused a create: its status and `{"json_decode_error": null, "message": ..}`.
+    Upstream { status: u16, message: String },
+    /// The queue's failure: the upstream's status and `{"json_decode_error": null}`, no message.
+    Bare(u16),
+    /// Options by datacenter or images: 500 `{"message": "<the upstream body as a JSON string>"}`.
+    Wrapped(serde_json::Value),
+}
+
+/// The upstream's answer for a server id it does not have. The real text is not known (fact
+/// sheet §8); this one has the `<info> (<code>)` shape, and no client may depend on its words.
+pub const UNKNOWN_SERVER_ID: &str = "Server not found (6)";
+/// The upstream's refusal of a request without valid credentials (`<info> (<code>)`).
+pub const NOT_LOGGED_IN: &str = "you are not logged in (1)";
+/// The upstream's status for a command id it does not report (not yet visible, or unknown).
+pub const QUEUE_UNKNOWN_STATUS: u16 = 404;
+
+/// The upstream's refusal of a create (HTTP 500, `<info> (<code>)`).
+pub fn refused(message: impl Into<String>) -> ApiError {
+    ApiError::Upstream {
+        status: 500,
+        message: message.into(),
+    }
 }
 
 /// How a request names servers: by anchored regex or by id.
@@ -396,6 +435,7 @@ impl SimState {
             commands: BTreeMap::new(),
             command_order: Vec::new(),
             requests: BTreeMap::new(),
+            queue_polls: QueuePolls::default(),
             faults: Faults::default(),
             timing,
             quota,
@@ -509,7 +549,8 @@ impl SimState {
             .collect()
     }
 
-    /// Servers matched by a selector. Names are anchored regular expressions, as in the API.
+    /// Servers matched by a selector. Names are regular expressions, as in the API; ids are
+    /// compared exactly.
     pub fn select(&self, sel: &Selector) -> Result<Vec<usize>, ApiError> {
         match sel {
             Selector::Id(id) => Ok(self
@@ -519,7 +560,13 @@ impl SimState {
                 .into_iter()
                 .collect()),
             Selector::Name(pattern) => {
-                let re = regex::Regex::new(&format!("^(?:{pattern})$"))
+                // PHP's `preg_match('/^' . name . '$/', ...)`: not escaped, not grouped (so
+                // `a|b` is "starts with a or ends with b"), `$` also before a final newline, and
+                // a `/` or a bad pattern is a PHP warning, which the server answers generically.
+                if pattern.contains('/') {
+                    return Err(ApiError::Generic);
+                }
+                let re = regex::Regex::new(&format!("^{pattern}\\n?\\z"))
                     .map_err(|_| ApiError::Generic)?;
                 Ok(self
                     .servers
@@ -584,21 +631,21 @@ impl SimState {
         if let Some(max) = self.quota.max_servers
             && used_servers + 1 > max
         {
-            return Err(ApiError::Upstream(format!(
+            return Err(refused(format!(
                 "Server quota exceeded: the account may have at most {max} servers (31)"
             )));
         }
         if let Some(max) = self.quota.max_cpu_cores
             && used_cores + cores > max
         {
-            return Err(ApiError::Upstream(format!(
+            return Err(refused(format!(
                 "CPU quota exceeded: {used_cores} of {max} cores in use, {cores} requested (31)"
             )));
         }
         if let Some(max) = self.quota.max_ram_mb
             && used_ram + req.ram_mb > max
         {
-            return Err(ApiError::Upstream(format!(
+            return Err(refused(format!(
                 "RAM quota exceeded: {used_ram} of {max} MB in use, {} requested (31)",
                 req.ram_mb
             )));
@@ -626,7 +673,8 @@ impl SimState {
         Ok(cmd)
     }
 
-    /// Starts a power or terminate command on every selected server.
+    /// Starts a power or terminate command on every selected server, one after another as
+    /// the server does (upstream refusals come back as the upstream's text).
     pub fn server_command(
         &mut self,
         kind: CommandKind,
@@ -636,14 +684,16 @@ impl SimState {
     ) -> Result<Vec<String>, ApiError> {
         let matched = self.select(sel)?;
         if matched.is_empty() {
-            return Err(ApiError::Server(no_servers_message(sel)));
+            return Err(no_servers(sel));
         }
         if kind == CommandKind::Terminate
             && !force
             && matched.iter().any(|i| self.servers[*i].power == "on")
         {
-            // Terminating a running server needs force.
-            return Err(ApiError::Generic);
+            // The upstream refuses to terminate a running server without force.
+            return Err(ApiError::Server(
+                "Server must be powered off before it is terminated (12)".into(),
+            ));
         }
         Ok(matched
             .into_iter()
@@ -651,18 +701,27 @@ impl SimState {
             .collect())
     }
 
-    /// Queue entries in request order; an unknown id fails the whole request, as the API's
-    /// per-id upstream lookups do.
-    pub fn queue(&self, ids: &[&str]) -> Result<Vec<serde_json::Value>, ApiError> {
+    /// Queue entries in request order, one upstream lookup per id as the server makes them:
+    /// the first id the upstream does not report (unknown, or not started within the
+    /// `queue_lag_ms` fault) fails the whole request with its status and no message.
+    pub fn queue(
+        &mut self,
+        ids: &[&str],
+        now: Instant,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        self.queue_polls.most_ids = self.queue_polls.most_ids.max(ids.len());
         if self.faults.queue_empty {
             return Ok(Vec::new());
         }
-        ids.iter()
+        let lag = Duration::from_millis(self.faults.queue_lag_ms);
+        let answer: Result<Vec<serde_json::Value>, ApiError> = ids
+            .iter()
             .map(|id| {
                 let cmd = self
                     .commands
                     .get(*id)
-                    .ok_or_else(|| ApiError::Upstream(format!("command {id} not found (4)")))?;
+                    .filter(|c| now.saturating_duration_since(c.started) >= lag)
+                    .ok_or(ApiError::Bare(QUEUE_UNKNOWN_STATUS))?;
                 Ok(serde_json::json!({
                     "id": cmd.id.parse::<u64>().unwrap_or(0),
                     "status": cmd.status,
@@ -674,10 +733,24 @@ impl SimState {
                         CommandKind::Terminate => "Terminate server",
                     },
                     "added": cmd.added,
+                    "executed": cmd.added,
+                    "completed": if cmd.applied { cmd.added.clone() } else { String::new() },
                     "log": cmd.log(),
                 }))
             })
-            .collect()
+            .collect();
+        match &answer {
+            Ok(_) => {
+                let done = ids
+                    .iter()
+                    .filter_map(|id| self.commands.get(*id))
+                    .filter(|c| c.kind == CommandKind::Create && c.status == "complete")
+                    .count();
+                self.queue_polls.complete += done as u64;
+            }
+            Err(_) => self.queue_polls.unknown += 1,
+        }
+        answer
     }
 
     /// Removes a server out of band (as if deleted in the console).
@@ -688,10 +761,12 @@ impl SimState {
     }
 }
 
-pub fn no_servers_message(sel: &Selector) -> String {
+/// What the server answers when a selector matches nothing: its own text for a name (the name
+/// path lists servers first), the upstream's for an id (the id path asks the upstream blindly).
+pub fn no_servers(sel: &Selector) -> ApiError {
     match sel {
-        Selector::Name(n) => format!("No servers found (name='{n}')"),
-        Selector::Id(id) => format!("No servers found (id='{id}')"),
+        Selector::Name(n) => ApiError::Server(format!("No servers found (name='{n}')")),
+        Selector::Id(_) => ApiError::Server(UNKNOWN_SERVER_ID.into()),
     }
 }
 

@@ -73,6 +73,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Evidence {
+    pub evidence: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindResult {
     pub kind: String,
     pub result: String,
@@ -159,6 +164,8 @@ pub struct Metrics {
     pub power_ons: Family<ResultLabel, Counter>,
     pub parks: Counter,
     pub suspect_listings: Counter,
+    pub server_lookups: Family<ResultLabel, Counter>,
+    pub gone_servers: Family<Evidence, Counter>,
     pub refused_mutations: Family<KindReason, Counter>,
     pub watched_names: Gauge,
     pub node_updates: Family<KindResult, Counter>,
@@ -183,6 +190,17 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// One server stopped counting as the group's: it is gone, by this evidence.
+    pub fn gone(&self, evidence: &str, n: u64) {
+        if n > 0 {
+            self.gone_servers
+                .get_or_create(&Evidence {
+                    evidence: evidence.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kamatera_ca");
         let m = Metrics {
@@ -203,6 +221,8 @@ impl Metrics {
             power_ons: Family::default(),
             parks: Counter::default(),
             suspect_listings: Counter::default(),
+            server_lookups: Family::default(),
+            gone_servers: Family::default(),
             refused_mutations: Family::default(),
             watched_names: Gauge::default(),
             node_updates: Family::default(),
@@ -293,6 +313,16 @@ impl Metrics {
             "suspect_listings",
             "Kamatera listings that lacked at least half of the known servers; their last known state was kept",
             m.suspect_listings.clone(),
+        );
+        registry.register(
+            "server_lookups",
+            "Lookups of known servers the listings lacked for the vanish window, by result (exists, absent, inconclusive)",
+            m.server_lookups.clone(),
+        );
+        registry.register(
+            "gone_servers",
+            "Known servers the provider stopped counting because they are gone, by evidence (terminate_completed, id_and_name, id_only)",
+            m.gone_servers.clone(),
         );
         registry.register(
             "refused_mutations",

@@ -786,12 +786,28 @@ fn bad_template_label() {
 
 #[test]
 fn bad_name_prefix() {
+    // Every prefix the mutation guard would refuse at create time is refused here, with the
+    // character named (`.`, `(` and `)` used to pass and then failed every create).
+    for (prefix, shown) in [
+        ("my/prefix", "'/' (column 3) is not allowed"),
+        ("pool.a", "'.' (column 5) is not allowed"),
+        ("pool(1)", "'(' (column 5) is not allowed"),
+        ("x)", "')' (column 2) is not allowed"),
+    ] {
+        single(
+            &with_group(&format!("name-prefix = {prefix}\n")),
+            13,
+            "nodegroup \"ng\"",
+            Some("name-prefix"),
+            shown,
+        );
+    }
     single(
-        &with_group("name-prefix = my/prefix\n"),
+        &with_group(&format!("name-prefix = {}\n", "p".repeat(29))),
         13,
         "nodegroup \"ng\"",
         Some("name-prefix"),
-        "must be at most 28 letters",
+        "29 characters is too long: at most 28",
     );
 }
 

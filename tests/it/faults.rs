@@ -14,12 +14,14 @@ use kamatera_ca_provider::grpc::ServeOptions;
 use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
 use kamatera_ca_provider::proto::externalgrpc as pb;
 use kamatera_ca_provider::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
-use kamatera_ca_provider::provider::{Provider, ProviderOptions};
+use kamatera_ca_provider::provider::{Provider, ProviderOptions, VanishRule};
 use kamatera_ca_provider::sim::{self, EndpointFaults, Faults, Quota, SimHandle, Timing};
 use pb::instance_status::InstanceState;
 use tonic::transport::Channel;
 
 const GROUP: &str = "pool";
+/// The vanish rule's time in these tests: three listings and this long without a server.
+const VANISH_AFTER: Duration = Duration::from_millis(400);
 
 struct Env {
     sim: SimHandle,
@@ -28,6 +30,10 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_sized(6).await
+}
+
+async fn env_sized(max_size: u32) -> Env {
     // Shown only for a failing test.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("kamatera_ca_provider=debug")
@@ -37,17 +43,19 @@ async fn env() -> Env {
     let cfg = common::TestConfig::new(&sim.url(), "faults", "f-", "EU")
         .group(
             GROUP,
-            "name-prefix = f-pool
+            &format!(
+                "name-prefix = f-pool
 min-size = 0
-max-size = 6
+max-size = {max_size}
 cpu = 1B
 ram = 2048
-disk = size=20",
+disk = size=20"
+            ),
         )
         .parse();
     let client = Client::new(ClientSettings {
         retry: RetryPolicy::immediate(3),
-        timeout: Duration::from_millis(800),
+        timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(Duration::from_millis(800)),
         ..ClientSettings::new(
             &cfg.api_url,
             &cfg.api_client_id,
@@ -65,6 +73,10 @@ disk = size=20",
             uncertain_create_grace: Duration::from_millis(600),
             uncertain_create_watch: Duration::from_millis(1500),
             unknown_command_limit: Duration::from_millis(400),
+            vanish: VanishRule {
+                misses: 3,
+                after: VANISH_AFTER,
+            },
             ..ProviderOptions::default()
         },
     );
@@ -400,7 +412,9 @@ async fn revoked_credentials() {
         "Refresh serves the last state: {:?}",
         seen.refresh_errors
     );
-    assert!(seen.error_codes.contains("CREATE_REJECTED"), "{seen:?}");
+    // The group's image is a description, which the server looks up before the create and
+    // whose failure it answers generically: the outcome looks open, never bought twice.
+    assert!(seen.error_codes.contains("CREATE_UNCERTAIN"), "{seen:?}");
 }
 
 #[tokio::test]
@@ -489,8 +503,22 @@ async fn quota_exhaustion_mid_scale_up() {
     e.check_invariants(3, "quota raised").await;
 }
 
+/// Lookups the provider made (each one is an info request).
+fn lookups(e: &Env) -> u64 {
+    e.sim.requests(sim::Endpoint::ServerInfo)
+}
+
+async fn refresh(e: &mut Env) {
+    e.ca.refresh(req(pb::RefreshRequest {}))
+        .await
+        .expect("refresh");
+}
+
+/// Deleted by hand: gone from the listings, and the id path answers as the real server does
+/// (HTTP 500 with the upstream's text). It leaves after three listings and the vanish time, on
+/// a lookup by id and by name, and the autoscaler's next IncreaseSize buys its replacement.
 #[tokio::test]
-async fn server_vanishing_out_of_band() {
+async fn a_server_deleted_by_hand_leaves_within_the_window_and_is_replaced() {
     let mut e = env().await;
     let mut seen = Seen::default();
     e.converge(3, &mut seen, "before").await;
@@ -498,25 +526,137 @@ async fn server_vanishing_out_of_band() {
         .as_str()
         .expect("id")
         .to_string();
+    let started = tokio::time::Instant::now();
     assert!(e.sim.vanish(&victim));
-    // One listing without it is not proof; three, and then a lookup by id that finds no such
-    // server, are.
-    e.ca.refresh(req(pb::RefreshRequest {}))
-        .await
-        .expect("refresh");
-    assert_eq!(e.target().await, 3, "one missing listing is not enough");
-    for _ in 0..2 {
-        e.ca.refresh(req(pb::RefreshRequest {}))
-            .await
-            .expect("refresh");
+    let before = lookups(&e);
+    for _ in 0..3 {
+        refresh(&mut e).await;
     }
-    assert_eq!(
-        e.target().await,
-        2,
-        "the instance left Running and the target followed"
+    if started.elapsed() < VANISH_AFTER {
+        assert_eq!(e.target().await, 3, "three quick listings are not enough");
+        assert_eq!(lookups(&e), before, "no lookup before the window");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while e.target().await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a server deleted by hand still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refresh(&mut e).await;
+    }
+    assert!(
+        started.elapsed() >= VANISH_AFTER,
+        "left before the vanish time"
     );
+    assert_eq!(
+        lookups(&e) - before,
+        2,
+        "one lookup: the id path, then the name path"
+    );
+    let creates = e.sim.requests(sim::Endpoint::CreateServer);
     e.converge(3, &mut seen, "after a vanished server").await;
     e.check_invariants(3, "vanished server").await;
+    assert_eq!(
+        e.sim.requests(sim::Endpoint::CreateServer) - creates,
+        1,
+        "one replacement"
+    );
+    assert_eq!(
+        e.sim.requests(sim::Endpoint::Terminate),
+        0,
+        "nothing sent to the vanished server"
+    );
+}
+
+/// A terminate that the API carries out but whose answer is lost: the server leaves the
+/// listing, the instance leaves by the vanish rule, and no terminate is sent to a server that is
+/// not listed (against the real API each would be refused, for ever).
+#[tokio::test]
+async fn a_terminate_whose_answer_is_lost_ends_without_a_terminate_loop() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(2, &mut seen, "before").await;
+    e.sim.set_faults(on(
+        "terminate",
+        EndpointFaults {
+            lost_response_rate: 1.0,
+            ..Default::default()
+        },
+    ));
+    let victim = e.nodes().await[0].id.clone();
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes: vec![pb::ExternalGrpcNode {
+            provider_id: victim.clone(),
+            name: victim.trim_start_matches("kamatera://").into(),
+            ..Default::default()
+        }],
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
+    let name = victim.trim_start_matches("kamatera://").to_string();
+    let listed = |e: &Env| {
+        e.sim.snapshot()["servers"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x["name"] == name.as_str()))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listed(&e) {
+        assert!(tokio::time::Instant::now() < deadline, "never terminated");
+        refresh(&mut e).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let terminates = e.sim.requests(sim::Endpoint::Terminate);
+    while e.nodes().await.iter().any(|i| i.id == victim) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instance never left"
+        );
+        refresh(&mut e).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        refresh(&mut e).await;
+    }
+    assert_eq!(
+        e.sim.requests(sim::Endpoint::Terminate),
+        terminates,
+        "no terminate once the server was gone from the listing"
+    );
+    assert_eq!(e.target().await, 1);
+    e.sim.set_faults(Faults::default());
+    e.check_invariants(1, "after the lost terminate").await;
+}
+
+/// One listing that misses a server, then lists it again: nothing forgotten, nothing looked up,
+/// nothing bought; the count starts again from zero.
+#[tokio::test]
+async fn one_listing_glitch_forgets_nothing() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(3, &mut seen, "before").await;
+    let hidden = e.nodes().await[0]
+        .id
+        .trim_start_matches("kamatera://")
+        .to_string();
+    let (creates, before) = (e.sim.requests(sim::Endpoint::CreateServer), lookups(&e));
+    for misses in [2, 2, 1] {
+        e.sim
+            .update_faults(|f| f.listing_hides = vec![hidden.clone()]);
+        for _ in 0..misses {
+            refresh(&mut e).await;
+            assert_eq!(e.target().await, 3);
+        }
+        e.sim.update_faults(|f| f.listing_hides.clear());
+        refresh(&mut e).await;
+        tokio::time::sleep(VANISH_AFTER).await;
+    }
+    e.run_loops(3, 3, &mut seen).await;
+    assert_eq!(e.target().await, 3);
+    assert_eq!(lookups(&e), before, "never three misses in a row");
+    assert_eq!(e.sim.requests(sim::Endpoint::CreateServer), creates);
+    e.check_invariants(3, "after the glitches").await;
 }
 
 /// Servers of the group in the simulated account, whatever their power.
@@ -738,4 +878,51 @@ async fn a_deleted_uncertain_create_leaves_at_once_and_stays_watched() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(e.sim.requests(sim::Endpoint::Terminate), 1);
+}
+
+/// A 20-server scale-up whose commands the queue does not know until they start (the
+/// upstream's 404, which fails a whole batch): each command is polled alone and followed to
+/// its end, and no poll fails as a batch.
+#[tokio::test]
+async fn a_scale_up_whose_commands_start_late_is_polled_one_id_at_a_time() {
+    let mut e = env_sized(20).await;
+    e.sim.with_state(|s| {
+        s.timing.create = Duration::from_millis(600);
+    });
+    e.sim.update_faults(|f| f.queue_lag_ms = 250);
+    refresh(&mut e).await;
+    let before = e.sim.requests(sim::Endpoint::Queue);
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 20,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("increase");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Seen::default();
+    loop {
+        e.ca_loop(20, &mut seen).await;
+        let nodes = e.nodes().await;
+        let running = nodes
+            .iter()
+            .filter(|i| state(i) == InstanceState::InstanceRunning)
+            .count();
+        let polled = e.sim.with_state(|s| s.queue_polls.clone());
+        let finished = polled.complete >= 20;
+        if running == 20 && finished {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} running; queue answers so far: {polled:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let polls = e.sim.with_state(|s| s.queue_polls.clone());
+    assert_eq!(polls.most_ids, 1, "one id per request: {polls:?}");
+    assert!(polls.unknown > 0, "the lag was met: {polls:?}");
+    assert!(seen.error_codes.is_empty(), "{seen:?}");
+    assert!(e.sim.requests(sim::Endpoint::Queue) > before);
+    e.check_invariants(20, "after the late-starting scale-up")
+        .await;
 }

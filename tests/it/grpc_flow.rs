@@ -63,6 +63,11 @@ async fn env_with(timing: Timing, quota: Quota) -> Env {
             // Tests drive reconciles through Refresh.
             reconcile_interval: Duration::from_secs(3600),
             uncertain_create_watch: Duration::from_millis(500),
+            // Three listings without a server, then its lookup, and it is gone.
+            vanish: kamatera_ca_provider::provider::VanishRule {
+                misses: 3,
+                after: Duration::ZERO,
+            },
             ..ProviderOptions::default()
         },
     );
@@ -391,7 +396,7 @@ async fn decrease_target_size_cancels_only_uncreated_capacity() {
 }
 
 #[tokio::test]
-async fn two_groups_share_one_listing_and_one_queue_poll() {
+async fn two_groups_share_one_listing_and_poll_each_command_once() {
     let timing = Timing {
         create: Duration::from_millis(500),
         ..Timing::fast()
@@ -420,9 +425,10 @@ async fn two_groups_share_one_listing_and_one_queue_poll() {
     );
     assert_eq!(
         e.sim.requests(Endpoint::Queue),
-        queues + 1,
-        "all commands of both groups in one poll"
+        queues + 4,
+        "each pending command of both groups polled once, alone"
     );
+    assert_eq!(e.sim.with_state(|s| s.queue_polls.most_ids), 1);
     assert_eq!(
         e.sim.requests(Endpoint::ServerTags),
         tags,
@@ -684,7 +690,7 @@ async fn refresh_is_unavailable_until_kamatera_was_read_once() {
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
         err.message()
-            .contains("Failed to run command method (servers)"),
+            .contains("Failed to run command method (listServers)"),
         "{err:?}"
     );
     assert!(!err.message().contains(sim::DEMO_SECRET));

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use kamatera_ca_provider::kamatera::{
-    Billing, Client, ClientSettings, CommandState, CreateServer, ErrorClass, Power, RetryPolicy,
+    Billing, Client, ClientSettings, CommandState, CreateServer, ErrorClass, Polled, Power,
+    RetryPolicy,
 };
 use kamatera_ca_provider::secret::Secret;
 use serde_json::json;
@@ -19,7 +20,7 @@ fn client_for(server: &MockServer, attempts: u32, timeout: Duration) -> Client {
         base_url: format!("{}/", server.uri()),
         client_id: "client-1".into(),
         secret: Secret::new(SECRET),
-        timeout,
+        timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(timeout),
         retry: RetryPolicy::immediate(attempts),
         metrics: Default::default(),
     })
@@ -438,7 +439,7 @@ async fn mutating_call_retries_when_the_connection_never_opened() {
         base_url: format!("http://{addr}"),
         client_id: "c".into(),
         secret: Secret::new(SECRET),
-        timeout: Duration::from_secs(2),
+        timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(Duration::from_secs(2)),
         retry: RetryPolicy::immediate(3),
         metrics: Default::default(),
     })
@@ -468,29 +469,52 @@ async fn not_found_is_classified_and_not_retried() {
     assert_eq!(err.class, ErrorClass::NotFound);
 }
 
+/// The queue, answering each id alone as the server does (`?id=<one id>`).
+async fn queue_answers(server: &MockServer, answers: Vec<(&str, u16, serde_json::Value)>) {
+    for (id, status, body) in answers {
+        Mock::given(method("GET"))
+            .and(path("/service/queue"))
+            .and(query_param("id", id))
+            .respond_with(ResponseTemplate::new(status).set_body_json(body))
+            .mount(server)
+            .await;
+    }
+}
+
+fn status_of(p: Polled) -> kamatera_ca_provider::kamatera::CommandStatus {
+    match p {
+        Polled::Status(s) => s,
+        Polled::Unreported => panic!("unreported"),
+    }
+}
+
 #[tokio::test]
-async fn command_status_is_batched_and_parsed() {
+async fn command_status_asks_one_id_per_request_and_parses_it() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/service/queue"))
-        .and(query_param("id", "1 2 3 4 5 6 7"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
-            {"id": 1, "status": "pending"},
-            {"id": "2", "status": "executing"},
-            {"id": 3, "status": "progress", "log": "Name: demo-1\nCreating..."},
-            {"id": 4, "status": "complete", "log": "Name: demo-1\nPassword: Xy12!!\nDone"},
-            {"id": 5, "status": "error", "log": "disk image not found"},
-            {"id": 6, "status": "cancelled"},
-            {"id": 7, "status": "paused"},
-        ])))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let ids: Vec<String> = (1..=7).map(|i| i.to_string()).collect();
-    let st = client(&server).command_status(&ids).await.expect("status");
-    let states: Vec<CommandState> = st.iter().map(|s| s.state.clone()).collect();
+    queue_answers(
+        &server,
+        vec![
+            ("1", 200, json!([{"id": 1, "status": "pending"}])),
+            ("2", 200, json!([{"id": "2", "status": "executing"}])),
+            ("3", 200, json!([{"id": 3, "status": "progress", "log": "Name: demo-1\nCreating..."}])),
+            ("4", 200, json!([{"id": 4, "status": "complete", "log": "Name: demo-1\nPassword: Xy12!!\nDone"}])),
+            ("5", 200, json!([{"id": 5, "status": "error", "log": "disk image not found"}])),
+            ("6", 200, json!([{"id": 6, "status": "cancelled"}])),
+            ("7", 200, json!([{"id": 7, "status": "paused"}])),
+            // Without an id, matched by position.
+            ("a", 200, json!([{"status": "complete"}])),
+        ],
+    )
+    .await;
+    let c = client(&server);
+    let mut states = Vec::new();
+    for id in 1..=7 {
+        let st = status_of(c.command_status(&id.to_string()).await.expect("status"));
+        assert_eq!(st.id, id.to_string());
+        states.push(st);
+    }
     assert_eq!(
-        states,
+        states.iter().map(|s| s.state.clone()).collect::<Vec<_>>(),
         vec![
             CommandState::Pending,
             CommandState::Executing,
@@ -501,85 +525,75 @@ async fn command_status_is_batched_and_parsed() {
             CommandState::Unknown("paused".into()),
         ]
     );
-    assert_eq!(st[1].id, "2");
-    assert_eq!(st[2].log, "Name: demo-1\nCreating...");
+    assert_eq!(states[2].log, "Name: demo-1\nCreating...");
     assert!(
-        !st[3].log.contains("Xy12"),
+        !states[3].log.contains("Xy12"),
         "password line kept: {}",
-        st[3].log
+        states[3].log
     );
-    assert_eq!(st[4].log, "disk image not found");
+    assert_eq!(states[4].log, "disk image not found");
+    let a = status_of(c.command_status("a").await.expect("positional"));
+    assert_eq!((a.id.as_str(), a.state), ("a", CommandState::Complete));
+    let reqs = server.received_requests().await.expect("recorded");
+    assert_eq!(reqs.len(), 8, "one request per id, no retries");
+    for r in &reqs {
+        let ids: Vec<String> = r
+            .url
+            .query_pairs()
+            .filter(|(k, _)| k == "id")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(ids.len(), 1, "{}", r.url);
+        assert!(!ids[0].contains(' '), "never a batch: {}", r.url);
+        assert!(
+            r.url.query_pairs().all(|(k, _)| k != "wait" && k != "log"),
+            "wait and log empty the answer: {}",
+            r.url
+        );
+    }
 }
 
 #[tokio::test]
-async fn command_status_positional_and_empty_answers() {
+async fn a_command_the_upstream_does_not_report_is_unreported_not_an_error() {
     let server = MockServer::start().await;
-    Mock::given(path("/service/queue"))
-        .and(query_param("id", "a b"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
-            {"status": "complete"}, {"status": "error"}
-        ])))
-        .mount(&server)
-        .await;
-    Mock::given(path("/service/queue"))
-        .and(query_param("id", "zzz"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    let c = client(&server);
-    let st = c
-        .command_status(&["a".to_string(), "b".to_string()])
-        .await
-        .expect("status");
-    assert_eq!(
-        (st[0].id.as_str(), &st[0].state),
-        ("a", &CommandState::Complete)
-    );
-    assert_eq!(
-        (st[1].id.as_str(), &st[1].state),
-        ("b", &CommandState::Error)
-    );
-    assert!(
-        c.command_status(&["zzz".to_string()])
-            .await
-            .expect("[]")
-            .is_empty()
-    );
-    assert!(
-        c.command_status(&[])
-            .await
-            .expect("nothing asked")
-            .is_empty()
-    );
+    queue_answers(
+        &server,
+        vec![
+            // Not started yet: the upstream's 404, passed on with no message.
+            ("fresh", 404, json!({"json_decode_error": null})),
+            // The same shape with another upstream status.
+            ("odd", 500, json!({"json_decode_error": null})),
+            // The upstream's empty body: `[]` with HTTP 200.
+            ("empty", 200, json!([])),
+            // A generic failure of the server (upstream unreachable): nothing is known.
+            (
+                "down",
+                500,
+                json!({"message": "Failed to run command method (getQueue)"}),
+            ),
+            // Another command's status: a lie, not this one's.
+            ("mixed", 200, json!([{"id": "other", "status": "complete"}])),
+        ],
+    )
+    .await;
+    let c = client_for(&server, 2, Duration::from_secs(5));
+    for id in ["fresh", "odd", "empty"] {
+        assert_eq!(
+            c.command_status(id).await.expect(id),
+            Polled::Unreported,
+            "{id}"
+        );
+    }
+    let down = c.command_status("down").await.expect_err("generic 500");
+    assert_eq!(down.class, ErrorClass::Transient);
+    let mixed = c.command_status("mixed").await.expect_err("wrong command");
+    assert_eq!(mixed.class, ErrorClass::BadResponse);
     let reqs = server.received_requests().await.expect("recorded");
-    assert_eq!(reqs.len(), 2, "no request for an empty id list");
-}
-
-#[tokio::test]
-async fn command_status_splits_long_lists() {
-    let server = MockServer::start().await;
-    Mock::given(path("/service/queue"))
-        .respond_with(|req: &Request| {
-            let ids: Vec<serde_json::Value> = req
-                .url
-                .query_pairs()
-                .find(|(k, _)| k == "id")
-                .map(|(_, v)| {
-                    v.split(' ')
-                        .map(|id| json!({"id": id, "status": "complete"}))
-                        .collect()
-                })
-                .unwrap_or_default();
-            ResponseTemplate::new(200).set_body_json(ids)
-        })
-        .mount(&server)
-        .await;
-    let ids: Vec<String> = (0..250).map(|i| format!("c{i}")).collect();
-    let st = client(&server).command_status(&ids).await.expect("status");
-    assert_eq!(st.len(), 250);
-    assert_eq!(st[249].id, "c249");
-    let reqs = server.received_requests().await.expect("recorded");
-    assert_eq!(reqs.len(), 3, "100 ids per request");
+    assert_eq!(
+        reqs.len(),
+        6,
+        "refusals are not retried; the generic 500 is (2 attempts)"
+    );
 }
 
 #[tokio::test]
@@ -664,16 +678,25 @@ async fn client_errors_are_not_retried() {
 
 #[tokio::test]
 async fn auth_failures_in_every_shape() {
-    // 401 with the JSON-in-a-string body of the create endpoint.
+    // By id, the upstream's text with HTTP 500 (fact sheet §5).
     let server = MockServer::start().await;
     answer(
         &server,
         "/service/server/poweron",
-        401,
-        json!({"message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}"}),
+        500,
+        json!({"message": "you are not logged in (1)"}),
         1,
     )
     .await;
+    // The options by datacenter: the upstream's body as a JSON string, HTTP 500.
+    Mock::given(path("/service/server"))
+        .and(query_param("datacenter", "1"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(
+            json!({"message": "{\"errors\":[{\"code\":1,\"info\":\"you are not logged in\"}]}"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
     // 200 with an errors object, as proxied GETs answer.
     answer(
         &server,
@@ -695,9 +718,15 @@ async fn auth_failures_in_every_shape() {
     assert!(e1.to_string().contains("you are not logged in (1)"), "{e1}");
     let e2 = c.list_servers("").await.expect_err("200 errors");
     assert_eq!(e2.class, ErrorClass::Unauthorized);
-    let e3 = c.command_status(&["1".into()]).await.expect_err("403");
+    let e3 = c.command_status("1").await.expect_err("403");
     assert_eq!(e3.class, ErrorClass::Unauthorized);
     assert!(e3.to_string().contains("refused the credentials"), "{e3}");
+    let e4 = c
+        .datacenters()
+        .await
+        .expect_err("500 with the upstream body");
+    assert_eq!(e4.class, ErrorClass::Unauthorized);
+    assert!(!e1.may_have_been_processed() && !e4.may_have_been_processed());
 }
 
 #[tokio::test]
@@ -747,4 +776,279 @@ async fn options_endpoints() {
     let images = c.images("US-NY2").await.expect("images");
     assert_eq!(images[0].id, "US-NY2:6000C29a");
     assert_eq!(images[0].description, "ubuntu_server_24.04_64-bit");
+}
+
+/// The info endpoint answering by id and by name as the server does.
+async fn info_answers(
+    server: &MockServer,
+    by_id: (u16, serde_json::Value),
+    by_name: Option<serde_json::Value>,
+) {
+    Mock::given(method("POST"))
+        .and(path("/service/server/info"))
+        .and(body_json(json!({"id": "srv-1"})))
+        .respond_with(ResponseTemplate::new(by_id.0).set_body_json(by_id.1))
+        .mount(server)
+        .await;
+    if let Some(answer) = by_name {
+        Mock::given(method("POST"))
+            .and(path("/service/server/info"))
+            .and(body_json(
+                json!({"name": "k8s-pool\\.x_1-0123456789a", "allow-no-servers": "yes"}),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+            .mount(server)
+            .await;
+    }
+}
+
+const LISTED: &str = "k8s-pool.x_1-0123456789a";
+
+fn info_of(id: &str) -> serde_json::Value {
+    json!([{"id": id, "name": LISTED, "datacenter": "EU", "power": "on", "cpu": "2B", "ram": 4096,
+            "priceMonthlyOn": "20.0", "priceHourlyOn": "0.03", "priceHourlyOff": "0.03"}])
+}
+
+#[tokio::test]
+async fn a_lookup_needs_both_paths_to_call_a_server_absent() {
+    use kamatera_ca_provider::kamatera::{AbsenceSign, Lookup};
+    let refused = (500, json!({"message": "Server not found (6)"}));
+    // The id refused with the upstream's text, the exact escaped name matches nothing.
+    let server = MockServer::start().await;
+    info_answers(&server, refused.clone(), Some(json!([]))).await;
+    let c = client(&server);
+    assert_eq!(
+        c.lookup_server("srv-1", LISTED).await.expect("lookup"),
+        Lookup::Absent(AbsenceSign::IdAndName)
+    );
+    let reqs = server.received_requests().await.expect("recorded");
+    assert_eq!(
+        reqs.len(),
+        2,
+        "one request per path, the refusal not retried"
+    );
+
+    // A name that cannot be asked for exactly: the id's refusal stands alone.
+    assert_eq!(
+        c.lookup_server("srv-1", "weird(name)")
+            .await
+            .expect("lookup"),
+        Lookup::Absent(AbsenceSign::IdOnly)
+    );
+
+    // The name path still lists it under the same id: it exists.
+    let server = MockServer::start().await;
+    info_answers(&server, refused.clone(), Some(info_of("srv-1"))).await;
+    let found = client(&server)
+        .lookup_server("srv-1", LISTED)
+        .await
+        .expect("lookup");
+    assert!(matches!(found, Lookup::Exists(s) if s.id == "srv-1"));
+
+    // ... under another id: the paths disagree, nothing is known.
+    let server = MockServer::start().await;
+    info_answers(&server, refused.clone(), Some(info_of("srv-2"))).await;
+    let e = client(&server)
+        .lookup_server("srv-1", LISTED)
+        .await
+        .expect_err("disagree");
+    assert_eq!(e.class, ErrorClass::BadResponse);
+
+    // The id path finds it: it exists, the name is not asked.
+    let server = MockServer::start().await;
+    info_answers(&server, (200, info_of("srv-1")), None).await;
+    let found = client(&server)
+        .lookup_server("srv-1", LISTED)
+        .await
+        .expect("lookup");
+    assert!(matches!(found, Lookup::Exists(s) if s.name == LISTED));
+
+    // No sign at all: generic failures, gateways, rate limits, timeouts, auth.
+    for (status, body) in [
+        (
+            500,
+            json!({"message": "Failed to run command method (serversInfo)"}),
+        ),
+        (500, json!({"message": "json decode error: Syntax error"})),
+        (502, json!({"json_decode_error": "Syntax error"})),
+        (429, json!({"message": "Too Many Attempts."})),
+        (500, json!({"message": "you are not logged in (1)"})),
+    ] {
+        let server = MockServer::start().await;
+        info_answers(&server, (status, body.clone()), Some(json!([]))).await;
+        let e = client_for(&server, 2, Duration::from_secs(5))
+            .lookup_server("srv-1", LISTED)
+            .await
+            .expect_err("no sign");
+        assert!(
+            !matches!(e.class, ErrorClass::Refused | ErrorClass::NotFound),
+            "{status} {body}: {:?}",
+            e.class
+        );
+        let reqs = server.received_requests().await.expect("recorded");
+        assert!(
+            reqs.iter()
+                .all(|r| !String::from_utf8_lossy(&r.body).contains("allow-no-servers")),
+            "the name path is asked only after the id refused"
+        );
+    }
+    let server = MockServer::start().await;
+    Mock::given(path("/service/server/info"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+        .mount(&server)
+        .await;
+    let e = client_for(&server, 1, Duration::from_millis(300))
+        .lookup_server("srv-1", LISTED)
+        .await
+        .expect_err("timeout");
+    assert_eq!(e.class, ErrorClass::Transient);
+}
+
+#[tokio::test]
+async fn refusals_with_a_reason_are_definite_and_generic_failures_are_not() {
+    let spec = server_config();
+    // The upstream refused the create, with its text: nothing was bought.
+    let server = MockServer::start().await;
+    answer(
+        &server,
+        "/service/server",
+        500,
+        json!({"json_decode_error": null, "message": "Invalid CPU 3Q (7)"}),
+        1,
+    )
+    .await;
+    let e = client(&server)
+        .create_server(spec.request("k8s-a"))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.class, ErrorClass::Refused);
+    assert!(!e.may_have_been_processed(), "{e}");
+    assert!(e.to_string().contains("Invalid CPU 3Q (7)"), "{e}");
+
+    // The server's generic text covers an upstream that timed out mid-create: maybe bought.
+    for body in [
+        json!({"message": "Failed to run command method (createServer)"}),
+        json!({"json_decode_error": null, "message": ""}),
+        json!({"json_decode_error": "Syntax error"}),
+        json!({"message": "Invalid response from server: {}", "res": {}}),
+    ] {
+        let server = MockServer::start().await;
+        answer(&server, "/service/server", 500, body.clone(), 1).await;
+        let e = client(&server)
+            .create_server(spec.request("k8s-a"))
+            .await
+            .expect_err("500");
+        assert!(e.may_have_been_processed(), "{body}: {e}");
+    }
+
+    // A power change the upstream refused by id: definite, and not retried.
+    let server = MockServer::start().await;
+    answer(
+        &server,
+        "/service/server/poweroff",
+        500,
+        json!({"message": "Server is already powered off (15)"}),
+        1,
+    )
+    .await;
+    let e = client(&server)
+        .power_off("srv-1")
+        .await
+        .expect_err("refused");
+    assert_eq!(e.class, ErrorClass::Refused);
+    assert!(!e.may_have_been_processed());
+
+    // Laravel's own error page: the route never ran.
+    let server = MockServer::start().await;
+    answer(
+        &server,
+        "/service/server/terminate",
+        500,
+        json!({"error": true, "message": "The GET method is not supported for this route. Supported methods: POST."}),
+        1,
+    )
+    .await;
+    let e = client(&server)
+        .terminate("srv-1")
+        .await
+        .expect_err("not routed");
+    assert!(!e.may_have_been_processed(), "{e}");
+}
+
+#[tokio::test]
+async fn each_kind_of_request_has_its_own_timeout() {
+    use kamatera_ca_provider::kamatera::Timeouts;
+    let server = MockServer::start().await;
+    for p in [
+        "/service/servers",
+        "/service/server",
+        "/service/server/poweron",
+    ] {
+        let body = if p == "/service/servers" {
+            json!([])
+        } else {
+            json!(["77"])
+        };
+        Mock::given(path(p))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(body)
+                    .set_delay(Duration::from_millis(1500)),
+            )
+            .mount(&server)
+            .await;
+    }
+    let c = Client::new(ClientSettings {
+        base_url: server.uri(),
+        client_id: "client-1".into(),
+        secret: Secret::new(SECRET),
+        timeouts: Timeouts {
+            read: Duration::from_millis(500),
+            power: Duration::from_secs(5),
+            create: Duration::from_secs(5),
+        },
+        retry: RetryPolicy::immediate(1),
+        metrics: Default::default(),
+    })
+    .expect("client");
+    let spec = server_config();
+    assert_eq!(
+        c.create_server(spec.request("k8s-a"))
+            .await
+            .expect("create waits"),
+        "77"
+    );
+    assert_eq!(c.power_on("srv-1").await.expect("power waits"), "77");
+    let e = c.list_servers("").await.expect_err("read times out");
+    assert!(e.to_string().contains("timed out"), "{e}");
+}
+
+/// The real server may take a minute for a create (several upstream calls, no timeout of its
+/// own): with the default timeouts, a create answered after 61 s is accepted, not uncertain.
+#[tokio::test]
+async fn a_create_answered_after_a_minute_is_accepted() {
+    let server = MockServer::start().await;
+    Mock::given(path("/service/server"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!(["4242"]))
+                .set_delay(Duration::from_secs(61)),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = Client::new(ClientSettings::new(
+        server.uri(),
+        "client-1",
+        Secret::new(SECRET),
+        Default::default(),
+    ))
+    .expect("client");
+    let spec = server_config();
+    assert_eq!(
+        c.create_server(spec.request("k8s-a"))
+            .await
+            .expect("accepted"),
+        "4242"
+    );
 }

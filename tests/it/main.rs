@@ -7,6 +7,7 @@ mod common;
 mod cli_bench;
 mod cli_check;
 mod cli_serve;
+mod cloudcli_shapes;
 mod config;
 mod crash;
 mod faults;

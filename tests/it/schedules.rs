@@ -122,7 +122,10 @@ async fn env(s: Setup<'_>) -> Env {
         client,
         ProviderOptions {
             reconcile_interval: Duration::from_secs(3600),
-            vanish_misses: 1,
+            vanish: kamatera_ca_provider::provider::VanishRule {
+                misses: 1,
+                after: Duration::ZERO,
+            },
             kube: s.kube,
             clock: clock.clock(),
             drain_poll: Duration::from_millis(30),

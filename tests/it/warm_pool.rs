@@ -78,7 +78,10 @@ async fn env(case: Case, kube: Option<kamatera_ca_provider::kube::Kube>) -> Env 
         client,
         ProviderOptions {
             reconcile_interval: Duration::from_secs(3600),
-            vanish_misses: 1,
+            vanish: kamatera_ca_provider::provider::VanishRule {
+                misses: 1,
+                after: Duration::ZERO,
+            },
             kube,
             ..ProviderOptions::default()
         },

@@ -129,9 +129,6 @@ pub struct Instance {
     pub action_in_flight: bool,
     /// A power-on of this reused server ended in error: never park it again.
     pub power_on_failed: bool,
-    /// Consecutive listings without the server, once it had been seen (it is looked up by id
-    /// once this reaches the provider's `vanish_misses`).
-    pub missed: u32,
     pub error: Option<ErrorInfo>,
     /// When the instance entered its current phase.
     pub since: Instant,
@@ -150,7 +147,6 @@ impl Instance {
             command: None,
             action_in_flight: false,
             power_on_failed: false,
-            missed: 0,
             error: None,
             since: now,
         }

@@ -9,7 +9,8 @@ use crate::kamatera::{CommandState, CommandStatus, Power, is_quota_message};
 /// Why `step` forgets an instance whose server it parked.
 pub(super) const PARKED: &str = "parked: powered off and kept for reuse";
 /// Why `step` forgets an instance whose server is confirmed gone.
-pub(super) const GONE: &str = "server gone: the API has no server with its id";
+pub(super) const GONE: &str =
+    "server gone: missing from the listings and a lookup found no sign of it";
 
 /// A command the queue does not report: after `limit`, give it up and move on from what the
 /// listing shows.
@@ -277,6 +278,10 @@ pub(super) fn step(
             }
             match server {
                 Some(_) if inst.terminated() => {} // terminated, listing not caught up yet
+                // Missing from the listings, not yet proven gone: a power-off or terminate sent
+                // to it now would only be refused (or repeat one whose answer was lost). The
+                // vanish rule decides; a server that is listed again is acted on then.
+                Some(s) if s.presumed => {}
                 Some(s) if inst.parking() => {
                     if s.power != Power::On {
                         // Off in the listing: parked. Forgetting it makes it part of the

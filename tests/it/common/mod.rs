@@ -140,7 +140,7 @@ pub fn test_client(
     use kamatera_ca_provider::kamatera::{Client, ClientSettings, RetryPolicy};
     Client::new(ClientSettings {
         retry: RetryPolicy::immediate(2),
-        timeout: Duration::from_secs(10),
+        timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(Duration::from_secs(10)),
         ..ClientSettings::new(
             &cfg.api_url,
             &cfg.api_client_id,
