@@ -42,6 +42,8 @@ fn bench_writes_a_complete_report() {
         "Scale-up of 50 servers across 5 groups",
         "create_server 50",
         "## Restarts",
+        "## A scale-up whose commands start late",
+        "at most 1 id per queue request",
     ] {
         assert!(
             report.contains(expected),

@@ -282,3 +282,42 @@ fn check_keys_prints_every_key_without_a_config() {
     assert_eq!(bare.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bare.stderr).contains("--cloud-config <FILE>"));
 }
+
+/// A name prefix the mutation guard would refuse at create time (every create of the group
+/// refused) is refused by `check`, with the character and its column named.
+#[test]
+fn check_refuses_a_name_prefix_the_guard_would_refuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check_prefix = |prefix: &str| {
+        let path = dir.path().join("prefix.ini");
+        std::fs::write(
+            &path,
+            format!("{GLOBAL}kamatera-api-secret = {SECRET}\n{GROUP}name-prefix = {prefix}\n"),
+        )
+        .expect("write");
+        private(&path);
+        check(&path)
+    };
+    for (prefix, expected) in [
+        ("pool.a", "'.' (column 5) is not allowed"),
+        ("pool(1)", "'(' (column 5) is not allowed"),
+        ("web)", "')' (column 4) is not allowed"),
+    ] {
+        let out = check_prefix(prefix);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{prefix}: {stderr}");
+        assert!(
+            stderr.contains("[nodegroup \"w\"] name-prefix: name prefix: ")
+                && stderr.contains(expected),
+            "{prefix}: missing {expected:?} in {stderr}"
+        );
+    }
+    // A prefix the guard accepts passes.
+    let out = check_prefix("pool-a_1");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -25,6 +25,7 @@ const VANISH_AFTER: Duration = Duration::from_millis(400);
 
 struct Env {
     sim: SimHandle,
+    metrics: std::sync::Arc<kamatera_ca_provider::telemetry::Metrics>,
     ca: CloudProviderClient<Channel>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -53,6 +54,7 @@ disk = size=20"
             ),
         )
         .parse();
+    let metrics = std::sync::Arc::new(kamatera_ca_provider::telemetry::Metrics::new());
     let client = Client::new(ClientSettings {
         retry: RetryPolicy::immediate(3),
         timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(Duration::from_millis(800)),
@@ -60,7 +62,7 @@ disk = size=20"
             &cfg.api_url,
             &cfg.api_client_id,
             cfg.api_secret.clone(),
-            Default::default(),
+            metrics.clone(),
         )
     })
     .expect("client");
@@ -84,6 +86,7 @@ disk = size=20"
     let ca = common::ca::Ca::connect(addr).await.rpc;
     Env {
         sim,
+        metrics,
         ca,
         _stop: stop,
     }
@@ -503,6 +506,16 @@ async fn quota_exhaustion_mid_scale_up() {
     e.check_invariants(3, "quota raised").await;
 }
 
+/// A counter of the provider's metrics (0 when the series does not exist yet).
+fn counter(e: &Env, series: &str) -> f64 {
+    e.metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Lookups the provider made (each one is an info request).
 fn lookups(e: &Env) -> u64 {
     e.sim.requests(sim::Endpoint::ServerInfo)
@@ -554,6 +567,17 @@ async fn a_server_deleted_by_hand_leaves_within_the_window_and_is_replaced() {
         2,
         "one lookup: the id path, then the name path"
     );
+    assert_eq!(
+        counter(
+            &e,
+            r#"kamatera_ca_gone_servers_total{evidence="id_and_name"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(&e, r#"kamatera_ca_server_lookups_total{result="absent"}"#),
+        1.0
+    );
     let creates = e.sim.requests(sim::Endpoint::CreateServer);
     e.converge(3, &mut seen, "after a vanished server").await;
     e.check_invariants(3, "vanished server").await;
@@ -566,6 +590,15 @@ async fn a_server_deleted_by_hand_leaves_within_the_window_and_is_replaced() {
         e.sim.requests(sim::Endpoint::Terminate),
         0,
         "nothing sent to the vanished server"
+    );
+    // A scale-down the provider sees through: gone by its own completed terminate.
+    e.scale_down_one(&mut seen, "a scale-down after").await;
+    assert_eq!(
+        counter(
+            &e,
+            r#"kamatera_ca_gone_servers_total{evidence="terminate_completed"}"#
+        ),
+        1.0
     );
 }
 
@@ -625,6 +658,14 @@ async fn a_terminate_whose_answer_is_lost_ends_without_a_terminate_loop() {
         "no terminate once the server was gone from the listing"
     );
     assert_eq!(e.target().await, 1);
+    assert_eq!(
+        counter(
+            &e,
+            r#"kamatera_ca_gone_servers_total{evidence="id_and_name"}"#
+        ),
+        1.0,
+        "gone by the vanish rule, not by a terminate it saw complete"
+    );
     e.sim.set_faults(Faults::default());
     e.check_invariants(1, "after the lost terminate").await;
 }

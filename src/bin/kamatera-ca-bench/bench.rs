@@ -84,6 +84,25 @@ pub struct ScaleResult {
     pub account_servers: usize,
 }
 
+/// A scale-up whose create commands the queue does not know until they start.
+#[derive(Debug, Clone)]
+pub struct LateCommands {
+    pub servers: usize,
+    pub lag_ms: u64,
+    pub seconds: f64,
+    /// Reconciles (one listing each) from the IncreaseSize until every server ran.
+    pub reconciles: u64,
+    /// Kamatera requests per reconcile: mean and most.
+    pub mean_per_reconcile: f64,
+    pub most_per_reconcile: u64,
+    pub calls: Vec<(String, u64)>,
+    /// Queue requests that met a command not started yet (404), and the most ids in one.
+    pub unknown_answers: u64,
+    pub most_ids: usize,
+    /// Create commands the queue reported complete.
+    pub reported_complete: u64,
+}
+
 /// The round trip each Kamatera request takes in the restart measurement.
 pub const RESTART_LATENCY_MS: u64 = 44;
 
@@ -98,18 +117,8 @@ async fn restart(
     let before = total_requests(sim);
     let started = Instant::now();
     let state_arg = state.display().to_string();
-    let serve = spawn_serve(
-        exe,
-        &["--cloud-config", config, "--state-file", &state_arg],
-        Duration::from_secs(120),
-    )
-    .map_err(BenchError::Setup)?;
-    let channel = Channel::from_shared(format!("http://{}", serve.addr))
-        .map_err(|e| BenchError::Setup(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let mut ca = CloudProviderClient::new(channel);
+    let (serve, mut ca) =
+        serve_and_connect(exe, &["--cloud-config", config, "--state-file", &state_arg]).await?;
     while ca.refresh(pb::RefreshRequest {}).await.is_err() {
         if started.elapsed() > Duration::from_secs(600) {
             return Err(BenchError::Setup("not ready after 600 s".into()));
@@ -122,6 +131,20 @@ async fn restart(
     );
     drop(serve);
     Ok(figures)
+}
+
+/// Starts this binary's `serve` with `args` and connects the autoscaler's client to it.
+async fn serve_and_connect(
+    exe: &Path,
+    args: &[&str],
+) -> Result<(crate::child::ServeChild, CloudProviderClient<Channel>), BenchError> {
+    let serve = spawn_serve(exe, args, Duration::from_secs(120)).map_err(BenchError::Setup)?;
+    let channel = Channel::from_shared(format!("http://{}", serve.addr))
+        .map_err(|e| BenchError::Setup(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok((serve, CloudProviderClient::new(channel)))
 }
 
 fn group_name(i: usize) -> String {
@@ -161,6 +184,16 @@ fn per_endpoint(sim: &SimHandle) -> Vec<(String, u64)> {
 }
 
 /// The kB figure of the line starting with `key` in a /proc file (Linux).
+/// Requests per endpoint since `before` (a [`per_endpoint`] reading), endpoints with none left out.
+fn calls_since(sim: &SimHandle, before: &[(String, u64)]) -> Vec<(String, u64)> {
+    per_endpoint(sim)
+        .iter()
+        .zip(before.iter())
+        .map(|((k, a), (_, b))| (k.clone(), a - b))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 fn proc_kb(path: &str, key: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -310,19 +343,8 @@ pub async fn run_scale(
     // This binary's own hidden `serve`.
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let config_arg = config.display().to_string();
-    let serve = spawn_serve(
-        &exe,
-        &["--cloud-config", &config_arg],
-        Duration::from_secs(120),
-    )
-    .map_err(BenchError::Setup)?;
-    let (addr, admin) = (serve.addr.clone(), serve.admin.clone());
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| BenchError::Setup(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let mut ca = CloudProviderClient::new(channel);
+    let (serve, mut ca) = serve_and_connect(&exe, &["--cloud-config", &config_arg]).await?;
+    let admin = serve.admin.clone();
     loop {
         if ca.refresh(pb::RefreshRequest {}).await.is_ok() {
             let n = ca
@@ -502,13 +524,7 @@ pub async fn run_scale(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let scale_up_seconds = scale_started.elapsed().as_secs_f64();
-    let after = per_endpoint(&sim);
-    let scale_up_calls: Vec<(String, u64)> = after
-        .iter()
-        .zip(before.iter())
-        .map(|((k, a), (_, b))| (k.clone(), a - b))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let scale_up_calls = calls_since(&sim, &before);
 
     // IncreaseSize(50) while 50 creates are in flight, five times on fresh groups.
     let mut increase_ms = Vec::new();
@@ -575,7 +591,12 @@ fn machine() -> String {
 }
 
 /// Renders BENCHMARKS.md.
-pub fn render(results: &[ScaleResult], opts: &BenchOptions, command: &str) -> String {
+pub fn render(
+    results: &[ScaleResult],
+    late: &LateCommands,
+    opts: &BenchOptions,
+    command: &str,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -700,15 +721,126 @@ pub fn render(results: &[ScaleResult], opts: &BenchOptions, command: &str) -> St
             calls.join(", ")
         );
     }
+    let calls: Vec<String> = late.calls.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "\n## A scale-up whose commands start late\n\n\
+         IncreaseSize({}) on an empty group while the queue answers each new command 404 for {} ms \
+         (not started upstream; the real server then fails a whole batch), autoscaler Refresh every \
+         100 ms, creates take 1 s. Every command is polled alone (at most {} id per queue request).\n\n\
+         | servers | until all ran | reconciles | Kamatera requests per reconcile: mean / most | queue answers 404 | creates reported complete |\n\
+         |---|---|---|---|---|---|\n\
+         | {} | {:.1} s | {} | {:.1} / {} | {} | {} |\n\n\
+         Kamatera calls in all: {}. The steady state stays at one listing per refresh (see the summary).",
+        late.servers,
+        late.lag_ms,
+        late.most_ids,
+        late.servers,
+        late.seconds,
+        late.reconciles,
+        late.mean_per_reconcile,
+        late.most_per_reconcile,
+        late.unknown_answers,
+        late.reported_complete,
+        calls.join(", ")
+    );
     out
 }
 
-/// Runs every scale in order.
-pub async fn run(opts: &BenchOptions) -> Result<Vec<ScaleResult>, BenchError> {
+/// Runs every scale in order, then the late-commands scale-up.
+pub async fn run(opts: &BenchOptions) -> Result<(Vec<ScaleResult>, LateCommands), BenchError> {
     let mut results = Vec::new();
     for &(groups, per_group) in &opts.scales {
         tracing::info!(groups, per_group, "benchmark scale starting");
         results.push(run_scale(groups, per_group, opts).await?);
     }
-    Ok(results)
+    let late = late_commands(20, 300).await?;
+    Ok((results, late))
+}
+
+/// IncreaseSize(`servers`) on an empty group while the queue answers every command 404 for
+/// `lag_ms` after it was queued (it has not started upstream), driven like the autoscaler
+/// (Refresh every 100 ms) until every server runs: the Kamatera requests each reconcile makes.
+pub async fn late_commands(servers: usize, lag_ms: u64) -> Result<LateCommands, BenchError> {
+    let sim = sim::start(
+        SimConfig {
+            timing: Timing {
+                scale: 0.05,
+                ..Timing::default()
+            },
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .map_err(|e| BenchError::Setup(format!("simulator: {e}")))?;
+    sim.update_faults(|f| f.queue_lag_ms = lag_ms);
+    let dir = std::env::temp_dir().join(format!("kamatera-bench-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let config = dir.join("late.ini");
+    std::fs::write(&config, config_text(&sim, 1)).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let config_arg = config.display().to_string();
+    let (serve, mut ca) = serve_and_connect(&exe, &["--cloud-config", &config_arg]).await?;
+    while ca.refresh(pb::RefreshRequest {}).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let listings = |sim: &SimHandle| sim.requests(Endpoint::ListServers);
+    let before = per_endpoint(&sim);
+    let started = Instant::now();
+    ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+        delta: i32::try_from(servers).unwrap_or(i32::MAX),
+        id: group_name(0),
+    })
+    .await?;
+    let (mut most, mut last_total, mut last_lists) = (0, total_requests(&sim), listings(&sim));
+    loop {
+        ca.refresh(pb::RefreshRequest {}).await?;
+        let (total, lists) = (total_requests(&sim), listings(&sim));
+        if lists > last_lists {
+            // Requests since the last listing began, spread over the reconciles that ran.
+            most = most.max((total - last_total) / (lists - last_lists));
+            (last_total, last_lists) = (total, lists);
+        }
+        let running = ca
+            .node_group_nodes(pb::NodeGroupNodesRequest { id: group_name(0) })
+            .await?
+            .into_inner()
+            .instances
+            .iter()
+            .filter(|i| i.status.as_ref().map(|s| s.instance_state) == Some(1))
+            .count();
+        if running == servers {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(BenchError::Setup(
+                "late-commands scale-up did not finish in 120 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(serve);
+    let calls = calls_since(&sim, &before);
+    let reconciles = calls
+        .iter()
+        .find(|(k, _)| k == Endpoint::ListServers.key())
+        .map_or(0, |(_, n)| *n);
+    let total: u64 = calls.iter().map(|(_, n)| n).sum();
+    let polls = sim.with_state(|s| s.queue_polls.clone());
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(LateCommands {
+        servers,
+        lag_ms,
+        seconds,
+        reconciles,
+        mean_per_reconcile: total as f64 / reconciles.max(1) as f64,
+        most_per_reconcile: most,
+        calls,
+        unknown_answers: polls.unknown,
+        most_ids: polls.most_ids,
+        reported_complete: polls.complete,
+    })
 }
