@@ -72,6 +72,22 @@ impl TlsFiles {
     }
 }
 
+/// A PEM error as text: rustls prints markers and lines as lists of byte values.
+fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    let text = |bytes: &[u8]| crate::telemetry::quoted(&String::from_utf8_lossy(bytes));
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no end line {}",
+            text(&[b"-----END ", end_marker.as_slice(), b"-----"].concat())
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("a section starts with a malformed line {}", text(line))
+        }
+        other => other.to_string(),
+    }
+}
+
 fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         what,
@@ -84,9 +100,9 @@ fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -
 pub fn load_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_error("certificate", &files.cert, e))?
+        .map_err(|e| file_error("certificate", &files.cert, pem_reason(&e)))?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_error("certificate", &files.cert, e))?;
+        .map_err(|e| file_error("certificate", &files.cert, pem_reason(&e)))?;
     if certs.is_empty() {
         return Err(file_error(
             "certificate",
@@ -95,12 +111,12 @@ pub fn load_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>,
         ));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| file_error("private key", &files.key, e))?;
+        .map_err(|e| file_error("private key", &files.key, pem_reason(&e)))?;
     let mut roots = RootCertStore::empty();
     let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.client_ca)
-        .map_err(|e| file_error("client CA", &files.client_ca, e))?
+        .map_err(|e| file_error("client CA", &files.client_ca, pem_reason(&e)))?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_error("client CA", &files.client_ca, e))?;
+        .map_err(|e| file_error("client CA", &files.client_ca, pem_reason(&e)))?;
     for ca in cas {
         roots
             .add(ca)

@@ -337,16 +337,17 @@ impl Provider {
                 servers.iter().map(|s| s.id.as_str()).collect();
             st.missing_known(&listed, now)
         };
-        // Servers this provider terminated are not known any more, so they never make a
+        // Servers this provider is terminating are expected to leave: they never make a
         // listing look suspect.
-        let suspect = missing.len() >= 2 && missing.len() * 2 >= known;
+        let unexpected = missing.iter().filter(|m| !m.expected).count();
+        let suspect = unexpected >= 2 && unexpected * 2 >= known;
         {
             let mut st = self.lock();
             if suspect {
                 self.metrics().suspect_listings.inc();
                 if !st.reads.suspect_listing {
                     warn!(
-                        missing = missing.len(),
+                        missing = unexpected,
                         known,
                         "the Kamatera listing lacks most known servers; keeping their last known state until lookups confirm they are gone"
                     );

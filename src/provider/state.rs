@@ -32,6 +32,9 @@ pub struct Missing {
     pub observed: Observed,
     /// How long it has been missing.
     pub absence: Absence,
+    /// Its absence is expected: this provider's terminate of it was accepted (the listing may
+    /// drop it before the queue reports the command complete). It never makes a listing suspect.
+    pub expected: bool,
 }
 
 /// How long a known server has been missing from the listings.
@@ -468,7 +471,8 @@ impl State {
     /// group's pool) that `listed` lacks, with their last known state: presumed to exist until
     /// the [`VanishRule`] and a lookup say otherwise. Each one's absence is counted here, once per
     /// listing, and forgotten as soon as a listing has it again (or it is no longer known).
-    /// Returns them and how many servers are known.
+    /// Returns them and how many servers are known, not counting those whose absence is
+    /// expected (see [`Missing::expected`]).
     pub fn missing_known(
         &mut self,
         listed: &std::collections::HashSet<&str>,
@@ -478,31 +482,43 @@ impl State {
         let mut missing = Vec::new();
         let tracked = self.instances.values().filter_map(|i| {
             let id = i.server_id.as_ref().filter(|_| i.seen && !i.terminated())?;
-            Some((id, &i.name, i.power.clone().unwrap_or(Power::Off)))
+            let terminating = i
+                .command
+                .as_ref()
+                .is_some_and(|c| c.kind == CommandKind::Terminate);
+            Some((
+                id,
+                &i.name,
+                i.power.clone().unwrap_or(Power::Off),
+                terminating,
+            ))
         });
         let pooled = self
             .parked
             .values()
             .flatten()
-            .map(|p| (&p.id, &p.name, Power::Off));
-        for (id, name, power) in tracked.chain(pooled) {
-            known += 1;
+            .map(|p| (&p.id, &p.name, Power::Off, false));
+        for (id, name, power, terminating) in tracked.chain(pooled) {
+            known += usize::from(!terminating);
             if listed.contains(id.as_str()) {
                 continue;
             }
-            missing.push(Observed {
-                id: id.clone(),
-                name: name.clone(),
-                power,
-                tags: self.tags.get(id).cloned(),
-                presumed: true,
-            });
+            missing.push((
+                Observed {
+                    id: id.clone(),
+                    name: name.clone(),
+                    power,
+                    tags: self.tags.get(id).cloned(),
+                    presumed: true,
+                },
+                terminating,
+            ));
         }
         let absences = &mut self.reads.absences;
-        absences.retain(|id, _| missing.iter().any(|o| &o.id == id));
+        absences.retain(|id, _| missing.iter().any(|(o, _)| &o.id == id));
         let missing = missing
             .into_iter()
-            .map(|observed| {
+            .map(|(observed, expected)| {
                 let a = absences.entry(observed.id.clone()).or_insert(Absence {
                     misses: 0,
                     since: now,
@@ -511,6 +527,7 @@ impl State {
                 Missing {
                     observed,
                     absence: *a,
+                    expected,
                 }
             })
             .collect();

@@ -967,3 +967,42 @@ async fn a_scale_up_whose_commands_start_late_is_polled_one_id_at_a_time() {
     e.check_invariants(20, "after the late-starting scale-up")
         .await;
 }
+
+/// The provider terminates every server of the group at once: the listing drops them before
+/// the queue reports the terminates complete, and that is no suspect listing.
+#[tokio::test]
+async fn terminating_its_own_servers_is_no_suspect_listing() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(4, &mut seen, "before").await;
+    let nodes: Vec<pb::ExternalGrpcNode> = e
+        .nodes()
+        .await
+        .iter()
+        .map(|i| pb::ExternalGrpcNode {
+            provider_id: i.id.clone(),
+            name: i.id.trim_start_matches("kamatera://").into(),
+            ..Default::default()
+        })
+        .collect();
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !e.nodes().await.is_empty() || group_servers(&e) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not deleted");
+        refresh(&mut e).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(counter(&e, "kamatera_ca_suspect_listings_total"), 0.0);
+    assert_eq!(
+        counter(
+            &e,
+            r#"kamatera_ca_gone_servers_total{evidence="terminate_completed"}"#
+        ),
+        4.0
+    );
+}

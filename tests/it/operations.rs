@@ -230,6 +230,19 @@ async fn mutual_tls_accepts_known_clients_only_and_picks_up_rotation() {
     // A broken file is reported and the working configuration kept.
     std::fs::write(pki.path("server-key.pem"), "not a key").expect("break key");
     assert!(tls.reload_if_changed().is_err());
+    // A certificate cut short: the error names the missing end line as text, not as bytes.
+    let cert = std::fs::read_to_string(pki.path("server.pem")).expect("cert");
+    let cut = &cert[..cert.find("-----END").expect("end line")];
+    std::fs::write(pki.path("server.pem"), cut).expect("cut cert");
+    let err = tls
+        .reload_if_changed()
+        .expect_err("cut certificate")
+        .to_string();
+    assert!(
+        err.contains("has no end line \"-----END CERTIFICATE-----\""),
+        "{err}"
+    );
+    assert!(!err.contains("[45, 45"), "{err}");
     assert_eq!(
         groups_over(addr, Some(&pki.client_tls("autoscaler", "servers2"))).await,
         Ok(vec!["web".to_string()])
