@@ -38,7 +38,11 @@ impl Provider {
             // the max-size count includes the creates admitted before it.
             let admitted = self.admit(&mut st, &action);
             if let (true, Action::Create { name, .. }) = (admitted, &action) {
-                st.edit(name, |i| i.create = CreateStatus::Sent);
+                st.edit(name, |i| {
+                    i.create = CreateStatus::Sent;
+                    i.action_in_flight = false;
+                    i.waiting_for_room = None;
+                });
             }
             admitted
         };

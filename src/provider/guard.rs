@@ -27,6 +27,13 @@ pub enum Refusal {
     BadName(String),
     /// Sending the create would make the group hold more than max-size servers.
     OverMax { existing: usize, max: u32 },
+    /// Not yet: the group is at max-size only because `leaving` deleted servers have not left
+    /// yet. The create waits (still queued, no error) and is tried again each reconcile.
+    NoRoomYet {
+        existing: usize,
+        leaving: usize,
+        max: u32,
+    },
     /// The instance or its node group is unknown.
     Unknown(String),
     /// The action does not fit its instance (another server, another group, a create already
@@ -41,6 +48,7 @@ impl Refusal {
             Refusal::NotTheGroups { .. } => "not_the_groups",
             Refusal::BadName(_) => "bad_name",
             Refusal::OverMax { .. } => "over_max_size",
+            Refusal::NoRoomYet { .. } => "no_room_yet",
             Refusal::Unknown(_) => "unknown",
             Refusal::Mismatch(_) => "mismatch",
         }
@@ -61,6 +69,14 @@ impl std::fmt::Display for Refusal {
             Refusal::OverMax { existing, max } => write!(
                 f,
                 "the node group already has {existing} servers (counting unlisted, parked and in-flight ones) and max-size is {max}"
+            ),
+            Refusal::NoRoomYet {
+                existing,
+                leaving,
+                max,
+            } => write!(
+                f,
+                "the node group has {existing} servers, {leaving} of them deleted and not gone yet, and max-size is {max}"
             ),
             Refusal::Unknown(what) | Refusal::Mismatch(what) => f.write_str(what),
         }
@@ -107,10 +123,18 @@ pub fn check<'c>(
                 return Err(Refusal::BadName(name.clone()));
             }
             let existing = st.servers_of_group(group, name);
-            if existing + 1 > max as usize {
-                return Err(Refusal::OverMax { existing, max });
+            if existing < max as usize {
+                return Ok(());
             }
-            Ok(())
+            let leaving = st.leaving_servers(group);
+            if existing - leaving < max as usize {
+                return Err(Refusal::NoRoomYet {
+                    existing,
+                    leaving,
+                    max,
+                });
+            }
+            Err(Refusal::OverMax { existing, max })
         }
         Action::PowerOn { name, server_id }
         | Action::PowerOff { name, server_id }
@@ -182,8 +206,23 @@ impl Provider {
             let max = super::in_force::in_force(cfg, &config.timezone, now, &manual(g)).max_size;
             Some((cfg, max))
         };
-        let Err(refusal) = check(st, action, &group_of) else {
-            return true;
+        let refusal = match check(st, action, &group_of) {
+            Ok(()) => return true,
+            Err(Refusal::NoRoomYet { .. }) => {
+                // Waits, still queued and without error: each reconcile tries it again.
+                if let Action::Create { name, .. } = action {
+                    st.edit(name, |inst| {
+                        inst.action_in_flight = false;
+                        if inst.waiting_for_room.is_none() {
+                            tracing::info!(server = %name, group = %inst.group,
+                                "create waits for deleted servers to leave (the group is at max-size until they do)");
+                            inst.waiting_for_room = Some(std::time::Instant::now());
+                        }
+                    });
+                }
+                return false;
+            }
+            Err(r) => r,
         };
         let (name, kind) = match action {
             Action::Create { name, .. }
@@ -346,5 +385,52 @@ mod tests {
             ),
             Err(Refusal::BadName(_))
         ));
+    }
+
+    /// Max-size 5, five servers: a create waits when deleted servers will make room (and only
+    /// those that terminate, not those to be parked), and is refused when nothing will.
+    #[test]
+    fn a_create_at_max_size_waits_only_for_room_that_deletions_will_free() {
+        let cfg = config();
+        let mut st = State::default();
+        for n in 0..5 {
+            tracked(&mut st, &cfg, &format!("s{n}"), &format!("id-{n}"));
+        }
+        let prefix = &cfg.node_group("general").expect("general").server.name_prefix;
+        let name = crate::kamatera::new_server_name(prefix);
+        st.insert(
+            name.clone(),
+            Instance::creating(name.clone(), "general".into(), Instant::now()),
+        );
+        let create = Action::Create {
+            name,
+            group: "general".into(),
+        };
+        assert_eq!(
+            decide(&st, &cfg, &create),
+            Err(Refusal::OverMax {
+                existing: 5,
+                max: 5
+            })
+        );
+        // Deleted to be parked: still the group's server afterwards, no room.
+        st.edit("s0", |i| i.delete(true, Instant::now()));
+        assert!(matches!(
+            decide(&st, &cfg, &create),
+            Err(Refusal::OverMax { .. })
+        ));
+        // Deleted to be terminated: room comes when it leaves.
+        st.edit("s1", |i| i.delete(false, Instant::now()));
+        assert_eq!(
+            decide(&st, &cfg, &create),
+            Err(Refusal::NoRoomYet {
+                existing: 5,
+                leaving: 1,
+                max: 5
+            })
+        );
+        // It left (its terminate completed): the create goes.
+        st.edit("s1", |i| i.mark_terminated());
+        assert_eq!(decide(&st, &cfg, &create), Ok(()));
     }
 }

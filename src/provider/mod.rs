@@ -99,6 +99,8 @@ pub enum MaxLimit {
     Schedule,
     /// The node group is hibernating (max-size 0).
     Hibernating,
+    /// The group's own max-size, reached with this many servers the autoscaler does not see.
+    Unseen(u32),
 }
 
 impl std::fmt::Display for MaxLimit {
@@ -107,6 +109,12 @@ impl std::fmt::Display for MaxLimit {
             MaxLimit::Config => "",
             MaxLimit::Schedule => " (max-size of the schedule in force)",
             MaxLimit::Hibernating => " (the node group is hibernating)",
+            MaxLimit::Unseen(n) => {
+                return write!(
+                    f,
+                    " (counting {n} server(s) of the group the autoscaler does not see: parked, missing from the listing, or maybe bought)"
+                );
+            }
         })
     }
 }
@@ -173,6 +181,9 @@ pub struct ProviderOptions {
     /// How long a known server must be missing from the listings before a lookup may prove it
     /// gone (only such a lookup, or a completed terminate, makes it gone).
     pub vanish: VanishRule,
+    /// How long a create may wait for deleted servers to leave when only they keep the group at
+    /// max-size; then it reports `MAX_SIZE_REACHED`.
+    pub room_wait: Duration,
     /// The restart journal as a file; `None` keeps in-flight intent in memory only (unless
     /// `state_configmap` is set, which wins).
     pub state_file: Option<std::path::PathBuf>,
@@ -208,6 +219,7 @@ impl Default for ProviderOptions {
                 misses: 3,
                 after: Duration::from_secs(60),
             },
+            room_wait: Duration::from_secs(10 * 60),
             state_file: None,
             state_configmap: None,
             leader_elect: None,

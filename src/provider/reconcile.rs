@@ -261,6 +261,7 @@ impl Provider {
                     uncertain_watch: self.inner.options.uncertain_create_watch,
                     unknown_command: self.inner.options.unknown_command_limit,
                     uncertain_grace: self.inner.options.uncertain_create_grace,
+                    room_wait: self.inner.options.room_wait,
                 },
                 Instant::now(),
             );

@@ -43,13 +43,19 @@ impl Provider {
             // Evaluated under the same lock as the target size, so a hibernate request cannot
             // slip in between.
             let in_force = self.in_force_for_locked(&st, cfg);
-            let current = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
+            let target = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
+            // What the group will hold once its deletions are done and its queued creates sent:
+            // an increase the guard would refuse at send time is refused now, not promised.
+            let to_come = u32::try_from(st.servers_to_come(group)).unwrap_or(u32::MAX);
+            let current = target.max(to_come);
             let desired = current.saturating_add(delta);
             if desired > in_force.max_size {
                 let limit = if in_force.hibernate {
                     MaxLimit::Hibernating
                 } else if in_force.max_size != cfg.max_size {
                     MaxLimit::Schedule
+                } else if to_come > target {
+                    MaxLimit::Unseen(to_come - target)
                 } else {
                     MaxLimit::Config
                 };

@@ -163,6 +163,9 @@ pub struct Limits {
     /// How long a create whose outcome is unknown may wait for its server before it reports
     /// an error (so the autoscaler backs off and cleans up).
     pub uncertain_grace: Duration,
+    /// How long a create may wait for deleted servers to leave before it reports
+    /// `MAX_SIZE_REACHED`.
+    pub room_wait: Duration,
 }
 
 /// Error info of a create whose outcome is unknown.
@@ -436,16 +439,27 @@ impl State {
     pub fn servers_of_group(&self, group: &str, except: &str) -> usize {
         let tracked = self
             .group_instances(group)
-            .filter(|i| i.name != except)
-            .filter(|i| match (&i.server_id, i.create) {
-                (Some(_), _) => !i.terminated(),
-                (None, CreateStatus::Sent | CreateStatus::Accepted | CreateStatus::Uncertain) => {
-                    true
-                }
-                (None, _) => false,
-            })
+            .filter(|i| i.name != except && i.may_exist())
             .count();
         tracked + self.parked.get(group).map_or(0, Vec::len)
+    }
+
+    /// Of [`State::servers_of_group`], those on their way out: deleted and not to be parked.
+    /// The room they hold comes free as their deletions complete.
+    pub fn leaving_servers(&self, group: &str) -> usize {
+        self.group_instances(group)
+            .filter(|i| i.phase() == Phase::Deleting && !i.parking() && i.may_exist())
+            .count()
+    }
+
+    /// The servers the group will hold once every deletion is done and every create the
+    /// provider has queued is sent: what an IncreaseSize must fit under max-size.
+    pub fn servers_to_come(&self, group: &str) -> usize {
+        let queued = self
+            .group_instances(group)
+            .filter(|i| i.phase() == Phase::Creating && i.create == CreateStatus::Queued)
+            .count();
+        self.servers_of_group(group, "") - self.leaving_servers(group) + queued
     }
 
     /// Parked servers power-on scale-up may take for the group (exact tag set, not yet taken).

@@ -35,6 +35,10 @@ async fn env() -> Env {
 }
 
 async fn env_sized(max_size: u32) -> Env {
+    env_with(max_size, Duration::from_secs(20)).await
+}
+
+async fn env_with(max_size: u32, room_wait: Duration) -> Env {
     // Shown only for a failing test.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("kamatera_ca_provider=debug")
@@ -79,6 +83,7 @@ disk = size=20"
                 misses: 3,
                 after: VANISH_AFTER,
             },
+            room_wait,
             ..ProviderOptions::default()
         },
     );
@@ -804,42 +809,39 @@ async fn max_size_caps_what_exists_parked_servers_included() {
         .await
         .expect("refresh");
     assert_eq!(e.target().await, 0);
+    // The target may not reach max-size: the parked server holds a place. Refused at once,
+    // not promised and then refused at send time.
+    let err =
+        e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+            delta: 6,
+            id: GROUP.into(),
+        }))
+        .await
+        .expect_err("the parked server counts");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .contains("counting 1 server(s) of the group the autoscaler does not see"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(e.sim.requests(sim::Endpoint::CreateServer), 0);
     e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
-        delta: 6,
+        delta: 5,
         id: GROUP.into(),
     }))
     .await
-    .expect("the target may reach max-size");
+    .expect("five fit");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let refused = loop {
-        e.ca.refresh(req(pb::RefreshRequest {}))
-            .await
-            .expect("refresh");
-        let nodes = e.nodes().await;
-        let refused: Vec<pb::Instance> = nodes
-            .into_iter()
-            .filter(|i| error_code(i) == "MAX_SIZE_REACHED")
-            .collect();
-        if !refused.is_empty() && e.sim.requests(sim::Endpoint::CreateServer) == 5 {
-            break refused;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no refusal");
+    while e.sim.requests(sim::Endpoint::CreateServer) < 5 {
+        refresh(&mut e).await;
+        assert!(tokio::time::Instant::now() < deadline, "not created");
         tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert_eq!(refused.len(), 1, "one create would have made 7 servers");
-    let info = refused[0]
-        .status
-        .as_ref()
-        .and_then(|s| s.error_info.as_ref())
-        .expect("error info");
-    assert_eq!(
-        info.instance_error_class, 1,
-        "OutOfResources: the autoscaler backs off"
-    );
+    }
+    refresh(&mut e).await;
     assert!(
-        info.error_message.contains("max-size is 6"),
-        "{}",
-        info.error_message
+        e.nodes().await.iter().all(|i| error_code(i).is_empty()),
+        "nothing refused"
     );
     assert_eq!(group_servers(&e), 6, "five bought, one parked: six");
 }
@@ -1005,4 +1007,169 @@ async fn terminating_its_own_servers_is_no_suspect_listing() {
         ),
         4.0
     );
+}
+
+/// Every node of the group, as the autoscaler names them in DeleteNodes.
+async fn all_nodes(e: &mut Env) -> Vec<pb::ExternalGrpcNode> {
+    e.nodes()
+        .await
+        .iter()
+        .map(|i| pb::ExternalGrpcNode {
+            provider_id: i.id.clone(),
+            name: i.id.trim_start_matches("kamatera://").into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Max-size 3, three running servers: the autoscaler deletes all three and at once asks for
+/// three more. The creates wait (Creating, no error) and go out as the deletions complete:
+/// three new servers, never more than three at a time, nothing refused.
+#[tokio::test]
+async fn a_scale_up_during_deletions_waits_for_room() {
+    let mut e = env_sized(3).await;
+    let mut seen = Seen::default();
+    e.converge(3, &mut seen, "before").await;
+    e.sim
+        .with_state(|s| s.timing.terminate = Duration::from_millis(700));
+    let nodes = all_nodes(&mut e).await;
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 3,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("room comes as the deletions complete");
+    let creates = e.sim.requests(sim::Endpoint::CreateServer);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        e.ca_loop(3, &mut seen).await;
+        assert!(group_servers(&e) <= 3, "more than max-size servers exist");
+        let nodes = e.nodes().await;
+        for i in &nodes {
+            assert_eq!(error_code(i), "", "no create refused: {nodes:#?}");
+        }
+        let running = nodes
+            .iter()
+            .filter(|i| state(i) == InstanceState::InstanceRunning)
+            .count();
+        if running == 3 && e.sim.requests(sim::Endpoint::CreateServer) - creates == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "did not converge: {nodes:#?}\n{:#}",
+            e.sim.snapshot()["servers"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.error_codes.is_empty(), "{seen:?}");
+    e.check_invariants(3, "after the churn").await;
+}
+
+/// The same with a storm of single increases: exactly as many are answered OK as the group
+/// will have room for; the others are refused at once, not promised and then failed.
+#[tokio::test]
+async fn an_increase_storm_during_deletions_is_answered_truthfully() {
+    let mut e = env_sized(3).await;
+    let mut seen = Seen::default();
+    e.converge(3, &mut seen, "before").await;
+    let nodes = all_nodes(&mut e).await;
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
+    let calls = (0..60).map(|_| {
+        let mut ca = e.ca.clone();
+        async move {
+            ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+                delta: 1,
+                id: GROUP.into(),
+            }))
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let ok = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(ok, 3, "{answers:?}");
+    assert!(answers.iter().all(|a| {
+        a.as_ref()
+            .err()
+            .is_none_or(|s| s.code() == tonic::Code::FailedPrecondition)
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        refresh(&mut e).await;
+        assert!(group_servers(&e) <= 3, "more than max-size servers exist");
+        let nodes = e.nodes().await;
+        assert!(nodes.iter().all(|i| error_code(i).is_empty()), "{nodes:#?}");
+        if nodes
+            .iter()
+            .filter(|i| state(i) == InstanceState::InstanceRunning)
+            .count()
+            == 3
+            && group_servers(&e) == 3
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{nodes:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.check_invariants(3, "after the storm").await;
+}
+
+/// Room that never comes (the deleted servers' terminates keep failing): the waiting creates
+/// report MAX_SIZE_REACHED after the bounded wait, and none was sent.
+#[tokio::test]
+async fn a_create_that_never_gets_room_fails_clearly_after_the_wait() {
+    let mut e = env_with(3, Duration::from_millis(800)).await;
+    let mut seen = Seen::default();
+    e.converge(3, &mut seen, "before").await;
+    e.sim.update_faults(|f| f.command_error_rate = 1.0);
+    let nodes = all_nodes(&mut e).await;
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 2,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("increase");
+    let creates = e.sim.requests(sim::Endpoint::CreateServer);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let errors = loop {
+        refresh(&mut e).await;
+        let errors: Vec<String> = e
+            .nodes()
+            .await
+            .iter()
+            .filter(|i| error_code(i) == "MAX_SIZE_REACHED")
+            .map(|i| format!("{:?}", i.status))
+            .collect();
+        if errors.len() == 2 {
+            break errors;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error after the wait"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    assert!(
+        errors[0].contains("waiting for deleted servers to leave"),
+        "{errors:?}"
+    );
+    assert_eq!(e.sim.requests(sim::Endpoint::CreateServer), creates);
+    assert_eq!(group_servers(&e), 3);
 }

@@ -125,8 +125,12 @@ pub struct Instance {
     pub seen: bool,
     pub create: CreateStatus,
     pub command: Option<Pending>,
-    /// A delete step (power off / terminate) request is on the wire.
+    /// A delete step (power off / terminate) request, or a create waiting for room, is on its
+    /// way to the guard or the wire.
     pub action_in_flight: bool,
+    /// Since when a queued create waits for room: the group is at max-size only because
+    /// deleted servers have not left yet (see `guard::Refusal::NoRoomYet`).
+    pub waiting_for_room: Option<Instant>,
     /// A power-on of this reused server ended in error: never park it again.
     pub power_on_failed: bool,
     pub error: Option<ErrorInfo>,
@@ -146,6 +150,7 @@ impl Instance {
             create: CreateStatus::Queued,
             command: None,
             action_in_flight: false,
+            waiting_for_room: None,
             power_on_failed: false,
             error: None,
             since: now,
@@ -177,6 +182,16 @@ impl Instance {
     /// Deleted and to be parked rather than terminated.
     pub fn parking(&self) -> bool {
         self.leaving().is_some_and(|l| l.park)
+    }
+
+    /// Its server exists or may exist: tracked (listed or presumed) and not terminated by the
+    /// provider, or a create on the wire or accepted whose server is not listed yet.
+    pub fn may_exist(&self) -> bool {
+        match (&self.server_id, self.create) {
+            (Some(_), _) => !self.terminated(),
+            (None, CreateStatus::Sent | CreateStatus::Accepted | CreateStatus::Uncertain) => true,
+            (None, _) => false,
+        }
     }
 
     /// Deleted, and its terminate command completed.

@@ -187,6 +187,32 @@ pub(super) fn step(
 ) {
     match inst.phase() {
         Phase::Creating => {
+            if let Some(since) = inst.waiting_for_room
+                && inst.create == CreateStatus::Queued
+                && !inst.action_in_flight
+            {
+                let waited = now.saturating_duration_since(since);
+                if waited >= limits.room_wait {
+                    inst.waiting_for_room = None;
+                    inst.create = CreateStatus::Rejected;
+                    inst.error = Some(ErrorInfo {
+                        class: InstanceErrorClass::OutOfResources,
+                        code: "MAX_SIZE_REACHED",
+                        message: format!(
+                            "create of {} not sent: the node group stayed at max-size for {} s waiting for deleted servers to leave",
+                            inst.name,
+                            waited.as_secs()
+                        ),
+                    });
+                } else {
+                    // Try again: the guard decides on the state this pass built.
+                    inst.action_in_flight = true;
+                    actions.push(Action::Create {
+                        name: inst.name.clone(),
+                        group: inst.group.clone(),
+                    });
+                }
+            }
             if server.is_none()
                 && inst.create == CreateStatus::Uncertain
                 && !inst.seen

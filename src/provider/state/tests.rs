@@ -7,6 +7,7 @@ use crate::kamatera::CommandState;
 /// commands given up after 60 s, one missed listing is proof).
 fn test_limits(watch: u64, grace: u64) -> Limits {
     Limits {
+        room_wait: Duration::from_secs(600),
         uncertain_watch: Duration::from_secs(watch),
         unknown_command: Duration::from_secs(60),
         uncertain_grace: Duration::from_secs(grace),
