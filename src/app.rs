@@ -581,7 +581,8 @@ fn lease(
 }
 
 /// The journal file: the flag's, else the default outside a simulated run; none when the
-/// journal is in a ConfigMap or the file cannot be written (with a warning).
+/// journal is in a ConfigMap. A file that cannot be written now is kept all the same: the
+/// provider holds its creates until it can be (journal before create), warning at startup.
 fn state_file(settings: &Settings, journal_in_configmap: bool) -> Option<PathBuf> {
     if journal_in_configmap {
         return None;
@@ -591,16 +592,13 @@ fn state_file(settings: &Settings, journal_in_configmap: bool) -> Option<PathBuf
         (None, true) => return None,
         (None, false) => PathBuf::from(DEFAULT_STATE_FILE),
     };
-    match crate::provider::probe_state_file(&path) {
-        Ok(()) => Some(path),
-        Err(e) => {
-            tracing::warn!(
-                path = %path.display(),
-                error = %e,
-                "cannot write the state file; running without a restart journal (in-flight creates \
-                 are then recovered from server names and tags only)"
-            );
-            None
-        }
+    if let Err(e) = crate::provider::probe_state_file(&path) {
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot write the state file now; no create is sent until it can be written \
+             (point --state-file at a writable place)"
+        );
     }
+    Some(path)
 }

@@ -57,7 +57,8 @@ impl Provider {
                 // provider watches for the server instead of buying another. A create whose
                 // journal entry could not be stored is not sent: nothing is bought.
                 if let Err(e) = self.persist().await {
-                    warn!(server = %name, error = %e, "not sending a create the journal could not record");
+                    // One warning per episode comes from the journal's own bookkeeping.
+                    debug!(server = %name, error = %e, "not sending a create the journal could not record");
                     self.metrics()
                         .refused_mutation("create", "journal_unavailable");
                     self.lock().edit(&name, |inst| {

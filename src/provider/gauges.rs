@@ -123,5 +123,7 @@ impl Provider {
         );
         drop(st);
         m.ready.set(i64::from(self.readiness().is_ok()));
+        m.journal_writable
+            .set(i64::from(self.journal_trouble().is_none()));
     }
 }

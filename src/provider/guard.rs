@@ -396,7 +396,11 @@ mod tests {
         for n in 0..5 {
             tracked(&mut st, &cfg, &format!("s{n}"), &format!("id-{n}"));
         }
-        let prefix = &cfg.node_group("general").expect("general").server.name_prefix;
+        let prefix = &cfg
+            .node_group("general")
+            .expect("general")
+            .server
+            .name_prefix;
         let name = crate::kamatera::new_server_name(prefix);
         st.insert(
             name.clone(),

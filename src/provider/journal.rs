@@ -214,6 +214,13 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), JournalError> {
         error,
     };
     let tmp = tmp_path(path);
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        // The default place (/var/lib/kamatera-ca-provider) may not exist yet.
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
     {
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
@@ -231,6 +238,9 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), JournalError> {
 
 /// Checks that the journal can be written at `path` without touching an existing journal.
 pub fn probe(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("{} is a directory", path.display()));
+    }
     let mut p = path.as_os_str().to_owned();
     p.push(".probe");
     let probe = PathBuf::from(p);

@@ -288,6 +288,9 @@ struct Inner {
     /// The ConfigMap journal's resourceVersion last read or written; set when it could not be
     /// read at startup (`Unread`), which holds back every write and create until it is.
     journal_map_version: Mutex<MapVersion>,
+    /// Why the journal could not be written last time it was tried; `None` while it can. While
+    /// set, no create is sent (each one's journal write fails first) and `/readyz` says so.
+    journal_trouble: Mutex<Option<String>>,
     /// True while this process may act: it holds the Lease, or there is no leader election.
     leader: watch::Sender<bool>,
     /// When the last reconcile finished (the background loop skips its turn after a recent one).
@@ -319,6 +322,7 @@ impl Provider {
                 last_pass: Mutex::new(None),
                 leader,
                 journal_map_version: Mutex::new(MapVersion::Absent),
+                journal_trouble: Mutex::new(None),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
@@ -374,8 +378,10 @@ impl Provider {
         self.lock().reads.last_success.is_some()
     }
 
-    /// `Ok` while the last successful reconcile is recent enough; else why not.
-    pub fn readiness(&self) -> std::result::Result<(), String> {
+    /// `Ok` while the last successful reconcile is recent enough, with a note when creates are
+    /// held because the journal cannot be written (reads and deletions go on: the provider
+    /// stays in service); `Err` why not ready otherwise.
+    pub fn readiness(&self) -> std::result::Result<Option<String>, String> {
         if let (false, Some(lock)) = (self.is_leader(), &self.inner.options.leader_elect) {
             return Err(format!(
                 "standing by: {lock} is held by another replica (this one is {})",
@@ -403,7 +409,9 @@ impl Provider {
                     .map(|e| format!("; last error: {e}"))
                     .unwrap_or_default()
             )),
-            Some(_) => Ok(()),
+            Some(_) => Ok(self
+                .journal_trouble()
+                .map(|why| format!("no create is sent until the journal can be written: {why}"))),
         }
     }
 

@@ -159,10 +159,14 @@ impl Provider {
         }
         let mut written = self.inner.journal.lock().await;
         if self.journal_unread() {
-            return Err(journal::JournalError::Unread);
+            drop(written);
+            let e = journal::JournalError::Unread;
+            self.note_journal(Some(&e));
+            return Err(e);
         }
         if !self.is_leader() {
-            // The journal is the holder's: a replica standing by never overwrites it.
+            // The journal is the holder's: a replica standing by never overwrites it (not a
+            // trouble of the journal's).
             return Err(journal::JournalError::NotLeader);
         }
         let (version, text) = {
@@ -216,12 +220,51 @@ impl Provider {
         if result.is_ok() {
             *written = (version, Some(text));
         }
+        drop(written);
+        self.note_journal(result.as_ref().err());
         result
     }
 
+    /// Why the journal could not be written at the last try, if it could not.
+    pub fn journal_trouble(&self) -> Option<String> {
+        self.inner
+            .journal_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The one rule for a journal that cannot be written, whatever the cause (a directory, a
+    /// read-only or full disk, an unreachable ConfigMap): an episode starts with the first
+    /// failed write (one warning, the gauge at 0) and ends with the next write that succeeds
+    /// (one line, the gauge at 1). Meanwhile no create is sent: each one's write-ahead fails.
+    fn note_journal(&self, error: Option<&journal::JournalError>) {
+        let mut trouble = self
+            .inner
+            .journal_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (error, trouble.is_some()) {
+            (Some(e), false) => {
+                warn!(error = %e, "cannot write the journal; no create is sent until it can be (retried each reconcile)");
+                *trouble = Some(e.to_string());
+            }
+            (Some(e), true) => *trouble = Some(e.to_string()),
+            (None, true) => {
+                info!("the journal can be written again; creates go out again");
+                *trouble = None;
+            }
+            (None, false) => {}
+        }
+        self.metrics()
+            .journal_writable
+            .set(i64::from(trouble.is_none()));
+    }
+
+    /// Writes the journal; a failure is [`Provider::note_journal`]'s to report.
     pub(super) async fn persist_logged(&self) {
         if let Err(e) = self.persist().await {
-            warn!(error = %e, "cannot write the journal; in-flight work would be recovered from tags only after a restart");
+            tracing::debug!(error = %e, "journal not written");
         }
     }
 }

@@ -164,6 +164,7 @@ pub struct Metrics {
     pub power_ons: Family<ResultLabel, Counter>,
     pub parks: Counter,
     pub suspect_listings: Counter,
+    pub journal_writable: Gauge,
     pub server_lookups: Family<ResultLabel, Counter>,
     pub gone_servers: Family<Evidence, Counter>,
     pub refused_mutations: Family<KindReason, Counter>,
@@ -221,6 +222,11 @@ impl Metrics {
             power_ons: Family::default(),
             parks: Counter::default(),
             suspect_listings: Counter::default(),
+            journal_writable: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
             server_lookups: Family::default(),
             gone_servers: Family::default(),
             refused_mutations: Family::default(),
@@ -313,6 +319,11 @@ impl Metrics {
             "suspect_listings",
             "Kamatera listings that lacked at least half of the known servers; their last known state was kept",
             m.suspect_listings.clone(),
+        );
+        registry.register(
+            "journal_writable",
+            "1 while the restart journal can be written (or none is used); 0 while it cannot, and no create is sent",
+            m.journal_writable.clone(),
         );
         registry.register(
             "server_lookups",
@@ -463,8 +474,8 @@ impl Metrics {
 #[derive(Clone)]
 pub struct AdminHooks {
     pub metrics: Arc<Metrics>,
-    /// `Ok` when ready to serve; `Err(reason)` otherwise.
-    pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// `Ok` when ready to serve (with a note on something held back); `Err(reason)` otherwise.
+    pub ready: Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>,
     /// Refreshes state gauges before a scrape.
     pub before_scrape: Arc<dyn Fn() + Send + Sync>,
 }
@@ -480,7 +491,8 @@ pub fn admin_router(hooks: AdminHooks) -> Router {
 
 async fn readyz(State(h): State<AdminHooks>) -> Response {
     match (h.ready)() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(None) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Some(note)) => (StatusCode::OK, format!("ready; {note}\n")).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

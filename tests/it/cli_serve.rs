@@ -143,3 +143,207 @@ async fn a_named_kubeconfig_is_used_or_refused_clearly() {
         "{stderr}"
     );
 }
+
+/// Prepares the journal's place in a mount namespace of the provider's own (a small tmpfs at
+/// `$1`) so that it cannot be written in the way `$3` names, heals it once the file `$2`
+/// appears (then touches `$2.done`), and runs the rest of the command line: the provider.
+const BROKEN_JOURNAL: &str = r#"
+set -e
+dir="$1"; trigger="$2"; mode="$3"; shift 3
+mount -t tmpfs -o size=256k tmpfs "$dir"
+case "$mode" in
+  directory) mkdir "$dir/state.json"; heal() { rmdir "$dir/state.json"; } ;;
+  read-only) mount -o remount,ro "$dir"; heal() { mount -o remount,rw "$dir"; } ;;
+  full) dd if=/dev/zero of="$dir/fill" bs=4096 2>/dev/null || true; heal() { rm -f "$dir/fill"; } ;;
+  *) echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+( i=0; while [ ! -e "$trigger" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; heal; touch "$trigger.done" ) &
+exec "$@"
+"#;
+
+async fn get_text(url: &str) -> (u16, String) {
+    kamatera_ca_provider::kamatera::install_crypto_provider();
+    let r = reqwest::get(url).await.expect("get");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+/// The simulator's create requests so far.
+async fn creates(sim: &str) -> u64 {
+    let (_, body) = get_text(&format!("{sim}/_sim/state")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("state");
+    v["requests"]["create_server"].as_u64().unwrap_or(0)
+}
+
+/// Asks for one highmem server and waits until its instance shows `code` (an error code, or
+/// "" for Running); deletes an errored instance first, as the autoscaler does.
+async fn one_more(
+    ca: &mut CloudProviderClient<tonic::transport::Channel>,
+    code: &str,
+) -> pb::Instance {
+    let nodes = |ca: &mut CloudProviderClient<tonic::transport::Channel>| {
+        let mut ca = ca.clone();
+        async move {
+            ca.refresh(pb::RefreshRequest {}).await.expect("refresh");
+            ca.node_group_nodes(pb::NodeGroupNodesRequest {
+                id: "highmem".into(),
+            })
+            .await
+            .expect("nodes")
+            .into_inner()
+            .instances
+        }
+    };
+    let errored: Vec<pb::ExternalGrpcNode> = nodes(ca)
+        .await
+        .iter()
+        .map(|i| pb::ExternalGrpcNode {
+            provider_id: i.id.clone(),
+            name: i.id.clone(),
+            ..Default::default()
+        })
+        .collect();
+    if !errored.is_empty() {
+        ca.node_group_delete_nodes(pb::NodeGroupDeleteNodesRequest {
+            nodes: errored,
+            id: "highmem".into(),
+        })
+        .await
+        .expect("delete errored");
+    }
+    ca.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "highmem".into(),
+    })
+    .await
+    .expect("increase");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let found = nodes(ca).await.into_iter().find(|i| {
+            let info = i.status.as_ref().and_then(|s| s.error_info.as_ref());
+            match code {
+                "" => i.status.as_ref().map(|s| s.instance_state) == Some(1),
+                c => info.is_some_and(|e| e.error_code == c),
+            }
+        });
+        if let Some(i) = found {
+            return i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no instance with {code:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// One rule for a journal that cannot be written, whatever the cause: no create is sent, the
+/// provider stays ready with the reason in `/readyz` and `kamatera_ca_journal_writable 0`, one
+/// warning per episode, and it recovers by itself once the place can be written again.
+async fn a_journal_that_cannot_be_written(mode: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let place = dir.path().join("journal");
+    std::fs::create_dir(&place).expect("mkdir");
+    let trigger = dir.path().join("heal");
+    let state = place.join("state.json");
+    let (place, trigger, state) = (
+        place.display().to_string(),
+        trigger.display().to_string(),
+        state.display().to_string(),
+    );
+    let serve = common::spawn_serve_wrapped(
+        &[
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            BROKEN_JOURNAL,
+            "sh",
+            &place,
+            &trigger,
+            mode,
+        ],
+        &["--simulate", "--state-file", &state],
+    );
+    assert!(
+        serve
+            .earlier
+            .iter()
+            .any(|l| l.contains("cannot write the state file now; no create is sent")),
+        "{mode}: {:?}",
+        serve.earlier
+    );
+    let sim = serve
+        .line
+        .split("simulated Kamatera at ")
+        .nth(1)
+        .and_then(|r| r.split([' ', ',']).next())
+        .expect("simulator url")
+        .to_string();
+    let admin = serve.admin.clone();
+    let mut ca = CloudProviderClient::connect(format!("http://{}", serve.addr))
+        .await
+        .expect("connect");
+
+    // Twice in one episode: nothing sent either time.
+    for _ in 0..2 {
+        let held = one_more(&mut ca, "JOURNAL_UNAVAILABLE").await;
+        let message = held
+            .status
+            .and_then(|s| s.error_info)
+            .map(|e| e.error_message)
+            .unwrap_or_default();
+        assert!(message.contains("not sent"), "{mode}: {message}");
+    }
+    assert_eq!(creates(&sim).await, 0, "{mode}: a create went out");
+    let (code, body) = get_text(&format!("{admin}/readyz")).await;
+    assert_eq!(code, 200, "{mode}: {body}");
+    assert!(
+        body.contains("no create is sent until the journal can be written"),
+        "{mode}: {body}"
+    );
+    let (_, metrics) = get_text(&format!("{admin}/metrics")).await;
+    assert!(
+        metrics.contains("kamatera_ca_journal_writable 0"),
+        "{mode}: {metrics}"
+    );
+
+    // Healed: the next pass writes it, and creates go out again.
+    std::fs::write(&trigger, "").expect("trigger");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::path::Path::new(&format!("{trigger}.done")).exists() {
+        assert!(tokio::time::Instant::now() < deadline, "{mode}: not healed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    one_more(&mut ca, "").await;
+    assert_eq!(creates(&sim).await, 1, "{mode}");
+    let (code, body) = get_text(&format!("{admin}/readyz")).await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"), "{mode}");
+    let (_, metrics) = get_text(&format!("{admin}/metrics")).await;
+    assert!(metrics.contains("kamatera_ca_journal_writable 1"), "{mode}");
+    let logs: Vec<String> = serve.lines.try_iter().collect();
+    let warnings = logs
+        .iter()
+        .filter(|l| l.contains("cannot write the journal; no create is sent"))
+        .count();
+    assert_eq!(warnings, 1, "{mode}: one warning per episode: {logs:#?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("the journal can be written again")),
+        "{mode}: {logs:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_journal_path_that_is_a_directory_holds_creates_and_recovers() {
+    a_journal_that_cannot_be_written("directory").await;
+}
+
+#[tokio::test]
+async fn a_read_only_journal_holds_creates_and_recovers() {
+    a_journal_that_cannot_be_written("read-only").await;
+}
+
+#[tokio::test]
+async fn a_full_disk_holds_creates_and_recovers() {
+    a_journal_that_cannot_be_written("full").await;
+}

@@ -343,7 +343,14 @@ pub async fn run_scale(
     // This binary's own hidden `serve`.
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let config_arg = config.display().to_string();
-    let (serve, mut ca) = serve_and_connect(&exe, &["--cloud-config", &config_arg]).await?;
+    // A journal of its own: never the default place, which other runs may share.
+    let journal = dir.join(format!("journal-{groups}x{per_group}.json"));
+    let journal_arg = journal.display().to_string();
+    let (serve, mut ca) = serve_and_connect(
+        &exe,
+        &["--cloud-config", &config_arg, "--state-file", &journal_arg],
+    )
+    .await?;
     let admin = serve.admin.clone();
     loop {
         if ca.refresh(pb::RefreshRequest {}).await.is_ok() {
@@ -781,7 +788,12 @@ pub async fn late_commands(servers: usize, lag_ms: u64) -> Result<LateCommands, 
     std::fs::write(&config, config_text(&sim, 1)).map_err(|e| BenchError::Setup(e.to_string()))?;
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let config_arg = config.display().to_string();
-    let (serve, mut ca) = serve_and_connect(&exe, &["--cloud-config", &config_arg]).await?;
+    let journal_arg = dir.join("late-journal.json").display().to_string();
+    let (serve, mut ca) = serve_and_connect(
+        &exe,
+        &["--cloud-config", &config_arg, "--state-file", &journal_arg],
+    )
+    .await?;
     while ca.refresh(pb::RefreshRequest {}).await.is_err() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -53,8 +53,14 @@ pub fn serve_command(exe: &Path, args: &[&str]) -> Command {
 /// Kamatera credential and Kubernetes variables of this environment: only explicit flags reach a
 /// cloud or cluster) and waits up to `wait` for the log line that names its addresses.
 pub fn spawn_serve(exe: &Path, args: &[&str], wait: Duration) -> Result<ServeChild, String> {
+    spawn_logging(serve_command(exe, args), wait)
+}
+
+/// Starts `command` (a `serve`, possibly wrapped) and waits up to `wait` for the log line that
+/// names its addresses.
+pub fn spawn_logging(mut command: Command, wait: Duration) -> Result<ServeChild, String> {
     use std::io::{BufRead, BufReader};
-    let mut child = serve_command(exe, args)
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -242,7 +242,14 @@ mod restore {
         std::fs::write(&path, "keep").expect("write");
         probe(&path).expect("writable");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "keep");
-        assert!(probe(Path::new("/nonexistent-dir/state.json")).is_err());
+        // A missing directory is made; a parent that is a file, or a path that is a
+        // directory, cannot hold the journal.
+        let nested = dir.path().join("new/state.json");
+        probe(&nested).expect("directory made");
+        let file_parent = dir.path().join("state.json/inner.json");
+        assert!(probe(&file_parent).is_err());
+        let e = probe(dir.path()).expect_err("a directory");
+        assert!(e.contains("is a directory"), "{e}");
     }
 }
 

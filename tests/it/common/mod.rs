@@ -175,6 +175,28 @@ pub fn spawn_serve(args: &[&str]) -> ServeProcess {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Starts `kamatera-ca-provider serve` like [`spawn_serve`], run by `wrapper` (a program and
+/// its leading arguments, e.g. `unshare -rm sh -c SCRIPT sh ...`), which gets the whole serve
+/// command line as its last arguments.
+pub fn spawn_serve_wrapped(wrapper: &[&str], args: &[&str]) -> ServeProcess {
+    let inner = child::serve_command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_kamatera-ca-provider")),
+        args,
+    );
+    let mut command = std::process::Command::new(wrapper[0]);
+    command
+        .args(&wrapper[1..])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
+    child::spawn_logging(command, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Runs `kamatera-ca-provider serve` on ephemeral ports with `args` to its end: for flags it
 /// must refuse at startup.
 pub fn serve_output(args: &[&str]) -> std::process::Output {
