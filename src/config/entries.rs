@@ -27,7 +27,12 @@ fn window(pairs: &[(String, String)]) -> Result<Window, String> {
     let text = get("duration").ok_or_else(|| format!("duration=... is missing{hint}"))?;
     let duration = super::values::parse_duration(text)
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("duration {text:?} is not a duration such as 10h or 1h30m"))?;
+        .ok_or_else(|| {
+            format!(
+                "duration {} is not a duration such as 10h or 1h30m",
+                super::shown(text)
+            )
+        })?;
     if duration > MAX_WINDOW {
         return Err(format!(
             "duration {text} is longer than {} days",
@@ -39,7 +44,11 @@ fn window(pairs: &[(String, String)]) -> Result<Window, String> {
 
 fn unknown(pairs: &[(String, String)], known: &[&str]) -> Result<(), String> {
     match pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-        Some((k, _)) => Err(format!("unknown key {k:?}; known: {}", known.join(", "))),
+        Some((k, _)) => Err(format!(
+            "unknown key {}; known: {}",
+            super::shown(k),
+            known.join(", ")
+        )),
         None => Ok(()),
     }
 }

@@ -5,9 +5,10 @@
 //! - section and key names are case-insensitive (returned lowercased); subsection names
 //!   (`[nodegroup "name"]`) are case-sensitive, quoted, with `\"` and `\\` escapes;
 //! - `;` and `#` start a comment outside quotes;
-//! - values may be quoted (whitespace inside quotes is kept); `\n`, `\t`, `\b`, `\"` and `\\`
-//!   escapes work inside and outside quotes; a `\` at the end of a line continues the value on the
-//!   next line (LF or CRLF);
+//! - values may be quoted (whitespace inside quotes is kept); `\"` and `\\` escapes work inside
+//!   and outside quotes; a `\` at the end of a line continues the value on the next line (LF or
+//!   CRLF). gcfg's `\n`, `\t` and `\b` are refused, with the line: they make control
+//!   characters, which no key of this config takes (the in-tree provider's keys never need them);
 //! - leading and trailing unquoted whitespace of a value is dropped;
 //! - a key without `=` is a "blank" value (`true` for booleans, "empty the list" for lists).
 
@@ -289,9 +290,14 @@ impl Parser {
                 Some('\\') => {
                     self.bump();
                     match self.bump() {
-                        Some('n') => out.push('\n'),
-                        Some('t') => out.push('\t'),
-                        Some('b') => out.push('\u{8}'),
+                        // gcfg's \n, \t and \b make control characters, which no key of
+                        // this config takes (an image printed across two lines, a name
+                        // with a tab): refused with the line, like NUL.
+                        Some(c @ ('n' | 't' | 'b')) => {
+                            return Err(format!(
+                                "escape sequence \\{c} would put a control character in the value; no key takes one"
+                            ));
+                        }
                         Some('"') => out.push('"'),
                         Some('\\') => out.push('\\'),
                         Some('\n') if !quoted => {}
@@ -300,7 +306,7 @@ impl Parser {
                         }
                         Some(c) if c != '\n' && c != '\r' => {
                             return Err(format!(
-                                "invalid escape sequence \\{c} (allowed: \\n \\t \\b \\\" \\\\ and \\ at line end)"
+                                "invalid escape sequence \\{c} (allowed: \\\" \\\\ and \\ at line end)"
                             ));
                         }
                         _ => return Err("line continuation inside quotes".into()),
@@ -380,13 +386,27 @@ mod tests {
         assert_eq!(
             value_of(
                 r#"[a]
-k = "x\ny\tz\"q\\"
+k = "x\"q\\"
 "#
             )
             .as_deref(),
-            Some("x\ny\tz\"q\\")
+            Some("x\"q\\")
         );
-        assert_eq!(value_of("[a]\nk = a\\nb\n").as_deref(), Some("a\nb"));
+        // Escapes that make control characters: refused with the line, quoted or not.
+        for text in [
+            "[a]\nk = ubu\\nntu\n",
+            "[a]\nk = \"ubu\\tntu\"\n",
+            "[a]\nk = a\\bb\n",
+        ] {
+            let (_, errors) = parse(text);
+            assert_eq!(errors.len(), 1, "{text}");
+            assert_eq!(errors[0].line, 2);
+            assert!(
+                errors[0].message.contains("would put a control character"),
+                "{}",
+                errors[0].message
+            );
+        }
         let (_, errors) = parse("[a]\nk = \"\\q\"\n");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line, 2);

@@ -195,8 +195,9 @@ pub(super) fn resolve_group(
             &name_prefix.section,
             Some(name_prefix.key),
             format!(
-                "servers of this group are named {created_prefix}<11 hex>, which filter-name-prefix {filter:?} hides: \
-                 the provider would never see the servers it creates; start the name prefix with the filter"
+                "servers of this group are named {created_prefix}<11 hex>, which filter-name-prefix {} hides: \
+                 the provider would never see the servers it creates; start the name prefix with the filter",
+                super::shown(filter)
             ),
         );
     }
@@ -230,13 +231,30 @@ pub(super) fn resolve_group(
             &datacenter.section,
             Some(datacenter.key),
             format!(
-                "datacenter {:?} is not a Kamatera datacenter id such as US-NY2 or EU",
-                datacenter.value
+                "datacenter {} is not a Kamatera datacenter id such as US-NY2 or EU",
+                super::shown(&datacenter.value)
             ),
         );
     }
     let image = pick("image", "default-image");
-    required(&image, "image", problems);
+    // An image id or description: never `=` or a control character.
+    if required(&image, "image", problems)
+        && let Some((i, c)) = image
+            .value
+            .chars()
+            .enumerate()
+            .find(|(_, c)| *c == '=' || c.is_control())
+    {
+        problems.add(
+            image.line,
+            &image.section,
+            Some(image.key),
+            format!(
+                "an image id or description has no {c:?} (found at position {}); the value is not shown",
+                i + 1
+            ),
+        );
+    }
 
     let cpu = pick("cpu", "default-cpu");
     if required(&cpu, "cpu", problems) && cpu_cores(&cpu.value).is_none() {
@@ -245,8 +263,8 @@ pub(super) fn resolve_group(
             &cpu.section,
             Some(cpu.key),
             format!(
-                "cpu {:?} must be a number of cores followed by the CPU type A, B, D or T (e.g. 2B)",
-                cpu.value
+                "cpu {} must be a number of cores followed by the CPU type A, B, D or T (e.g. 2B)",
+                super::shown(&cpu.value)
             ),
         );
     }
@@ -260,8 +278,8 @@ pub(super) fn resolve_group(
                 &ram.section,
                 Some(ram.key),
                 format!(
-                    "ram {:?} must be a whole number of megabytes (e.g. 2048)",
-                    ram.value
+                    "ram {} must be a whole number of megabytes (e.g. 2048)",
+                    super::shown(&ram.value)
                 ),
             ),
         }
@@ -292,7 +310,10 @@ pub(super) fn resolve_group(
                 billing.line,
                 &billing.section,
                 Some(billing.key),
-                format!("billing cycle {other:?} is invalid; use hourly or monthly"),
+                format!(
+                    "billing cycle {} is invalid; use hourly or monthly",
+                    super::shown(other)
+                ),
             );
             BillingCycle::Hourly
         }

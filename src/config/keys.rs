@@ -396,6 +396,57 @@ pub(super) fn global_keys() -> Vec<(&'static str, Kind)> {
         .collect()
 }
 
+/// Keys whose values hold `k=v` items of their own (sizes in a schedule, `size=` of a disk,
+/// labels): in them only a secret key's name before `=` is taken as a merged line.
+const ITEM_KEYS: &[&str] = &[
+    "schedule",
+    "hibernate",
+    "disk",
+    "default-disk",
+    "network",
+    "default-network",
+    "template-label",
+    "template-taint",
+];
+
+/// Keys that hold secrets.
+const SECRET_KEYS: &[&str] = &[
+    "kamatera-api-secret",
+    "kamatera-api-client-id",
+    "password",
+    "default-password",
+    "ssh-key",
+    "default-ssh-key",
+    "script-base64",
+    "default-script-base64",
+];
+
+/// Where a value holds another key's `name =` (or `name=`): two lines joined by a lost line
+/// break. Returns that key and the position (1-based, in characters) where it starts. In a
+/// value of `key`'s that holds `k=v` items itself, or a secret, only a secret key counts.
+pub(super) fn merged_key(key: &str, value: &str) -> Option<(&'static str, usize)> {
+    // Secrets and keys hold free text or base64 (`ram=` can end a base64 run): there, too, only a
+    // secret key's name counts.
+    let items = ITEM_KEYS.contains(&key) || SECRET_KEYS.contains(&key);
+    let mut best: Option<(&'static str, usize)> = None;
+    let names = KEYS
+        .iter()
+        .flat_map(|k| [k.group, k.global])
+        .flatten()
+        .filter(|n| !items || SECRET_KEYS.contains(n));
+    for name in names {
+        let mut from = 0;
+        while let Some(at) = value[from..].find(name).map(|i| i + from) {
+            let rest = value[at + name.len()..].trim_start_matches([' ', '\t']);
+            if rest.starts_with('=') && best.is_none_or(|(_, b)| at < b) {
+                best = Some((name, at));
+            }
+            from = at + name.len();
+        }
+    }
+    best.map(|(name, at)| (name, value[..at].chars().count() + 1))
+}
+
 /// A node group's keys with their kinds.
 pub(super) fn group_keys() -> Vec<(&'static str, Kind)> {
     KEYS.iter()
@@ -406,6 +457,35 @@ pub(super) fn group_keys() -> Vec<(&'static str, Kind)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_lines_are_found_in_any_value() {
+        assert_eq!(
+            merged_key(
+                "kamatera-api-url",
+                "http://127.0.0.1:9kamatera-api-secret = TOP"
+            ),
+            Some(("kamatera-api-secret", 19))
+        );
+        assert_eq!(
+            merged_key("default-image", "ubuntudefault-password=x"),
+            Some(("default-password", 7))
+        );
+        assert_eq!(merged_key("cpu", "2B"), None);
+        // A schedule's own sizes are not merged lines; a secret's name is.
+        assert_eq!(
+            merged_key("schedule", "cron=0 8 * * *; duration=2h; min-size=3"),
+            None
+        );
+        assert_eq!(
+            merged_key("schedule", "cron=0 8 * * *; duration=2hpassword = x"),
+            Some(("password", 28))
+        );
+        assert_eq!(merged_key("template-label", "role=min-size"), None);
+        assert_eq!(merged_key("ssh-key", "ssh-ed25519 AAAAram== me"), None);
+        assert_eq!(merged_key("password", "Xram=1"), None);
+        assert_eq!(merged_key("cluster-name", "c1 min-size"), None);
+    }
 
     #[test]
     fn every_name_is_written_once_per_place() {

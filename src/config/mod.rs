@@ -60,20 +60,28 @@ pub fn permission_warning(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> 
     }
 }
 
-/// A value from the file for an error message. A short plain value is quoted as it is; a
-/// longer one, or one holding `=` (two lines joined by a lost newline can carry the next key's
-/// value, a secret perhaps), is described, not shown.
+/// The one rule for quoting a value from the file (or the environment) in any message, `check`'s
+/// and `serve`'s alike. A short plain value (at most 24 characters, no `=`, no control
+/// character) is quoted as it is; any other is described by its length and its first `=` or
+/// control character with its position, never shown: two lines joined by a lost line break
+/// carry the next key's value, a secret perhaps, and a long value would flood the log.
 pub fn shown(value: impl AsRef<str>) -> String {
     let value = value.as_ref();
-    let plain = value.chars().all(|c| !c.is_control());
-    if value.chars().count() <= 24 && !value.contains('=') && plain {
-        format!("{value:?}")
-    } else {
-        format!(
-            "a value of {} characters starting with {:?} (not shown: it may hold another key's value)",
-            value.chars().count(),
+    let count = value.chars().count();
+    let odd = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| *c == '=' || c.is_control());
+    match odd {
+        None if count <= 24 => format!("{value:?}"),
+        None => format!(
+            "a value of {count} characters starting with {:?} (too long to show)",
             value.chars().next().unwrap_or(' ')
-        )
+        ),
+        Some((i, c)) => format!(
+            "a value of {count} characters with {c:?} at position {} (not shown: it may hold another key's value)",
+            i + 1
+        ),
     }
 }
 

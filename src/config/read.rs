@@ -171,7 +171,10 @@ pub(super) fn check_name(
             Some(line),
             &section,
             key,
-            format!("{what} {name:?} contains whitespace; Kamatera rejects tags with spaces, so every scale-up would fail"),
+            format!(
+                "{what} {} contains whitespace; Kamatera rejects tags with spaces, so every scale-up would fail",
+                super::shown(name)
+            ),
         );
         return;
     }
@@ -181,7 +184,10 @@ pub(super) fn check_name(
             Some(line),
             &section,
             key,
-            format!("tag {tag:?} is invalid: tags are 3 to 24 letters, digits, '-', '_' or '.'"),
+            format!(
+                "tag {} is invalid: tags are 3 to 24 letters, digits, '-', '_' or '.'",
+                super::shown(&tag)
+            ),
         );
     }
 }

@@ -176,6 +176,22 @@ pub(super) fn collect(
             );
             continue;
         };
+        if let Some((merged, at)) = entry
+            .value
+            .as_deref()
+            .and_then(|v| super::keys::merged_key(name, v))
+        {
+            problems.add(
+                Some(entry.line),
+                label,
+                Some(&entry.key),
+                format!(
+                    "the value holds \"{merged} =\" at position {at}, as if a line break was lost before it; \
+                     the value is not shown (it may hold {merged}'s)"
+                ),
+            );
+            continue;
+        }
         if *kind == Kind::List {
             let list = raw.lists.entry(name).or_insert((entry.line, Vec::new()));
             match &entry.value {
@@ -288,16 +304,22 @@ pub(super) fn resolve_global(
         None => DEFAULT_API_URL.to_string(),
         Some((url, line)) => {
             let trimmed = url.trim().trim_end_matches('/').to_string();
+            // A base URL: no spaces, query or fragment (and so never a merged `key = value`).
             let valid = ["http://", "https://"]
                 .iter()
                 .any(|s| trimmed.len() > s.len() && trimmed.starts_with(s))
-                && !trimmed.contains(char::is_whitespace);
+                && !trimmed.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || matches!(c, '=' | '?' | '#')
+                });
             if !valid {
                 problems.add(
                     Some(line),
                     "global",
                     Some("kamatera-api-url"),
-                    format!("{url:?} is not an http:// or https:// URL"),
+                    format!(
+                        "{} is not an http:// or https:// base URL (no spaces, query or fragment)",
+                        super::shown(&url)
+                    ),
                 );
             }
             trimmed
@@ -456,7 +478,7 @@ mod tests {
     fn labels() {
         assert_eq!(
             parse_label("example.com/role=worker=x"),
-            Err("\"worker=x\" is not a valid Kubernetes label value (at most 63 letters, digits, '-', '_', '.')".into())
+            Err("a value of 8 characters with '=' at position 7 (not shown: it may hold another key's value) is not a valid Kubernetes label value (at most 63 letters, digits, '-', '_', '.')".into())
         );
         assert_eq!(
             parse_label("example.com/role=worker"),

@@ -15,7 +15,7 @@ pub(super) fn spec_pairs<'a>(
     }
     if spec.contains(char::is_whitespace) {
         return Err(format!(
-            "{what} {spec:?} contains whitespace; Kamatera rejects it (write one {what} per line)"
+            "a {what} contains whitespace; Kamatera rejects it (write one {what} per line)"
         ));
     }
     let mut pairs = Vec::new();
@@ -24,11 +24,15 @@ pub(super) fn spec_pairs<'a>(
             .split_once('=')
             .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         else {
-            return Err(format!("{what} {spec:?}: {item:?} is not key=value"));
+            return Err(format!(
+                "{what}: item {} is not key=value",
+                super::shown(item)
+            ));
         };
         if !keys.contains(&k) {
             return Err(format!(
-                "{what} {spec:?}: unknown key {k:?} (allowed: {})",
+                "{what}: unknown key {} (allowed: {})",
+                super::shown(k),
                 keys.join(", ")
             ));
         }
@@ -45,7 +49,8 @@ pub(super) fn check_disk(spec: &str) -> Result<(), String> {
         };
         if !ok {
             return Err(format!(
-                "disk {spec:?}: {k}={v} is invalid ({})",
+                "disk: {k} {} is invalid ({})",
+                super::shown(v),
                 if k == "id" {
                     "id is 0 to 3"
                 } else {
@@ -60,9 +65,9 @@ pub(super) fn check_disk(spec: &str) -> Result<(), String> {
 pub(super) fn check_network(spec: &str) -> Result<(), String> {
     let pairs = spec_pairs(spec, "network", &["id", "name", "ip"])?;
     if !pairs.iter().any(|(k, _)| *k == "name") {
-        return Err(format!(
-            "network {spec:?} has no name (e.g. name=wan,ip=auto or name=<lan vlan name>)"
-        ));
+        return Err(
+            "a network has no name (e.g. name=wan,ip=auto or name=<lan vlan name>)".to_string(),
+        );
     }
     Ok(())
 }
@@ -70,7 +75,7 @@ pub(super) fn check_network(spec: &str) -> Result<(), String> {
 /// Parses a Kubernetes `key=value` label, checking both parts' syntax.
 pub(super) fn parse_label(entry: &str) -> Result<(String, String), String> {
     let Some((key, value)) = entry.split_once('=') else {
-        return Err(format!("{entry:?} is not key=value"));
+        return Err(format!("{} is not key=value", super::shown(entry)));
     };
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
@@ -78,11 +83,15 @@ pub(super) fn parse_label(entry: &str) -> Result<(String, String), String> {
     };
     let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && DNS_SUBDOMAIN_RE.is_match(p));
     if name.is_empty() || !prefix_ok || !LABEL_NAME_RE.is_match(name) {
-        return Err(format!("{key:?} is not a valid Kubernetes label key"));
+        return Err(format!(
+            "{} is not a valid Kubernetes label key",
+            super::shown(key)
+        ));
     }
     if !LABEL_NAME_RE.is_match(value) {
         return Err(format!(
-            "{value:?} is not a valid Kubernetes label value (at most 63 letters, digits, '-', '_', '.')"
+            "{} is not a valid Kubernetes label value (at most 63 letters, digits, '-', '_', '.')",
+            super::shown(value)
         ));
     }
     Ok((key.to_string(), value.to_string()))
@@ -151,17 +160,19 @@ pub(super) fn parse_memory_mib(text: &str) -> Option<u32> {
 pub(super) fn parse_taint(entry: &str) -> Result<TemplateTaint, String> {
     let Some((kv, effect)) = entry.rsplit_once(':') else {
         return Err(format!(
-            "{entry:?} is not key=value:Effect (Effect is NoSchedule, PreferNoSchedule or NoExecute)"
+            "{} is not key=value:Effect (Effect is NoSchedule, PreferNoSchedule or NoExecute)",
+            super::shown(entry)
         ));
     };
     if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
         return Err(format!(
-            "taint effect {effect:?} must be NoSchedule, PreferNoSchedule or NoExecute"
+            "taint effect {} must be NoSchedule, PreferNoSchedule or NoExecute",
+            super::shown(effect)
         ));
     }
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
     // Taint keys and values follow the label rules.
-    parse_label(&format!("{key}={value}")).map_err(|m| format!("taint {entry:?}: {m}"))?;
+    parse_label(&format!("{key}={value}")).map_err(|m| format!("taint: {m}"))?;
     Ok(TemplateTaint {
         key: key.to_string(),
         value: value.to_string(),

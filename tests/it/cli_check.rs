@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use crate::common;
+
 fn check(path: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
         .args(["check", "--cloud-config"])
@@ -37,7 +39,7 @@ fn errors_never_quote_a_secret_that_a_broken_line_carries() {
             format!(
                 "{GLOBAL}kamatera-api-secret = x1234\ndefault-min-size = 5default-password = {SECRET}\n{GROUP}"
             ),
-            "invalid integer a value of 38 characters starting with '5' (not shown",
+            "the value holds \"default-password =\" at position 2, as if a line break was lost",
         ),
         (
             "nul.ini",
@@ -320,4 +322,162 @@ fn check_refuses_a_name_prefix_the_guard_would_refuse() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The reproduced cases of "a secret in a config error" and its kin, through both binaries'
+/// outputs: a lost line break merges a secret key's line onto another key's value (URL,
+/// cluster name, datacenter, cpu, ram, disk, network, image), a 2 MB label, and escapes that
+/// make control characters. `check` and `serve` refuse each with the same message, quote no
+/// secret, and stay short.
+#[test]
+fn no_config_error_quotes_a_secret_or_floods_the_log() {
+    const TOP: &str = "TOPSECRETvalue0123456789";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = format!("{GLOBAL}kamatera-api-secret = {SECRET}\n{GROUP}");
+    let merged =
+        |key: &str, value: &str, secret_key: &str| format!("{key} = {value}{secret_key} = {TOP}");
+    let huge = "a".repeat(2 * 1024 * 1024);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "url",
+            base.replacen(
+                "[global]\n",
+                &format!(
+                    "[global]\n{}\n",
+                    merged(
+                        "kamatera-api-url",
+                        "http://127.0.0.1:9",
+                        "kamatera-api-secret"
+                    )
+                ),
+                1,
+            ),
+            "the value holds \"kamatera-api-secret =\"",
+        ),
+        (
+            "cluster",
+            base.replace(
+                "cluster-name = c\n",
+                &format!("{}\n", merged("cluster-name", "c1", "kamatera-api-secret")),
+            ),
+            "the value holds \"kamatera-api-secret =\"",
+        ),
+        (
+            "datacenter",
+            base.replace(
+                "default-datacenter = EU\n",
+                &format!(
+                    "{}\n",
+                    merged("default-datacenter", "EU", "default-password")
+                ),
+            ),
+            "the value holds \"default-password =\"",
+        ),
+        (
+            "cpu",
+            base.replace(
+                "cpu = 2B\n",
+                &format!("{}\n", merged("cpu", "2B", "password")),
+            ),
+            "the value holds \"password =\"",
+        ),
+        (
+            "ram",
+            base.replace(
+                "ram = 2048\n",
+                &format!("{}\n", merged("ram", "2048", "password")),
+            ),
+            "the value holds \"password =\"",
+        ),
+        (
+            "disk",
+            base.replace(
+                "disk = size=10\n",
+                &format!("{}\n", merged("disk", "size=10", "password")),
+            ),
+            "the value holds \"password =\"",
+        ),
+        (
+            "network",
+            base.replace(
+                "default-network = name=wan\n",
+                &format!(
+                    "{}\n",
+                    merged("default-network", "name=wan", "default-password")
+                ),
+            ),
+            "the value holds \"default-password =\"",
+        ),
+        (
+            "image",
+            base.replace(
+                "default-image = i\n",
+                &format!(
+                    "{}\n",
+                    merged("default-image", "ubuntu", "default-password")
+                ),
+            ),
+            "the value holds \"default-password =\"",
+        ),
+        (
+            "label",
+            format!("{base}template-label = role={huge}\n"),
+            "is not a valid Kubernetes label value",
+        ),
+        (
+            "escape-n",
+            base.replace("default-image = i\n", "default-image = ubu\\nntu\n"),
+            "escape sequence \\n would put a control character",
+        ),
+        (
+            "escape-t",
+            base.replace("default-image = i\n", "default-image = \"ubu\\tntu\"\n"),
+            "escape sequence \\t would put a control character",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join(format!("{name}.ini"));
+        std::fs::write(&path, &text).expect("write");
+        private(&path);
+        let checked = check(&path);
+        let served = common::serve_output(&["--cloud-config", path.to_str().expect("utf-8")]);
+        for (who, out) in [("check", &checked), ("serve", &served)] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let refused = if who == "check" { Some(2) } else { Some(1) };
+            assert_eq!(out.status.code(), refused, "{name} {who}: {stderr}");
+            assert!(
+                stderr.contains(expected),
+                "{name} {who}: missing {expected:?} in {}",
+                &stderr[..stderr.len().min(2000)]
+            );
+            for leak in [TOP, SECRET] {
+                assert!(
+                    !stderr.contains(leak) && !stdout.contains(leak),
+                    "{name} {who}: {leak} was printed"
+                );
+            }
+            assert!(
+                stderr.len() + stdout.len() < 4000,
+                "{name} {who}: {} bytes of output",
+                stderr.len() + stdout.len()
+            );
+            assert!(
+                stderr.lines().all(|l| !l.contains("ubu\nntu")),
+                "{name} {who}"
+            );
+        }
+        let problem_line = |out: &std::process::Output| {
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find(|l| l.contains(expected))
+                .map(|l| l.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            problem_line(&checked),
+            problem_line(&served),
+            "{name}: check and serve say the same"
+        );
+    }
 }

@@ -301,20 +301,36 @@ fn booleans_in_every_gcfg_spelling() {
 
 #[test]
 fn continuation_and_escapes_lf_and_crlf() {
-    let group = "ssh-key = ssh-rsa AAAA\\\n BBBB \\\n   CCCC\npassword = \"p\\\"w\\\\d\\tx\"\nname-prefix = ng\n";
+    let group = "ssh-key = ssh-rsa AAAA\\\n BBBB \\\n   CCCC\npassword = \"p\\\"w\\\\dx\"\nname-prefix = ng\n";
     for text in [with_group(group), with_group(group).replace('\n', "\r\n")] {
         let s = ok(&text).node_groups[0].server.clone();
         assert_eq!(s.ssh_key, "ssh-rsa AAAA BBBB    CCCC");
         assert_eq!(
             s.password.map(|p| p.expose().to_string()).as_deref(),
-            Some("p\"w\\d\tx")
+            Some("p\"w\\dx")
         );
         assert_eq!(s.name_prefix, "ng");
     }
-    let s = ok(&with_group("ssh-key = \"line1\\nline2\"\n")).node_groups[0]
-        .server
-        .clone();
-    assert_eq!(s.ssh_key, "line1\nline2");
+    // \n, \t and \b would make control characters: refused with their line, quoted or not.
+    for (line, message) in [
+        (
+            "ssh-key = \"line1\\nline2\"\n",
+            "escape sequence \\n would put a control character",
+        ),
+        (
+            "default-image = ubu\\nntu\n",
+            "escape sequence \\n would put a control character",
+        ),
+        (
+            "image = \"ubu\\tntu\"\n",
+            "escape sequence \\t would put a control character",
+        ),
+    ] {
+        let ps = problems(&with_group(line));
+        assert_eq!(ps.len(), 1, "{line}: {ps:#?}");
+        assert_eq!(ps[0].line, Some(13), "{line}");
+        assert!(ps[0].message.contains(message), "{line}: {}", ps[0].message);
+    }
 }
 
 #[test]
@@ -462,7 +478,7 @@ fn bad_api_url() {
         2,
         "global",
         Some("kamatera-api-url"),
-        "is not an http:// or https:// URL",
+        "\"ftp://x\" is not an http:// or https:// base URL",
     );
 }
 
@@ -704,7 +720,7 @@ fn bad_disk_spec() {
         13,
         "nodegroup \"ng\"",
         Some("disk"),
-        "size=big is invalid",
+        "disk: size \"big\" is invalid",
     );
     single(
         &with_group("disk = sz=10\n"),
