@@ -1173,3 +1173,57 @@ async fn a_create_that_never_gets_room_fails_clearly_after_the_wait() {
     assert_eq!(e.sim.requests(sim::Endpoint::CreateServer), creates);
     assert_eq!(group_servers(&e), 3);
 }
+
+/// The Refresh whose reconcile first sees a terminated server gone (its terminate reported
+/// complete in the same pass) no longer reports it in NodeGroupNodes.
+#[tokio::test]
+async fn a_terminated_server_leaves_in_the_pass_that_sees_it_gone() {
+    let mut e = env().await;
+    let mut seen = Seen::default();
+    e.converge(2, &mut seen, "before").await;
+    e.sim
+        .with_state(|s| s.timing.terminate = Duration::from_millis(300));
+    let victim = e.nodes().await[0].id.clone();
+    let name = victim.trim_start_matches("kamatera://").to_string();
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes: vec![pb::ExternalGrpcNode {
+            provider_id: victim.clone(),
+            name: name.clone(),
+            ..Default::default()
+        }],
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
+    // Reconciles until the terminate goes out (after the power-off), then none until the
+    // account no longer has the server.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while e.sim.requests(sim::Endpoint::Terminate) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no terminate sent");
+        refresh(&mut e).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        e.nodes().await.iter().any(|i| i.id == victim),
+        "still the group's while its terminate runs"
+    );
+    while e.sim.snapshot()["servers"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x["name"] == name.as_str()))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never terminated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refresh(&mut e).await;
+    assert!(
+        e.nodes().await.iter().all(|i| i.id != victim),
+        "still reported after the pass that saw it gone"
+    );
+    assert_eq!(
+        counter(
+            &e,
+            r#"kamatera_ca_gone_servers_total{evidence="terminate_completed"}"#
+        ),
+        1.0
+    );
+}

@@ -277,6 +277,9 @@ pub(super) fn step(
             }
         }
         Phase::Deleting => {
+            // Its own terminate completed and the listing lacks it: gone now, not one pass
+            // later (it is kept as presumed only while no proof is at hand).
+            let server = server.filter(|s| !(s.presumed && inst.terminated()));
             if inst.action_in_flight {
                 return;
             }
