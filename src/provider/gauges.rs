@@ -10,6 +10,7 @@ impl Provider {
     /// schedules and hibernation).
     pub fn export_gauges(&self) {
         let m = self.metrics();
+        m.leader.set(i64::from(self.is_leader()));
         let timed: Vec<(String, InForce, u8)> = self
             .inner
             .config

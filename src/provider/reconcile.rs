@@ -270,6 +270,9 @@ impl Provider {
             let m = self.metrics();
             m.parks.inc_by(o.parked.len() as u64);
             m.gone("terminate_completed", o.gone_terminated);
+            for d in &o.scaled_up {
+                m.scale_up_duration.observe(d.as_secs_f64());
+            }
             m.power_ons
                 .get_or_create(&result_label("failed"))
                 .inc_by(o.power_ons_failed);

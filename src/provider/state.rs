@@ -198,6 +198,8 @@ pub struct Outcomes {
     pub gone: Vec<String>,
     /// How many of `gone` left by the provider's own completed terminate.
     pub gone_terminated: u64,
+    /// Scale-ups that completed this pass: from the IncreaseSize to Running.
+    pub scaled_up: Vec<Duration>,
 }
 
 /// What one node group needs for membership decisions.
@@ -605,7 +607,13 @@ impl State {
                     unknown_command(inst, &cmd, limits.unknown_command, now, &mut actions);
                 }
             }
+            let creating = inst.phase() == Phase::Creating;
             step(inst, server, limits, now, &mut actions, &mut remove);
+            if creating && inst.phase() == Phase::Running {
+                outcomes
+                    .scaled_up
+                    .push(now.saturating_duration_since(inst.asked));
+            }
         }
         let uncertain: Vec<String> = self
             .instances

@@ -221,6 +221,12 @@ impl Provider {
             *written = (version, Some(text));
         }
         drop(written);
+        self.metrics()
+            .journal_writes
+            .get_or_create(&crate::telemetry::ResultLabel {
+                result: if result.is_ok() { "ok" } else { "failed" }.into(),
+            })
+            .inc();
         self.note_journal(result.as_ref().err());
         result
     }

@@ -165,6 +165,9 @@ pub struct Metrics {
     pub parks: Counter,
     pub suspect_listings: Counter,
     pub journal_writable: Gauge,
+    pub journal_writes: Family<ResultLabel, Counter>,
+    pub scale_up_duration: Histogram,
+    pub leader: Gauge,
     pub server_lookups: Family<ResultLabel, Counter>,
     pub gone_servers: Family<Evidence, Counter>,
     pub refused_mutations: Family<KindReason, Counter>,
@@ -227,6 +230,10 @@ impl Metrics {
                 g.set(1);
                 g
             },
+            journal_writes: Family::default(),
+            // 1 s to ~2.3 h: from IncreaseSize to the server listed powered on.
+            scale_up_duration: Histogram::new(exponential_buckets(1.0, 1.5, 22)),
+            leader: Gauge::default(),
             server_lookups: Family::default(),
             gone_servers: Family::default(),
             refused_mutations: Family::default(),
@@ -324,6 +331,21 @@ impl Metrics {
             "journal_writable",
             "1 while the restart journal can be written (or none is used); 0 while it cannot, and no create is sent",
             m.journal_writable.clone(),
+        );
+        registry.register(
+            "journal_writes",
+            "Writes of the restart journal (file or ConfigMap), by result (ok, failed)",
+            m.journal_writes.clone(),
+        );
+        registry.register(
+            "scale_up_duration_seconds",
+            "From the IncreaseSize that asked for an instance to its server listed powered on (creates and power-ons)",
+            m.scale_up_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica may act (it holds the Lease, or there is no leader election), 0 while it stands by",
+            m.leader.clone(),
         );
         registry.register(
             "server_lookups",

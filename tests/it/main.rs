@@ -10,6 +10,7 @@ mod cli_serve;
 mod cloudcli_shapes;
 mod config;
 mod crash;
+mod dashboard;
 mod faults;
 mod grpc_flow;
 mod kamatera_client;

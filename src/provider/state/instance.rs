@@ -134,6 +134,8 @@ pub struct Instance {
     /// A power-on of this reused server ended in error: never park it again.
     pub power_on_failed: bool,
     pub error: Option<ErrorInfo>,
+    /// When the autoscaler asked for it (IncreaseSize), for the scale-up latency.
+    pub asked: Instant,
     /// When the instance entered its current phase.
     pub since: Instant,
 }
@@ -151,6 +153,7 @@ impl Instance {
             command: None,
             action_in_flight: false,
             waiting_for_room: None,
+            asked: now,
             power_on_failed: false,
             error: None,
             since: now,
