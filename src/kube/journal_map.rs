@@ -63,6 +63,7 @@ impl JournalMap {
                 return Err(KubeError::Request {
                     object: self.to_string(),
                     message: "no longer this replica's to write (the lease was lost)".into(),
+                    timed_out: false,
                 });
             }
             let cm = ConfigMap {

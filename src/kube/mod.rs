@@ -60,9 +60,62 @@ pub enum KubeError {
         message: String,
     },
     #[error("Kubernetes API request for {object} failed: {message}")]
-    Request { object: String, message: String },
+    Request {
+        object: String,
+        message: String,
+        /// The request ran out of time (no answer), as opposed to failing outright.
+        timed_out: bool,
+    },
     #[error("{node} kept changing under us ({attempts} conflicting updates); giving up")]
     Conflicts { node: String, attempts: u32 },
+}
+
+/// What a failed Kubernetes call means to its caller: retry later, fix the RBAC, re-read and
+/// try again, or nothing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeErrorKind {
+    /// No answer in time (a client timeout, or the API server's 408 / 504).
+    Timeout,
+    /// The credentials were refused (401).
+    Unauthenticated,
+    /// The service account may not do this (403): an RBAC rule is missing.
+    Forbidden,
+    /// The object changed since it was read (409), or kept changing.
+    Conflict,
+    /// The object does not exist (404).
+    NotFound,
+    /// Throttled (429).
+    RateLimited,
+    /// The API server failed (other 5xx) or could not be reached.
+    Unavailable,
+    /// A configuration problem (kubeconfig, client) or another answer.
+    Other,
+}
+
+impl KubeError {
+    pub fn kind(&self) -> KubeErrorKind {
+        match self {
+            KubeError::Api { code, .. } => match code {
+                401 => KubeErrorKind::Unauthenticated,
+                403 => KubeErrorKind::Forbidden,
+                404 => KubeErrorKind::NotFound,
+                408 | 504 => KubeErrorKind::Timeout,
+                409 => KubeErrorKind::Conflict,
+                429 => KubeErrorKind::RateLimited,
+                500..=599 => KubeErrorKind::Unavailable,
+                _ => KubeErrorKind::Other,
+            },
+            KubeError::Request { timed_out, .. } => {
+                if *timed_out {
+                    KubeErrorKind::Timeout
+                } else {
+                    KubeErrorKind::Unavailable
+                }
+            }
+            KubeError::Conflicts { .. } => KubeErrorKind::Conflict,
+            KubeError::Kubeconfig { .. } | KubeError::Client(_) => KubeErrorKind::Other,
+        }
+    }
 }
 
 /// Where the Kubernetes credentials came from.
@@ -286,7 +339,73 @@ fn api_error(object: &str, e: kube::Error) -> KubeError {
         },
         other => KubeError::Request {
             object: object.to_string(),
+            timed_out: timed_out(&other),
             message: other.to_string(),
         },
+    }
+}
+
+/// Whether an error, or any of its causes, is a timeout (an I/O timeout, or the client's own
+/// deadline, whose error says it elapsed or timed out).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        let text = c.to_string().to_ascii_lowercase();
+        if text.contains("timed out") || text.contains("elapsed") || text.contains("timeout") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    fn api(code: u16) -> KubeError {
+        let mut status = kube::core::Status::failure("denied", "Reason");
+        status.code = code;
+        api_error("node w-1", kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn a_caller_tells_a_timeout_from_a_403_from_a_conflict() {
+        assert_eq!(api(403).kind(), KubeErrorKind::Forbidden);
+        assert_eq!(api(401).kind(), KubeErrorKind::Unauthenticated);
+        assert_eq!(api(409).kind(), KubeErrorKind::Conflict);
+        assert_eq!(api(404).kind(), KubeErrorKind::NotFound);
+        assert_eq!(api(429).kind(), KubeErrorKind::RateLimited);
+        assert_eq!(api(504).kind(), KubeErrorKind::Timeout);
+        assert_eq!(api(500).kind(), KubeErrorKind::Unavailable);
+        let timeout = api_error(
+            "node w-1",
+            kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "read",
+            ))),
+        );
+        assert_eq!(timeout.kind(), KubeErrorKind::Timeout);
+        let refused = api_error(
+            "node w-1",
+            kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connect",
+            ))),
+        );
+        assert_eq!(refused.kind(), KubeErrorKind::Unavailable);
+        assert_eq!(
+            KubeError::Conflicts {
+                node: "w-1".into(),
+                attempts: 5
+            }
+            .kind(),
+            KubeErrorKind::Conflict
+        );
     }
 }

@@ -77,12 +77,8 @@ impl Provider {
     /// Becomes the acting replica: forgets what it had in memory, restores the journal the
     /// previous holder left, and reconciles.
     async fn take_over(&self) {
+        // Deferred work and the loop's bookkeeping go with it.
         *self.lock() = super::state::State::default();
-        self.inner
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         *self.inner.journal.lock().await = (0, None);
         self.restore().await;
         self.set_leader(true);

@@ -285,18 +285,12 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// Serialises journal writes; holds the state version and the text last written.
     journal: tokio::sync::Mutex<(u64, Option<String>)>,
-    /// The ConfigMap journal's resourceVersion last read or written; set when it could not be
-    /// read at startup (`Unread`), which holds back every write and create until it is.
-    journal_map_version: Mutex<MapVersion>,
-    /// Why the journal could not be written last time it was tried; `None` while it can. While
-    /// set, no create is sent (each one's journal write fails first) and `/readyz` says so.
-    journal_trouble: Mutex<Option<String>>,
+    /// The ConfigMap journal's resourceVersion last read or written (`Unread` when it could not
+    /// be read at startup, which holds back every write and create until it is), and why the
+    /// last write failed.
+    journal_status: Mutex<store::JournalStatus>,
     /// True while this process may act: it holds the Lease, or there is no leader election.
     leader: watch::Sender<bool>,
-    /// When the last reconcile finished (the background loop skips its turn after a recent one).
-    last_pass: Mutex<Option<tokio::time::Instant>>,
-    /// Work restored from the journal, started once the first listing verified it.
-    deferred: Mutex<Vec<Action>>,
     /// The node controller's queue and Node copy (see `nodes`).
     node_work: Mutex<nodes::NodeWork>,
     /// Node groups with a drain task running.
@@ -318,11 +312,11 @@ impl Provider {
                 finished,
                 journal: tokio::sync::Mutex::new((0, None)),
                 node_work: Mutex::new(nodes::NodeWork::default()),
-                deferred: Mutex::new(Vec::new()),
-                last_pass: Mutex::new(None),
                 leader,
-                journal_map_version: Mutex::new(MapVersion::Absent),
-                journal_trouble: Mutex::new(None),
+                journal_status: Mutex::new(store::JournalStatus {
+                    map: MapVersion::Absent,
+                    trouble: None,
+                }),
                 draining: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }

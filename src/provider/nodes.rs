@@ -184,7 +184,7 @@ impl Provider {
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                warn!(node = %node, server = %server, error = %e, "cannot remove the autoscaler's taints from the Node of a server powered on again");
+                                warn!(node = %node, server = %server, error = %e, kind = ?e.kind(), "cannot remove the autoscaler's taints from the Node of a server powered on again");
                                 m.node_update("release", "error");
                             }
                         }
@@ -219,7 +219,7 @@ impl Provider {
                         false
                     }
                     Err(e) => {
-                        warn!(node = %node, server = %server, error = %e, "cannot delete the Node of a server that is gone; trying again later");
+                        warn!(node = %node, server = %server, error = %e, kind = ?e.kind(), "cannot delete the Node of a server that is gone; trying again later");
                         m.node_update("delete", "error");
                         false
                     }
@@ -338,7 +338,7 @@ impl Provider {
                 }
                 Ok(Completed::Unchanged(_)) | Ok(Completed::NotFound) => {}
                 Err(e) => {
-                    warn!(node = %name, error = %e, "cannot label the node");
+                    warn!(node = %name, error = %e, kind = ?e.kind(), "cannot label the node");
                     m.node_update("label", "error");
                 }
             }

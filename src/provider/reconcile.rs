@@ -63,10 +63,9 @@ impl Provider {
                         // Only when no Refresh reconciled within the interval: an autoscaler
                         // looping every 10 s already keeps the state fresh.
                         let recent = p
-                            .inner
-                            .last_pass
                             .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .reads
+                            .last_pass
                             .is_some_and(|t| t.elapsed() < p.inner.options.reconcile_interval);
                         if !recent && p.is_leader() {
                             let _ = p.reconcile().await;
@@ -98,12 +97,8 @@ impl Provider {
                 }
                 Err(e) => st.reads.last_error = Some(e.safe_message().to_string()),
             }
+            st.reads.last_pass = Some(tokio::time::Instant::now());
         }
-        *self
-            .inner
-            .last_pass
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
         // Unlock before announcing: a `refresh` that sees this announcement must be able to start
         // a new pass rather than find the lock still held and wait for nothing.
         drop(guard);
@@ -306,13 +301,7 @@ impl Provider {
         if restored_settled {
             // Work the journal restored, verified now, and checked by the guard against the
             // state this pass built.
-            let deferred = std::mem::take(
-                &mut *self
-                    .inner
-                    .deferred
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
+            let deferred = std::mem::take(&mut self.lock().reads.deferred);
             for a in deferred {
                 self.spawn(a);
             }

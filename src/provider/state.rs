@@ -151,6 +151,10 @@ pub struct Reads {
     pub suspect_listing: bool,
     /// Known servers missing from the listings, by server id (see [`State::missing_known`]).
     pub absences: HashMap<String, Absence>,
+    /// When the last reconcile finished (the background loop skips its turn after a recent one).
+    pub last_pass: Option<tokio::time::Instant>,
+    /// Work restored from the journal, started once the first listing verified it.
+    pub deferred: Vec<Action>,
 }
 
 /// Time limits of the state machine.
@@ -640,12 +644,19 @@ impl State {
             }
         }
 
+        let pooled: std::collections::HashSet<String> =
+            self.all_parked().map(|p| p.id.clone()).collect();
         self.parked.clear();
         // Tagged servers nobody tracks: servers created before a restart, or by an earlier
         // instance of the provider. Powered-on ones are the group's; powered-off ones are its
         // warm pool (parked), never adopted as running capacity.
         for s in listed {
             if self.instances.contains_key(&s.name) {
+                continue;
+            }
+            // A presumed server (missing from this listing) stays in the pool it was in; one
+            // whose instance this pass forgot (its terminate completed) is not taken back.
+            if s.presumed && !pooled.contains(&s.id) {
                 continue;
             }
             let Some(tags) = &s.tags else { continue };

@@ -10,6 +10,16 @@ use tracing::{info, warn};
 use super::{Provider, Restored, journal};
 use crate::kamatera;
 
+/// The journal's bookkeeping, under one lock: where the ConfigMap stands and why the last write
+/// failed, if it did.
+#[derive(Debug)]
+pub(super) struct JournalStatus {
+    pub(super) map: MapVersion,
+    /// `None` while the journal can be written. While set, no create is sent (each one's journal
+    /// write fails first) and `/readyz` says so.
+    pub(super) trouble: Option<String>,
+}
+
 /// What the provider knows of its ConfigMap journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum MapVersion {
@@ -33,15 +43,12 @@ impl Provider {
         let (restored, to_start, place) = if let Some(map) = &self.inner.options.state_configmap {
             let read = map.read().await;
             let place = map.to_string();
-            let mut version = self
-                .inner
-                .journal_map_version
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut status = self.journal_status();
+            let version = &mut status.map;
             match read {
                 Err(e) => {
                     *version = MapVersion::Unread;
-                    drop(version);
+                    drop(status);
                     warn!(journal = %place, error = %e, "cannot read the journal; no create is sent until it is read (retried before each reconcile)");
                     return Restored {
                         discarded: Some(format!("cannot read {place}: {e}")),
@@ -59,7 +66,7 @@ impl Provider {
                 }
                 Ok(Some((Some(text), rv))) => {
                     *version = MapVersion::At(rv);
-                    drop(version);
+                    drop(status);
                     let mut st = self.lock();
                     match journal::restore_text(
                         &text,
@@ -104,21 +111,20 @@ impl Provider {
             warn!(journal = %place, "dropped a state file entry: {why}");
             self.metrics().refused_mutation("journal", "invalid_entry");
         }
-        self.inner
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(to_start);
+        self.lock().reads.deferred.extend(to_start);
         restored
     }
 
-    pub(super) fn journal_unread(&self) -> bool {
-        *self
-            .inner
-            .journal_map_version
+    /// The journal's bookkeeping (a leaf lock: nothing else is taken while it is held).
+    fn journal_status(&self) -> std::sync::MutexGuard<'_, JournalStatus> {
+        self.inner
+            .journal_status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            == MapVersion::Unread
+    }
+
+    pub(super) fn journal_unread(&self) -> bool {
+        self.journal_status().map == MapVersion::Unread
     }
 
     /// Checks what the journal restored against the listing (after the first listing, and
@@ -184,22 +190,13 @@ impl Provider {
             return Ok(());
         }
         let result = if let Some(map) = map {
-            let at = match &*self
-                .inner
-                .journal_map_version
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-            {
+            let at = match &self.journal_status().map {
                 MapVersion::At(rv) => Some(rv.clone()),
                 _ => None,
             };
             match map.write(&text, at, &|| self.is_leader()).await {
                 Ok(rv) => {
-                    *self
-                        .inner
-                        .journal_map_version
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = MapVersion::At(rv);
+                    self.journal_status().map = MapVersion::At(rv);
                     Ok(())
                 }
                 Err(e) => Err(journal::JournalError::Kube(e)),
@@ -233,11 +230,7 @@ impl Provider {
 
     /// Why the journal could not be written at the last try, if it could not.
     pub fn journal_trouble(&self) -> Option<String> {
-        self.inner
-            .journal_trouble
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.journal_status().trouble.clone()
     }
 
     /// The one rule for a journal that cannot be written, whatever the cause (a directory, a
@@ -245,11 +238,8 @@ impl Provider {
     /// failed write (one warning, the gauge at 0) and ends with the next write that succeeds
     /// (one line, the gauge at 1). Meanwhile no create is sent: each one's write-ahead fails.
     fn note_journal(&self, error: Option<&journal::JournalError>) {
-        let mut trouble = self
-            .inner
-            .journal_trouble
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut status = self.journal_status();
+        let trouble = &mut status.trouble;
         match (error, trouble.is_some()) {
             (Some(e), false) => {
                 warn!(error = %e, "cannot write the journal; no create is sent until it can be (retried each reconcile)");
