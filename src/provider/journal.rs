@@ -54,6 +54,17 @@ struct File {
     /// servers it has never seen (absent in older files: a cold start).
     #[serde(default)]
     tags: Vec<TagSet>,
+    /// The node controller's queue: servers whose Node is still to be deleted (absent in older
+    /// files: none), so a restart does not leave a terminated server's Node behind.
+    #[serde(default)]
+    nodes: Vec<NodeEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct NodeEntry {
+    server: String,
+    /// `terminated` or `parked`.
+    why: String,
 }
 
 /// Servers (ids) that carry exactly these tags.
@@ -196,12 +207,20 @@ pub fn render(cluster: &str, state: &State) -> String {
             }
         })
         .collect();
+    let nodes = state
+        .node_queue()
+        .map(|(server, why)| NodeEntry {
+            server: server.clone(),
+            why: why.as_str().into(),
+        })
+        .collect();
     let file = File {
         version: VERSION,
         cluster: cluster.to_string(),
         instances,
         groups,
         tags,
+        nodes,
     };
     // Compact: at 10,000 servers the tag cache must fit a ConfigMap (1 MiB) with room to spare.
     serde_json::to_string(&file).unwrap_or_default()
@@ -359,6 +378,22 @@ pub fn restore_text(
                     crate::telemetry::quoted(&id)
                 ));
             }
+        }
+    }
+    // Queued Nodes: a claim like the rest. The sweep deletes a Node only if it is tied to the
+    // server, no longer Ready, and the server is not tracked (or, parked, still in the pool).
+    for n in file.nodes.into_iter().take(super::state::NODE_QUEUE_MAX) {
+        let plain = (1..=64).contains(&n.server.len())
+            && n.server
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        match (plain, super::state::Gone::parse(&n.why)) {
+            (true, Some(why)) => state.queue_node_deletion(n.server, why, now),
+            _ => dropped.push(format!(
+                "a queued Node of server {} ({})",
+                crate::telemetry::quoted(&n.server),
+                crate::telemetry::quoted(&n.why)
+            )),
         }
     }
     for g in file.groups {

@@ -6,7 +6,8 @@
 //!
 //! - **Gone servers lose their Nodes.** A server the provider terminated (the terminate completed
 //!   or the API says the server does not exist) or parked (powered off, confirmed by the listing)
-//!   is queued here by the reconcile; the queue is worked after every reconcile until the Node is
+//!   is queued here by the reconcile (the queue is `State`'s, so the journal carries it over a
+//!   restart); the queue is worked after every reconcile until the Node is
 //!   deleted, is not there, turns out not to be the server's, or [`GONE_WINDOW`] passes. A Node
 //!   whose kubelet still reports Ready is never deleted (it is tried again later). A server
 //!   merely missing from listings is not gone: its Node is kept. A parked server powered on
@@ -22,7 +23,7 @@
 //!   alone. Nodes are looked at on every watch event and again after every reconcile (a server
 //!   the provider learns of later, e.g. adopted after a restart).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -31,38 +32,27 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tracing::{debug, info, warn};
 
+use super::state::{Gone, NODE_QUEUE_MAX};
 use super::{Phase, Provider};
 use crate::kube::{Completed, Completion, NodeDeletion, Tie, completion};
 
 /// How long the Node of a gone server is looked for: long enough for its kubelet's last Ready
 /// to expire (the node lifecycle grace is 40 s by default) and a few failed attempts.
 pub const GONE_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// The most gone servers queued at once (older entries are dropped first beyond it).
-const GONE_MAX: usize = 10_000;
 /// Watch failures are logged at most this often (each is counted).
 const WATCH_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Why a server's Node is to be deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gone {
-    /// Terminated by the provider.
-    Terminated,
-    /// Powered off and kept (warm pool or hibernation).
-    Parked,
-}
-
-impl Gone {
-    fn event(self) -> (&'static str, &'static str) {
-        match self {
-            Gone::Terminated => (
-                "ServerTerminated",
-                "the Kamatera server was terminated; its Node was deleted",
-            ),
-            Gone::Parked => (
-                "Parked",
-                "the Kamatera server was powered off and kept for reuse; its Node was deleted (the kubelet registers it again at power-on)",
-            ),
-        }
+/// The Event posted on a deleted Node, by why its server is gone.
+fn event(why: Gone) -> (&'static str, &'static str) {
+    match why {
+        Gone::Terminated => (
+            "ServerTerminated",
+            "the Kamatera server was terminated; its Node was deleted",
+        ),
+        Gone::Parked => (
+            "Parked",
+            "the Kamatera server was powered off and kept for reuse; its Node was deleted (the kubelet registers it again at power-on)",
+        ),
     }
 }
 
@@ -76,12 +66,11 @@ enum Standing {
     Unknown,
 }
 
-/// Node work shared by the reconcile (which learns that servers are gone) and the watcher.
+/// Node work shared by the reconcile (which learns that servers are gone) and the watcher. The
+/// queue itself is `State`'s (journaled).
 #[derive(Default)]
 pub(super) struct NodeWork {
-    /// Servers whose Node is to be deleted: name → why, since when.
-    gone: BTreeMap<String, (Gone, Instant)>,
-    /// A sweep of `gone` is running.
+    /// A sweep of the queue is running.
     sweeping: bool,
     /// Servers were queued while a sweep ran (it works on the batch it took): sweep again.
     queued_meanwhile: bool,
@@ -119,22 +108,12 @@ impl Provider {
         }
         let now = Instant::now();
         {
-            let mut w = self.node_work();
+            let mut st = self.lock();
             for name in terminated {
-                w.gone.insert(name, (Gone::Terminated, now));
+                st.queue_node_deletion(name, Gone::Terminated, now);
             }
             for name in parked {
-                w.gone.insert(name, (Gone::Parked, now));
-            }
-            while w.gone.len() > GONE_MAX {
-                let oldest = w
-                    .gone
-                    .iter()
-                    .min_by_key(|(_, (_, since))| *since)
-                    .map(|(n, _)| n.clone());
-                if let Some(n) = oldest {
-                    w.gone.remove(&n);
-                }
+                st.queue_node_deletion(name, Gone::Parked, now);
             }
         }
         self.sweep_gone_nodes();
@@ -149,17 +128,17 @@ impl Provider {
             return;
         }
         let batch: Vec<(String, Gone)> = {
+            let batch = self.lock().node_queue_within(GONE_WINDOW);
             let mut w = self.node_work();
             if w.sweeping {
                 w.queued_meanwhile = true;
                 return;
             }
-            if w.gone.is_empty() {
+            if batch.is_empty() {
                 return;
             }
-            w.gone.retain(|_, (_, since)| since.elapsed() < GONE_WINDOW);
             w.sweeping = true;
-            w.gone.iter().map(|(n, (g, _))| (n.clone(), *g)).collect()
+            batch
         };
         let p = self.clone();
         tokio::spawn(async move {
@@ -171,7 +150,7 @@ impl Provider {
                     Standing::Back => {
                         // Powered on again before its old Node could go: that Node stays, so it
                         // must lose the autoscaler's scale-down taints to take pods.
-                        p.node_work().gone.remove(&server);
+                        p.lock().forget_node_deletion(&server);
                         let node = p.node_name_for(&tie);
                         match kube.release_node(&node, &tie).await {
                             Ok(crate::kube::Released::Updated {
@@ -192,7 +171,7 @@ impl Provider {
                     }
                     Standing::Unknown => {
                         debug!(server = %server, "parked server no longer in the pool; its Node is kept");
-                        p.node_work().gone.remove(&server);
+                        p.lock().forget_node_deletion(&server);
                         continue;
                     }
                 }
@@ -201,7 +180,7 @@ impl Provider {
                     Ok(NodeDeletion::Deleted) => {
                         info!(node = %node, server = %server, reason = ?why, "deleted the Node of a server that is gone");
                         m.node_update("delete", "deleted");
-                        let (reason, message) = why.event();
+                        let (reason, message) = event(why);
                         let _ = kube.node_event(&node, false, reason, message).await;
                         true
                     }
@@ -225,7 +204,7 @@ impl Provider {
                     }
                 };
                 if done {
-                    p.node_work().gone.remove(&server);
+                    p.lock().forget_node_deletion(&server);
                 }
             }
             let again = {
@@ -392,11 +371,11 @@ impl Provider {
         }
         let now = Instant::now();
         let queued = {
-            let mut w = self.node_work();
+            let mut st = self.lock();
             let mut queued = 0;
             for server in ghosts {
-                if !w.gone.contains_key(&server) && w.gone.len() < GONE_MAX {
-                    w.gone.insert(server, (Gone::Parked, now));
+                if !st.node_queued(&server) && st.node_queue().count() < NODE_QUEUE_MAX {
+                    st.queue_node_deletion(server, Gone::Parked, now);
                     queued += 1;
                 }
             }

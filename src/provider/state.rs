@@ -16,6 +16,35 @@ pub use instance::{
 };
 use steps::{GONE, PARKED, command_result, step, unknown_command};
 
+/// Why a server's Node is to be deleted by the node controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Terminated by the provider.
+    Terminated,
+    /// Powered off and kept (warm pool or hibernation).
+    Parked,
+}
+
+impl Gone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gone::Terminated => "terminated",
+            Gone::Parked => "parked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Gone> {
+        match s {
+            "terminated" => Some(Gone::Terminated),
+            "parked" => Some(Gone::Parked),
+            _ => None,
+        }
+    }
+}
+
+/// The most gone servers whose Nodes are queued at once (older entries are dropped first).
+pub const NODE_QUEUE_MAX: usize = 10_000;
+
 /// A cloud call to start after the state lock is released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -124,6 +153,9 @@ pub struct State {
     parked: HashMap<String, Vec<ParkedServer>>,
     /// Per node group with any hibernation state; absent = awake, no manual controls.
     hibernation: BTreeMap<String, GroupHibernation>,
+    /// The node controller's queue: servers whose Node is to be deleted (name → why, since
+    /// when). Journaled, so a restart does not leave a terminated server's Node behind.
+    node_queue: BTreeMap<String, (Gone, Instant)>,
     /// Bumped on every change the journal must capture.
     version: u64,
     /// Instances restored from the journal and not yet confirmed by a listing (see
@@ -315,6 +347,56 @@ impl State {
         if self.hibernation.remove(group).is_some() {
             self.version += 1;
         }
+    }
+
+    /// Queues a server's Node for deletion (replacing an older reason); drops the oldest entries
+    /// beyond [`NODE_QUEUE_MAX`]. Bumps the version.
+    pub fn queue_node_deletion(&mut self, server: String, why: Gone, now: Instant) {
+        self.node_queue.insert(server, (why, now));
+        while self.node_queue.len() > NODE_QUEUE_MAX {
+            let oldest = self
+                .node_queue
+                .iter()
+                .min_by_key(|(_, (_, since))| *since)
+                .map(|(n, _)| n.clone());
+            if let Some(n) = oldest {
+                self.node_queue.remove(&n);
+            }
+        }
+        self.version += 1;
+    }
+
+    /// The Node of this server needs no more work. Bumps the version when it was queued.
+    pub fn forget_node_deletion(&mut self, server: &str) {
+        if self.node_queue.remove(server).is_some() {
+            self.version += 1;
+        }
+    }
+
+    /// Drops queued entries older than `window`; returns the rest, oldest first.
+    pub fn node_queue_within(&mut self, window: Duration) -> Vec<(String, Gone)> {
+        let before = self.node_queue.len();
+        self.node_queue
+            .retain(|_, (_, since)| since.elapsed() < window);
+        if self.node_queue.len() != before {
+            self.version += 1;
+        }
+        let mut entries: Vec<(&String, &(Gone, Instant))> = self.node_queue.iter().collect();
+        entries.sort_by_key(|(_, (_, since))| *since);
+        entries
+            .into_iter()
+            .map(|(n, (g, _))| (n.clone(), *g))
+            .collect()
+    }
+
+    /// Whether this server's Node is queued.
+    pub fn node_queued(&self, server: &str) -> bool {
+        self.node_queue.contains_key(server)
+    }
+
+    /// The queue, for the journal.
+    pub fn node_queue(&self) -> impl Iterator<Item = (&String, Gone)> {
+        self.node_queue.iter().map(|(n, (g, _))| (n, *g))
     }
 
     /// How many deleted creates' names are watched.

@@ -757,4 +757,104 @@ template-label = team=data",
         }
         assert_eq!(w.fake.node_names(), ["nc-w-foreign"]);
     }
+
+    /// A provider on `state` (the same simulated account and cluster as `w`), serving on its own.
+    async fn restarted(
+        w: &World,
+        state: &std::path::Path,
+        dir: &tempfile::TempDir,
+    ) -> (Provider, Ca, tokio::sync::oneshot::Sender<()>) {
+        let cfg = common::TestConfig::new(&w.sim.url(), "nc", "nc-", "EU")
+            .group(
+                "workers",
+                "name-prefix = nc-w
+max-size = 8
+cpu = 2B
+ram = 4096
+disk = size=20
+template-label = team=data",
+            )
+            .parse();
+        let provider = Provider::new(
+            cfg.clone(),
+            common::test_client(&cfg, Arc::new(Metrics::new())),
+            ProviderOptions {
+                reconcile_interval: Duration::from_secs(3600),
+                kube: Some(client(&w.fake, dir).await),
+                state_file: Some(state.to_path_buf()),
+                ..ProviderOptions::default()
+            },
+        );
+        // As `serve` does: the journal first.
+        provider.restore().await;
+        assert!(provider.start_node_controller().is_some());
+        let (addr, stop) = common::serve(provider.clone(), ServeOptions::default()).await;
+        let mut ca = Ca::connect(addr).await;
+        ca.refresh().await;
+        (provider, ca, stop)
+    }
+
+    /// A terminated server whose Node still reports Ready when the provider stops: the queue of
+    /// Nodes to delete is journaled, and the restarted provider deletes the Node once it is no
+    /// longer Ready.
+    #[tokio::test]
+    async fn the_queue_of_nodes_to_delete_survives_a_restart() {
+        let w = world().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.json");
+        let (first, mut ca, stop) = restarted(&w, &state, &dir).await;
+        ca.increase("workers", 1).await.expect("increase");
+        let name = loop {
+            ca.refresh().await;
+            let nodes = ca.nodes("workers").await;
+            if let Some(i) = nodes
+                .iter()
+                .find(|i| i.status.as_ref().map(|s| s.instance_state) == Some(1))
+            {
+                break i.id.trim_start_matches("kamatera://").to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        w.join(&name);
+        w.fake.set_ready(&name, true);
+        ca.delete(
+            "workers",
+            vec![pb::ExternalGrpcNode {
+                provider_id: format!("kamatera://{name}"),
+                name: name.clone(),
+                ..Default::default()
+            }],
+        )
+        .await
+        .expect("scale-down");
+        // Until the server is gone and the journal holds its Node in the queue (still Ready).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            ca.refresh().await;
+            let text = std::fs::read_to_string(&state).unwrap_or_default();
+            if ca.nodes("workers").await.is_empty()
+                && text.contains(&format!("\"server\":\"{name}\""))
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not queued: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(w.fake.node(&name).is_some(), "a Ready Node is kept");
+        // The provider stops; its successor restores the queue.
+        drop(stop);
+        drop(ca);
+        drop(first);
+        let (_second, mut ca, _stop) = restarted(&w, &state, &dir).await;
+        w.fake.set_ready(&name, false);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while w.fake.node(&name).is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the terminated server's Node was left behind after the restart"
+            );
+            ca.refresh().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -4,6 +4,7 @@ use super::*;
 
 mod restore {
     use super::*;
+    use crate::provider::state::Gone;
 
     const QUEUED: &str = "g-000000000a0";
     const SENT: &str = "g-000000000a1";
@@ -192,6 +193,40 @@ mod restore {
             vec!["\"g-0123456789a\": unknown command kind \"reboot\"".to_string()]
         );
         assert!(to_send.is_empty() && !st.contains("g-0123456789a"));
+    }
+
+    /// The node controller's queue comes back; entries that are not a plain server name and a
+    /// known reason are dropped with their reason, queueing nothing.
+    #[test]
+    fn the_node_queue_is_restored_and_bad_entries_are_dropped() {
+        let text = r#"{"version": 1, "cluster": "c", "instances": [], "nodes": [
+            {"server": "g-0123456789a", "why": "terminated"},
+            {"server": "g-0123456789b", "why": "parked"},
+            {"server": "../../etc", "why": "terminated"},
+            {"server": "g-0123456789c", "why": "exploded"}]}"#;
+        let mut st = State::default();
+        let (r, _) = restore_text(text, "c", &any_g, &mut st, Instant::now()).expect("a journal");
+        assert_eq!(
+            r.dropped,
+            vec![
+                "a queued Node of server \"../../etc\" (\"terminated\")".to_string(),
+                "a queued Node of server \"g-0123456789c\" (\"exploded\")".to_string(),
+            ]
+        );
+        let queued: Vec<(String, Gone)> = st.node_queue().map(|(n, g)| (n.clone(), g)).collect();
+        assert_eq!(
+            queued,
+            vec![
+                ("g-0123456789a".to_string(), Gone::Terminated),
+                ("g-0123456789b".to_string(), Gone::Parked),
+            ]
+        );
+        // And written back as it was read.
+        let again = render("c", &st);
+        assert!(
+            again.contains(r#"{"server":"g-0123456789a","why":"terminated"}"#),
+            "{again}"
+        );
     }
 
     #[test]
