@@ -238,6 +238,27 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A `[global]` value read by `parse`; one it refuses is a problem saying what it should be.
+fn parsed<T>(
+    r: &Reader<'_>,
+    problems: &mut Problems,
+    key: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    should_be: &str,
+) -> Option<T> {
+    let (v, line) = r.non_empty(key)?;
+    let value = parse(&v);
+    if value.is_none() {
+        problems.add(
+            Some(line),
+            "global",
+            Some(key),
+            format!("{} is not {should_be}", super::shown(v)),
+        );
+    }
+    value
+}
+
 pub(super) fn resolve_global(
     raw: &RawSection,
     env: &dyn Fn(&str) -> Option<String>,
@@ -375,22 +396,13 @@ pub(super) fn resolve_global(
         }),
     };
     let mut price = |key: &str| {
-        let (v, line) = r.non_empty(key)?;
-        match parse_price(&v) {
-            Some(p) => Some(p),
-            None => {
-                problems.add(
-                    Some(line),
-                    "global",
-                    Some(key),
-                    format!(
-                        "{} is not a price (a number ≥ 0, e.g. 0.012)",
-                        super::shown(v)
-                    ),
-                );
-                None
-            }
-        }
+        parsed(
+            &r,
+            problems,
+            key,
+            parse_price,
+            "a price (a number ≥ 0, e.g. 0.012)",
+        )
     };
     let per_cpu = price("pod-price-per-cpu-hour");
     let per_gib = price("pod-price-per-gib-hour");
@@ -413,26 +425,20 @@ pub(super) fn resolve_global(
 
     let defaults = super::ApiTimeouts::default();
     let mut timeout = |key: &str, default: std::time::Duration| {
-        let Some((v, line)) = r.non_empty(key) else {
-            return default;
+        let in_range = |v: &str| {
+            parse_duration(v).filter(|d| {
+                (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))
+                    .contains(d)
+            })
         };
-        match parse_duration(&v).filter(|d| {
-            (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600)).contains(d)
-        }) {
-            Some(d) => d,
-            None => {
-                problems.add(
-                    Some(line),
-                    "global",
-                    Some(key),
-                    format!(
-                        "{} is not a duration between 1s and 1h (e.g. 30s, 5m)",
-                        super::shown(v)
-                    ),
-                );
-                default
-            }
-        }
+        parsed(
+            &r,
+            problems,
+            key,
+            in_range,
+            "a duration between 1s and 1h (e.g. 30s, 5m)",
+        )
+        .unwrap_or(default)
     };
     let api_timeouts = super::ApiTimeouts {
         read: timeout("kamatera-api-timeout", defaults.read),

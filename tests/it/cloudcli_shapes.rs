@@ -150,6 +150,31 @@ impl Api {
     }
 }
 
+/// Sends a create of `shape-0123456789a` (image by description) through the client.
+async fn client_create(
+    c: &Client,
+) -> Result<String, kamatera_ca_provider::kamatera::KamateraError> {
+    let (disks, networks) = (["size=20".to_string()], ["name=wan".to_string()]);
+    c.create_server(kamatera_ca_provider::kamatera::CreateServer {
+        name: "shape-0123456789a",
+        password: None,
+        ssh_key: "",
+        datacenter: "US-NY2",
+        image: "ubuntu_server_24.04_64-bit",
+        cpu: "2B",
+        ram_mb: 2048,
+        disks: &disks,
+        networks: &networks,
+        daily_backup: false,
+        managed: false,
+        billing: kamatera_ca_provider::kamatera::Billing::Hourly,
+        monthly_package: "",
+        script: None,
+        tags: &[],
+    })
+    .await
+}
+
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v
         .as_object()
@@ -768,28 +793,7 @@ async fn create_failure_upstream_answer_without_one_id() {
         Default::default(),
     ))
     .expect("client");
-    let spec = ["size=20".to_string()];
-    let net = ["name=wan".to_string()];
-    let e = c
-        .create_server(kamatera_ca_provider::kamatera::CreateServer {
-            name: "x-0123456789a",
-            password: None,
-            ssh_key: "",
-            datacenter: "EU",
-            image: "ubuntu",
-            cpu: "1B",
-            ram_mb: 1024,
-            disks: &spec,
-            networks: &net,
-            daily_backup: false,
-            managed: false,
-            billing: kamatera_ca_provider::kamatera::Billing::Hourly,
-            monthly_package: "",
-            script: None,
-            tags: &[],
-        })
-        .await
-        .expect_err("500");
+    let e = client_create(&c).await.expect_err("500");
     assert!(e.may_have_been_processed(), "{e}");
 }
 
@@ -1167,27 +1171,7 @@ async fn matrix_command_id_unknown_or_not_yet_visible() {
 async fn matrix_create_validation_and_quota() {
     let api = Api::new().await;
     api.sim.with_state(|s| s.quota.max_servers = Some(0));
-    let e = api
-        .client()
-        .create_server(kamatera_ca_provider::kamatera::CreateServer {
-            name: "shape-0123456789a",
-            password: None,
-            ssh_key: "",
-            datacenter: "US-NY2",
-            image: "ubuntu_server_24.04_64-bit",
-            cpu: "2B",
-            ram_mb: 2048,
-            disks: &["size=20".to_string()],
-            networks: &["name=wan".to_string()],
-            daily_backup: false,
-            managed: false,
-            billing: kamatera_ca_provider::kamatera::Billing::Hourly,
-            monthly_package: "",
-            script: None,
-            tags: &[],
-        })
-        .await
-        .expect_err("quota");
+    let e = client_create(&api.client()).await.expect_err("quota");
     assert_eq!(e.class, ErrorClass::QuotaOrCapacity);
     assert!(!e.may_have_been_processed());
 }

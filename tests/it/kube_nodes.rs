@@ -494,11 +494,9 @@ mod controller {
         _stop: tokio::sync::oneshot::Sender<()>,
     }
 
-    pub async fn world() -> World {
-        let sim = common::start_sim(Timing::fast(), Quota::default()).await;
-        let fake = FakeKube::start().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = common::TestConfig::new(&sim.url(), "nc", "nc-", "EU")
+    /// The node group `workers` of cluster `nc` at the simulator `api`.
+    fn config(api: &str) -> kamatera_ca_provider::config::CloudConfig {
+        common::TestConfig::new(api, "nc", "nc-", "EU")
             .group(
                 "workers",
                 "name-prefix = nc-w
@@ -508,7 +506,14 @@ ram = 4096
 disk = size=20
 template-label = team=data",
             )
-            .parse();
+            .parse()
+    }
+
+    pub async fn world() -> World {
+        let sim = common::start_sim(Timing::fast(), Quota::default()).await;
+        let fake = FakeKube::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&sim.url());
         let metrics = Arc::new(Metrics::new());
         let provider = Provider::new(
             cfg.clone(),
@@ -764,17 +769,7 @@ template-label = team=data",
         state: &std::path::Path,
         dir: &tempfile::TempDir,
     ) -> (Provider, Ca, tokio::sync::oneshot::Sender<()>) {
-        let cfg = common::TestConfig::new(&w.sim.url(), "nc", "nc-", "EU")
-            .group(
-                "workers",
-                "name-prefix = nc-w
-max-size = 8
-cpu = 2B
-ram = 4096
-disk = size=20
-template-label = team=data",
-            )
-            .parse();
+        let cfg = config(&w.sim.url());
         let provider = Provider::new(
             cfg.clone(),
             common::test_client(&cfg, Arc::new(Metrics::new())),
