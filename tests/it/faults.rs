@@ -977,22 +977,7 @@ async fn terminating_its_own_servers_is_no_suspect_listing() {
     let mut e = env().await;
     let mut seen = Seen::default();
     e.converge(4, &mut seen, "before").await;
-    let nodes: Vec<pb::ExternalGrpcNode> = e
-        .nodes()
-        .await
-        .iter()
-        .map(|i| pb::ExternalGrpcNode {
-            provider_id: i.id.clone(),
-            name: i.id.trim_start_matches("kamatera://").into(),
-            ..Default::default()
-        })
-        .collect();
-    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
-        nodes,
-        id: GROUP.into(),
-    }))
-    .await
-    .expect("scale-down");
+    delete_all(&mut e).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !e.nodes().await.is_empty() || group_servers(&e) != 0 {
         assert!(tokio::time::Instant::now() < deadline, "not deleted");
@@ -1009,9 +994,10 @@ async fn terminating_its_own_servers_is_no_suspect_listing() {
     );
 }
 
-/// Every node of the group, as the autoscaler names them in DeleteNodes.
-async fn all_nodes(e: &mut Env) -> Vec<pb::ExternalGrpcNode> {
-    e.nodes()
+/// The autoscaler deletes every node of the group at once.
+async fn delete_all(e: &mut Env) {
+    let nodes = e
+        .nodes()
         .await
         .iter()
         .map(|i| pb::ExternalGrpcNode {
@@ -1019,7 +1005,13 @@ async fn all_nodes(e: &mut Env) -> Vec<pb::ExternalGrpcNode> {
             name: i.id.trim_start_matches("kamatera://").into(),
             ..Default::default()
         })
-        .collect()
+        .collect();
+    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
+        nodes,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("scale-down");
 }
 
 /// Max-size 3, three running servers: the autoscaler deletes all three and at once asks for
@@ -1032,13 +1024,7 @@ async fn a_scale_up_during_deletions_waits_for_room() {
     e.converge(3, &mut seen, "before").await;
     e.sim
         .with_state(|s| s.timing.terminate = Duration::from_millis(700));
-    let nodes = all_nodes(&mut e).await;
-    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
-        nodes,
-        id: GROUP.into(),
-    }))
-    .await
-    .expect("scale-down");
+    delete_all(&mut e).await;
     e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
         delta: 3,
         id: GROUP.into(),
@@ -1079,13 +1065,7 @@ async fn an_increase_storm_during_deletions_is_answered_truthfully() {
     let mut e = env_sized(3).await;
     let mut seen = Seen::default();
     e.converge(3, &mut seen, "before").await;
-    let nodes = all_nodes(&mut e).await;
-    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
-        nodes,
-        id: GROUP.into(),
-    }))
-    .await
-    .expect("scale-down");
+    delete_all(&mut e).await;
     let calls = (0..60).map(|_| {
         let mut ca = e.ca.clone();
         async move {
@@ -1133,13 +1113,7 @@ async fn a_create_that_never_gets_room_fails_clearly_after_the_wait() {
     let mut seen = Seen::default();
     e.converge(3, &mut seen, "before").await;
     e.sim.update_faults(|f| f.command_error_rate = 1.0);
-    let nodes = all_nodes(&mut e).await;
-    e.ca.node_group_delete_nodes(req(pb::NodeGroupDeleteNodesRequest {
-        nodes,
-        id: GROUP.into(),
-    }))
-    .await
-    .expect("scale-down");
+    delete_all(&mut e).await;
     e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
         delta: 2,
         id: GROUP.into(),
