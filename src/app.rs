@@ -83,6 +83,11 @@ pub struct Settings {
     /// stopped) waits for its server to appear before it reports CREATE_UNCERTAIN.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub uncertain_create_grace_seconds: u64,
+    /// How often the cloud config file is checked for changes (SIGHUP checks at once); a
+    /// changed file is validated as `check` does and swapped in between reconciles, or refused
+    /// whole (the previous config stays). 0 turns the check off (SIGHUP still works).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub config_reload_seconds: u64,
     /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -154,6 +159,18 @@ pub struct App {
     simulator: Option<SimHandle>,
     leader_elect: bool,
     shutdown_grace: Duration,
+    /// The cloud config file watched for changes, how often, and the figures of the clients a
+    /// reload builds.
+    watch: Option<ConfigWatch>,
+}
+
+/// What the config watcher needs.
+struct ConfigWatch {
+    path: PathBuf,
+    every: Option<Duration>,
+    /// The embedded simulator's URL: a reloaded config is pointed at it as the first one was.
+    simulated: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -191,13 +208,12 @@ impl App {
             let handle = sim::start(SimConfig::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
                 .map_err(AppError::Simulator)?;
-            cfg.api_url = handle.url();
-            cfg.api_client_id = sim::DEMO_CLIENT_ID.into();
-            cfg.api_secret = config::Secret::new(sim::DEMO_SECRET);
+            simulated(&mut cfg, &handle.url());
             Some(handle)
         } else {
             None
         };
+        let sim_url = simulator.as_ref().map(SimHandle::url);
 
         let metrics = Arc::new(Metrics::new());
         let client = kamatera::Client::new(client_settings(&cfg, metrics.clone()))
@@ -251,7 +267,7 @@ impl App {
 
         let (stop, _) = watch::channel(false);
         let hooks = telemetry::AdminHooks {
-            metrics,
+            metrics: metrics.clone(),
             ready: {
                 let p = provider.clone();
                 Arc::new(move || p.readiness())
@@ -302,6 +318,13 @@ impl App {
             simulator,
             leader_elect: leader_elect.is_some(),
             shutdown_grace: Duration::from_secs(settings.shutdown_grace_seconds),
+            watch: settings.cloud_config.clone().map(|path| ConfigWatch {
+                path,
+                every: (settings.config_reload_seconds > 0)
+                    .then(|| Duration::from_secs(settings.config_reload_seconds)),
+                simulated: sim_url.clone(),
+                metrics: metrics.clone(),
+            }),
         })
     }
 
@@ -336,9 +359,11 @@ impl App {
             simulator,
             leader_elect,
             shutdown_grace,
+            watch,
             ..
         } = self;
         let tls_watcher = tls.as_ref().map(|t| t.spawn_watcher(tls_reload));
+        let config_watcher = watch.map(|w| tokio::spawn(watch_config(provider.clone(), w)));
         if !leader_elect {
             match provider.reconcile().await {
                 Ok(r) => tracing::info!(servers = r.listed, "first Kamatera listing done"),
@@ -353,6 +378,7 @@ impl App {
             Some(provider.start_background()),
             provider.start_node_controller(),
             tls_watcher,
+            config_watcher,
         ]
         .into_iter()
         .flatten()
@@ -401,6 +427,90 @@ impl App {
             tracing::info!("stopped");
         }
         outcome
+    }
+}
+
+/// Points a config at the embedded simulator (its URL and demo credentials).
+fn simulated(cfg: &mut CloudConfig, url: &str) {
+    cfg.api_url = url.to_string();
+    cfg.api_client_id = sim::DEMO_CLIENT_ID.into();
+    cfg.api_secret = config::Secret::new(sim::DEMO_SECRET);
+}
+
+/// Watches the cloud config file (on its period, and at once on SIGHUP): a changed file is
+/// loaded and validated exactly as `check` does, then swapped in by `Provider::reload` with a
+/// new client when the API URL, credentials or timeouts changed; a file that does not validate
+/// is refused whole, logged with every problem, and the previous config stays.
+async fn watch_config(provider: Provider, w: ConfigWatch) {
+    let mut last = std::fs::read(&w.path).ok();
+    let mut tick = w.every.map(tokio::time::interval);
+    if let Some(t) = tick.as_mut() {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.tick().await; // the first tick is at once
+    }
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let periodic = async {
+            match tick.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = periodic => false,
+            _ = hangup => true,
+        };
+        let now = std::fs::read(&w.path).ok();
+        if now == last && !forced {
+            continue;
+        }
+        last = now;
+        match CloudConfig::load(&w.path) {
+            Err(e) => {
+                let text = e.to_string();
+                tracing::warn!(path = %w.path.display(), "the cloud config changed but is refused; the previous config stays:\n{text}");
+                let first = text.lines().next().unwrap_or_default().to_string();
+                provider.reload_refused(format!("{first} (see the log)"));
+            }
+            Ok(mut cfg) => {
+                if let Some(url) = &w.simulated {
+                    simulated(&mut cfg, url);
+                }
+                let old = provider.config();
+                let same_api = old.api_url == cfg.api_url
+                    && old.api_client_id == cfg.api_client_id
+                    && old.api_secret == cfg.api_secret
+                    && old.api_timeouts == cfg.api_timeouts;
+                let client = if same_api {
+                    None
+                } else {
+                    match kamatera::Client::new(client_settings(&cfg, w.metrics.clone())) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            provider.reload_refused(e.safe_message().to_string());
+                            continue;
+                        }
+                    }
+                };
+                if let Err(why) = provider.reload(cfg, client).await {
+                    tracing::warn!(path = %w.path.display(), "the cloud config changed but is refused: {why}");
+                }
+            }
+        }
     }
 }
 

@@ -14,7 +14,8 @@ impl Provider {
     }
 
     pub(super) async fn run(&self, action: Action) {
-        let client = &self.inner.client;
+        let client = self.client();
+        let client = &client;
         if let Action::PowerOn { server_id, .. }
         | Action::PowerOff { server_id, .. }
         | Action::Terminate { server_id, .. } = &action
@@ -137,7 +138,7 @@ impl Provider {
         if self.lock().has_live_tags(server_id) {
             return;
         }
-        match self.inner.client.server_tags(server_id).await {
+        match self.client().server_tags(server_id).await {
             Ok(tags) => {
                 self.lock().record_tags(server_id, tags, true);
             }

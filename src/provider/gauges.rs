@@ -12,8 +12,7 @@ impl Provider {
         let m = self.metrics();
         m.leader.set(i64::from(self.is_leader()));
         let timed: Vec<(String, InForce, u8)> = self
-            .inner
-            .config
+            .config()
             .node_groups
             .iter()
             .filter(|g| {
@@ -36,7 +35,7 @@ impl Provider {
         m.hibernation_state.clear();
         m.next_transition.clear();
         m.instances_in_error.clear();
-        for g in &self.inner.config.node_groups {
+        for g in &self.config().node_groups {
             let size = |kind: &str, v: usize| {
                 m.group_size
                     .get_or_create(&crate::telemetry::GroupKind {

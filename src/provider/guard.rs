@@ -200,7 +200,8 @@ impl Provider {
                 .map(|h| h.manual.clone())
                 .unwrap_or_default()
         };
-        let config = &self.inner.config;
+        let config = self.config();
+        let config = &*config;
         let group_of = |g: &str| -> Option<(&NodeGroupConfig, u32)> {
             let cfg = config.node_group(g)?;
             let max = super::in_force::in_force(cfg, &config.timezone, now, &manual(g)).max_size;

@@ -68,7 +68,7 @@ impl Provider {
     pub async fn resume(&self, group: &str) -> Result<HibernationStatus> {
         let g = self.group(group)?;
         let now = self.inner.options.clock.now();
-        let until = open_hibernate_end(&g.hibernate, &self.inner.config.timezone, now);
+        let until = open_hibernate_end(&g.hibernate, &self.config().timezone, now);
         {
             let mut st = self.lock();
             st.edit_hibernation(group, |h| {
@@ -87,7 +87,7 @@ impl Provider {
 
     pub fn hibernation_status(&self, group: &str) -> Result<HibernationStatus> {
         let g = self.group(group)?;
-        let f = self.in_force_for(g);
+        let f = self.in_force_for(&g);
         let (h, parked) = {
             let st = self.lock();
             let parked = st.parked(group).len();
@@ -116,7 +116,7 @@ impl Provider {
         let now = self.inner.options.clock.now();
         let mut wake = Vec::new();
         let mut start = Vec::new();
-        for g in &self.inner.config.node_groups {
+        for g in &self.config().node_groups {
             let f = self.in_force_for(g);
             let mut st = self.lock();
             let h = st.hibernation(&g.name).cloned().unwrap_or_default();
@@ -208,8 +208,7 @@ impl Provider {
                     .unwrap_or_default();
                 match (manual.hibernate, entry) {
                     (false, Some(i)) => self
-                        .inner
-                        .config
+                        .config()
                         .node_group(&group)
                         .and_then(|g| g.hibernate.get(i))
                         .map(|e| (e.force, e.drain_timeout))

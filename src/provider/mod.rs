@@ -22,6 +22,7 @@ mod nodes;
 mod pricing;
 mod reads;
 mod reconcile;
+mod reload;
 mod scaling;
 mod state;
 mod store;
@@ -273,9 +274,46 @@ pub struct Provider {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: CloudConfig,
+/// The config in force and the client it asks for: swapped whole by a reload, between
+/// reconciles; readers take the `Arc` and drop the lock at once.
+struct Live {
+    config: Arc<CloudConfig>,
     client: Client,
+    /// Why the config file's latest change was refused (the config in force stays).
+    refused: Option<String>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Node groups new in the file.
+    pub added: Vec<String>,
+    /// Node groups gone from the file (their servers are kept untouched).
+    pub removed: Vec<String>,
+    /// Node groups whose settings changed.
+    pub changed: Vec<String>,
+    /// The API URL, credentials or timeouts changed: a new client is in use.
+    pub new_client: bool,
+}
+
+/// A node group of the config in force, kept alive by its config (a reload swaps the config;
+/// a caller holding this finishes on the one it started with).
+pub(crate) struct GroupRef {
+    config: Arc<CloudConfig>,
+    index: usize,
+}
+
+impl std::ops::Deref for GroupRef {
+    type Target = NodeGroupConfig;
+    fn deref(&self) -> &NodeGroupConfig {
+        &self.config.node_groups[self.index]
+    }
+}
+
+struct Inner {
+    live: std::sync::RwLock<Live>,
+    /// Where every figure goes (the clients of every config share it).
+    metrics: Arc<crate::telemetry::Metrics>,
     options: ProviderOptions,
     state: Mutex<State>,
     /// One reconcile at a time.
@@ -304,8 +342,12 @@ impl Provider {
         Provider {
             inner: Arc::new(Inner {
                 requests: Arc::new(Semaphore::new(options.max_concurrent_requests.max(1))),
-                config,
-                client,
+                metrics: client.metrics().clone(),
+                live: std::sync::RwLock::new(Live {
+                    config: Arc::new(config),
+                    client,
+                    refused: None,
+                }),
                 options,
                 state: Mutex::new(State::default()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
@@ -337,17 +379,40 @@ impl Provider {
         }
     }
 
-    fn group(&self, id: &str) -> Result<&NodeGroupConfig> {
+    /// The config in force (a reload may swap it for the next caller).
+    pub fn config(&self) -> Arc<CloudConfig> {
         self.inner
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .config
-            .node_group(id)
+            .clone()
+    }
+
+    /// The Kamatera client of the config in force.
+    pub(crate) fn client(&self) -> Client {
+        self.inner
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone()
+    }
+
+    fn group(&self, id: &str) -> Result<GroupRef> {
+        let config = self.config();
+        let index = config
+            .node_groups
+            .iter()
+            .position(|g| g.name == id)
             .ok_or_else(|| ProviderError::UnknownGroup {
                 group: id.to_string(),
-            })
+            })?;
+        Ok(GroupRef { config, index })
     }
 
     fn provider_id(&self, name: &str) -> String {
-        format!("{}{}", self.inner.config.provider_id_prefix, name)
+        format!("{}{}", self.config().provider_id_prefix, name)
     }
 
     /// What ties a Node to server `name`: its providerID, or no providerID and the name.
@@ -362,7 +427,7 @@ impl Provider {
     /// `kamatera://`; a string with neither is taken as a bare server name (old providers).
     fn server_name<'a>(&self, provider_id: &'a str) -> &'a str {
         provider_id
-            .strip_prefix(self.inner.config.provider_id_prefix.as_str())
+            .strip_prefix(self.config().provider_id_prefix.as_str())
             .or_else(|| provider_id.strip_prefix(crate::config::DEFAULT_PROVIDER_ID_PREFIX))
             .unwrap_or(provider_id)
     }
@@ -403,15 +468,22 @@ impl Provider {
                     .map(|e| format!("; last error: {e}"))
                     .unwrap_or_default()
             )),
-            Some(_) => Ok(self
-                .journal_trouble()
-                .map(|why| format!("no create is sent until the journal can be written: {why}"))),
+            Some(_) => {
+                drop(st);
+                let mut notes = self.config_notes();
+                if let Some(why) = self.journal_trouble() {
+                    notes.push(format!(
+                        "no create is sent until the journal can be written: {why}"
+                    ));
+                }
+                Ok((!notes.is_empty()).then(|| notes.join("; ")))
+            }
         }
     }
 
     /// The metrics this provider (and its Kamatera client) record into.
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
-        self.inner.client.metrics()
+        &self.inner.metrics
     }
 
     /// Changes each time a reconcile finishes.

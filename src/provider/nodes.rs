@@ -262,7 +262,7 @@ impl Provider {
         let server = if provider_id.is_empty() {
             node.metadata.name.as_deref()?
         } else {
-            provider_id.strip_prefix(self.inner.config.provider_id_prefix.as_str())?
+            provider_id.strip_prefix(self.config().provider_id_prefix.as_str())?
         };
         let st = self.lock();
         let inst = st.instance(server)?;
@@ -284,7 +284,7 @@ impl Provider {
         let Some((tie, group)) = self.node_owner(node) else {
             return;
         };
-        let Some(cfg) = self.inner.config.node_group(&group) else {
+        let Ok(cfg) = self.group(&group) else {
             return;
         };
         let wanted = cfg.node_labels();
@@ -364,7 +364,7 @@ impl Provider {
                 .unwrap_or_default();
             if parked.contains(provider_id)
                 && let Some(server) =
-                    provider_id.strip_prefix(self.inner.config.provider_id_prefix.as_str())
+                    provider_id.strip_prefix(self.config().provider_id_prefix.as_str())
             {
                 ghosts.push(server.to_string());
             }

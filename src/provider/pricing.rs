@@ -8,7 +8,8 @@ use crate::provider::NodeRef;
 impl Provider {
     /// True when every node group has a `price-per-hour` (pricing answers are on).
     pub fn pricing_enabled(&self) -> bool {
-        let groups = &self.inner.config.node_groups;
+        let config = self.config();
+        let groups = &config.node_groups;
         !groups.is_empty() && groups.iter().all(|g| g.price_per_hour.is_some())
     }
 
@@ -23,11 +24,11 @@ impl Provider {
     ) -> Result<f64> {
         let hours = hours_between(start, end)?;
         let group = if !node.group_label.is_empty() {
-            self.inner.config.node_group(&node.group_label)
+            self.group(&node.group_label).ok()
         } else {
             let st = self.lock();
             self.find_instance(&st, node)
-                .and_then(|i| self.inner.config.node_group(&i.group))
+                .and_then(|i| self.group(&i.group).ok())
         };
         let g = group.ok_or_else(|| ProviderError::UnknownNode { node: node.clone() })?;
         let price = g.price_per_hour.ok_or_else(|| ProviderError::NoPrice {
@@ -54,7 +55,8 @@ impl Provider {
 
     /// The hourly price of one core and of one GiB for pods.
     pub fn pod_rates(&self) -> (f64, f64) {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
+        let cfg = &*cfg;
         if let Some(p) = cfg.pod_prices {
             return (p.per_cpu_hour.0, p.per_gib_hour.0);
         }

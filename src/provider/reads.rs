@@ -15,8 +15,7 @@ impl Provider {
                 .collect()
         };
         let now = self.inner.options.clock.now();
-        self.inner
-            .config
+        self.config()
             .node_groups
             .iter()
             .map(|g| self.info_at(g, manual.get(&g.name), now))
@@ -36,7 +35,7 @@ impl Provider {
             } else {
                 let f = in_force::in_force(
                     g,
-                    &self.inner.config.timezone,
+                    &self.config().timezone,
                     now,
                     manual.unwrap_or(&Manual::default()),
                 );
@@ -51,7 +50,8 @@ impl Provider {
 
     /// What the group's schedule and hibernation say now.
     pub fn in_force(&self, group: &str) -> Result<InForce> {
-        Ok(self.in_force_for(self.group(group)?))
+        let g = self.group(group)?;
+        Ok(self.in_force_for(&g))
     }
 
     pub(super) fn in_force_for(&self, g: &NodeGroupConfig) -> InForce {
@@ -77,9 +77,9 @@ impl Provider {
             if inst.phase() == Phase::Deleting && inst.terminated() {
                 return None;
             }
-            self.inner.config.node_group(&inst.group)
+            self.group(&inst.group).ok()
         };
-        group.map(|g| self.group_info(g))
+        group.map(|g| self.group_info(&g))
     }
 
     pub(super) fn find_instance<'s>(&self, st: &'s State, node: &NodeRef) -> Option<&'s Instance> {
@@ -114,10 +114,8 @@ impl Provider {
     }
 
     pub fn template_node(&self, group: &str) -> Result<TemplateNode> {
-        Ok(template::build(
-            self.group(group)?,
-            self.inner.options.kube.is_some(),
-        ))
+        let g = self.group(group)?;
+        Ok(template::build(&g, self.inner.options.kube.is_some()))
     }
 
     /// The group's options in force now (a schedule window may override some).
@@ -126,7 +124,7 @@ impl Provider {
         if g.schedules.is_empty() {
             return Ok(g.options);
         }
-        Ok(self.in_force_for(g).options)
+        Ok(self.in_force_for(&g).options)
     }
 
     pub(super) fn in_force_for_locked(&self, st: &State, g: &NodeGroupConfig) -> InForce {
@@ -136,13 +134,13 @@ impl Provider {
             .unwrap_or_default();
         in_force::in_force(
             g,
-            &self.inner.config.timezone,
+            &self.config().timezone,
             self.inner.options.clock.now(),
             &manual,
         )
     }
 
-    pub fn gpu_label(&self) -> &str {
-        &self.inner.config.gpu_label
+    pub fn gpu_label(&self) -> String {
+        self.config().gpu_label.clone()
     }
 }

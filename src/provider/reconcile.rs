@@ -137,8 +137,10 @@ impl Provider {
             // anything could buy them again.
             self.restore().await;
         }
-        let cfg = &self.inner.config;
-        let client = &self.inner.client;
+        let cfg = self.config();
+        let cfg = &*cfg;
+        let client = self.client();
+        let client = &client;
         let mut servers = client.list_servers(&cfg.filter_name_prefix).await?;
         // Known servers this listing lacks are presumed to exist until a lookup by id says
         // otherwise; a few are looked up per pass.
@@ -358,7 +360,8 @@ impl Provider {
             .take(LOOKUPS_PER_RECONCILE)
             .map(|m| (m.observed.id.clone(), m.observed.name.clone()))
             .collect();
-        let client = &self.inner.client;
+        let client = self.client();
+        let client = &client;
         let names = &names;
         let answers = per_server(
             names.keys().cloned().collect(),
@@ -403,7 +406,8 @@ impl Provider {
     /// or unknown: they count toward the unknown-command limit); ids whose poll failed are in
     /// neither and are polled again next time.
     pub(super) async fn poll(&self, pending: &[String]) -> (Vec<CommandStatus>, Vec<String>) {
-        let client = &self.inner.client;
+        let client = self.client();
+        let client = &client;
         let answers = per_server(
             pending.to_vec(),
             self.inner.options.max_concurrent_requests,

@@ -42,7 +42,7 @@ impl Provider {
             let mut st = self.lock();
             // Evaluated under the same lock as the target size, so a hibernate request cannot
             // slip in between.
-            let in_force = self.in_force_for_locked(&st, cfg);
+            let in_force = self.in_force_for_locked(&st, &cfg);
             let target = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
             // What the group will hold once its deletions are done and its queued creates sent:
             // an increase the guard would refuse at send time is refused now, not promised.

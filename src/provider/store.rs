@@ -38,7 +38,8 @@ impl Provider {
     /// are dropped, one log line each. Call once, before the first reconcile. A ConfigMap that
     /// cannot be read is tried again before each reconcile; until then no create is sent.
     pub async fn restore(&self) -> Restored {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
+        let cfg = &*cfg;
         let prefix_of = |g: &str| cfg.node_group(g).map(|g| g.server.name_prefix.clone());
         let (restored, to_start, place) = if let Some(map) = &self.inner.options.state_configmap {
             let read = map.read().await;
@@ -135,7 +136,8 @@ impl Provider {
         servers: &[kamatera::Server],
         tags: &std::collections::HashMap<String, Vec<String>>,
     ) -> bool {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
+        let cfg = &*cfg;
         let (dropped, settled) = {
             let mut st = self.lock();
             if st.all_verified() {
@@ -182,7 +184,7 @@ impl Provider {
             }
             (
                 st.version(),
-                journal::render(&self.inner.config.cluster_name, &st),
+                journal::render(&self.config().cluster_name, &st),
             )
         };
         if written.1.as_deref() == Some(text.as_str()) {

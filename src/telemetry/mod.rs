@@ -166,6 +166,7 @@ pub struct Metrics {
     pub suspect_listings: Counter,
     pub journal_writable: Gauge,
     pub journal_writes: Family<ResultLabel, Counter>,
+    pub config_reloads: Family<ResultLabel, Counter>,
     pub scale_up_duration: Histogram,
     pub leader: Gauge,
     pub server_lookups: Family<ResultLabel, Counter>,
@@ -194,6 +195,14 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
     /// One server stopped counting as the group's: it is gone, by this evidence.
     pub fn gone(&self, evidence: &str, n: u64) {
         if n > 0 {
@@ -231,6 +240,7 @@ impl Metrics {
                 g
             },
             journal_writes: Family::default(),
+            config_reloads: Family::default(),
             // 1 s to ~2.3 h: from IncreaseSize to the server listed powered on.
             scale_up_duration: Histogram::new(exponential_buckets(1.0, 1.5, 22)),
             leader: Gauge::default(),
@@ -336,6 +346,11 @@ impl Metrics {
             "journal_writes",
             "Writes of the restart journal (file or ConfigMap), by result (ok, failed)",
             m.journal_writes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Changes of the cloud config file, by result: applied, or refused (the previous config stays)",
+            m.config_reloads.clone(),
         );
         registry.register(
             "scale_up_duration_seconds",

@@ -175,7 +175,8 @@ async fn creates(sim: &str) -> u64 {
 }
 
 /// Asks for one highmem server and waits until its instance shows `code` (an error code, or
-/// "" for Running); deletes an errored instance first, as the autoscaler does.
+/// CREATING for Creating without error); deletes an errored instance first, as the autoscaler
+/// does.
 async fn one_more(
     ca: &mut CloudProviderClient<tonic::transport::Channel>,
     code: &str,
@@ -221,7 +222,11 @@ async fn one_more(
         let found = nodes(ca).await.into_iter().find(|i| {
             let info = i.status.as_ref().and_then(|s| s.error_info.as_ref());
             match code {
-                "" => i.status.as_ref().map(|s| s.instance_state) == Some(1),
+                // Creating without error: its create is on its way.
+                "CREATING" => {
+                    i.status.as_ref().map(|s| s.instance_state) == Some(2)
+                        && info.is_none_or(|e| e.error_code.is_empty())
+                }
                 c => info.is_some_and(|e| e.error_code == c),
             }
         });
@@ -314,8 +319,17 @@ async fn a_journal_that_cannot_be_written(mode: &str) {
         assert!(tokio::time::Instant::now() < deadline, "{mode}: not healed");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    one_more(&mut ca, "").await;
-    assert_eq!(creates(&sim).await, 1, "{mode}");
+    // The create goes out (the simulated server then takes its 20 s to boot: not waited for).
+    one_more(&mut ca, "CREATING").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while creates(&sim).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{mode}: no create after healing"
+        );
+        ca.refresh(pb::RefreshRequest {}).await.expect("refresh");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (code, body) = get_text(&format!("{admin}/readyz")).await;
     assert_eq!((code, body.as_str()), (200, "ready\n"), "{mode}");
     let (_, metrics) = get_text(&format!("{admin}/metrics")).await;
