@@ -1201,3 +1201,53 @@ async fn a_terminated_server_leaves_in_the_pass_that_sees_it_gone() {
         1.0
     );
 }
+
+/// Creates waiting for room that the autoscaler takes back (DecreaseTargetSize) leave at once:
+/// nothing was sent, nothing is waited for.
+#[tokio::test]
+async fn waiting_creates_taken_back_leave_at_once() {
+    let mut e = env_sized(3).await;
+    let mut seen = Seen::default();
+    e.converge(3, &mut seen, "before").await;
+    e.sim
+        .with_state(|s| s.timing.terminate = Duration::from_secs(30));
+    delete_all(&mut e).await;
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta: 3,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("room comes later");
+    for _ in 0..3 {
+        refresh(&mut e).await;
+    }
+    let creates = e.sim.requests(sim::Endpoint::CreateServer);
+    let waiting: Vec<String> = e
+        .nodes()
+        .await
+        .into_iter()
+        .filter(|i| state(i) == InstanceState::InstanceCreating)
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(waiting.len(), 3, "waiting for room");
+    e.ca.node_group_decrease_target_size(req(pb::NodeGroupDecreaseTargetSizeRequest {
+        delta: -3,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("the waiting creates are taken back");
+    refresh(&mut e).await;
+    let left: Vec<pb::Instance> = e
+        .nodes()
+        .await
+        .into_iter()
+        .filter(|i| waiting.contains(&i.id))
+        .collect();
+    assert!(left.is_empty(), "{left:#?}");
+    assert_eq!(e.target().await, 0);
+    assert_eq!(
+        e.sim.requests(sim::Endpoint::CreateServer),
+        creates,
+        "none sent"
+    );
+}

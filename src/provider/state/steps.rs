@@ -283,6 +283,12 @@ pub(super) fn step(
             if inst.action_in_flight {
                 return;
             }
+            if inst.create == CreateStatus::Queued && inst.server_id.is_none() {
+                // Deleted before its create was sent (a create waiting for room, or restored
+                // and not started yet): nothing was bought, nothing to wait for.
+                remove.push((inst.name.clone(), "deleted before its create was sent"));
+                return;
+            }
             match &inst.command {
                 // A create or power-on that is still running: wait for it to finish (listed
                 // powered on), whatever the queue says, then go on below.
