@@ -352,7 +352,10 @@ impl Provider {
         };
         let parked: HashSet<String> = {
             let st = self.lock();
-            st.all_parked().map(|p| self.provider_id(&p.name)).collect()
+            let prefix = self.config().provider_id_prefix.clone();
+            st.all_parked()
+                .map(|p| format!("{prefix}{}", p.name))
+                .collect()
         };
         let mut ghosts = Vec::new();
         for node in nodes {

@@ -101,12 +101,14 @@ impl Provider {
     }
 
     pub fn nodes(&self, group: &str) -> Result<Vec<InstanceView>> {
-        self.group(group)?;
+        // One config for the whole answer (read once, not per instance under the state lock).
+        let g = self.group(group)?;
+        let prefix = &g.config.provider_id_prefix;
         let st = self.lock();
         Ok(st
             .group_instances(group)
             .map(|i| InstanceView {
-                id: self.provider_id(&i.name),
+                id: format!("{prefix}{}", i.name),
                 phase: i.phase(),
                 error: i.error.clone(),
             })

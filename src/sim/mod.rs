@@ -682,17 +682,9 @@ async fn queue(
         Ok(a) => a,
         Err(r) => return r,
     };
-    // PHP keeps the last of repeated keys.
-    let last = |key: &str| {
-        q.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let truthy = |key: &str| last(key).is_some_and(|v| v != "0");
+    let truthy = |key: &str| query_truthy(&q, key);
     // Split on spaces; empty parts and the id 0 are skipped. No id: no upstream call, `[]`.
-    let ids_text = last("id").unwrap_or_default();
+    let ids_text = query_value(&q, "id").unwrap_or_default();
     let ids: Vec<&str> = ids_text
         .split(' ')
         .filter(|i| !i.is_empty() && *i != "0")
@@ -732,13 +724,7 @@ async fn server_options(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let value = |key: &str| {
-        q.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty() && v != "0")
-    };
+    let value = |key: &str| query_value(&q, key).filter(|v| v != "0");
     // Tested by truthiness in this order: capabilities, sizes, images, datacenter, bare.
     if value("capabilities").is_some() || value("sizes").is_some() {
         // Not simulated (no client of ours asks): the server's generic failure.

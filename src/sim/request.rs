@@ -75,6 +75,21 @@ impl Fields {
     }
 }
 
+/// A query value as the server reads it: the last of repeated keys (PHP keeps the last),
+/// trimmed, and `None` when empty.
+pub(super) fn query_value(q: &[(String, String)], key: &str) -> Option<String> {
+    q.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A query flag by PHP truthiness: present, not empty, not `0`.
+pub(super) fn query_truthy(q: &[(String, String)], key: &str) -> bool {
+    query_value(q, key).is_some_and(|v| v != "0")
+}
+
 /// `k=v,k=v` items separated by spaces; `None` when an item is malformed.
 pub(super) fn spec_items(spec: &str, keys: &[&str]) -> Option<Vec<BTreeMap<String, String>>> {
     spec.split_whitespace()

@@ -1014,23 +1014,29 @@ async fn delete_all(e: &mut Env) {
     .expect("scale-down");
 }
 
+/// Max-size 3 with three running servers whose terminates take `terminate`: the autoscaler
+/// deletes all three and at once asks for `delta` more (answered OK: room comes as they leave).
+async fn churn_at_max(terminate: Duration, delta: i32, seen: &mut Seen) -> Env {
+    let mut e = env_sized(3).await;
+    e.converge(3, seen, "before").await;
+    e.sim.with_state(|s| s.timing.terminate = terminate);
+    delete_all(&mut e).await;
+    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
+        delta,
+        id: GROUP.into(),
+    }))
+    .await
+    .expect("room comes as the deletions complete");
+    e
+}
+
 /// Max-size 3, three running servers: the autoscaler deletes all three and at once asks for
 /// three more. The creates wait (Creating, no error) and go out as the deletions complete:
 /// three new servers, never more than three at a time, nothing refused.
 #[tokio::test]
 async fn a_scale_up_during_deletions_waits_for_room() {
-    let mut e = env_sized(3).await;
     let mut seen = Seen::default();
-    e.converge(3, &mut seen, "before").await;
-    e.sim
-        .with_state(|s| s.timing.terminate = Duration::from_millis(700));
-    delete_all(&mut e).await;
-    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
-        delta: 3,
-        id: GROUP.into(),
-    }))
-    .await
-    .expect("room comes as the deletions complete");
+    let mut e = churn_at_max(Duration::from_millis(700), 3, &mut seen).await;
     let creates = e.sim.requests(sim::Endpoint::CreateServer);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -1206,18 +1212,8 @@ async fn a_terminated_server_leaves_in_the_pass_that_sees_it_gone() {
 /// nothing was sent, nothing is waited for.
 #[tokio::test]
 async fn waiting_creates_taken_back_leave_at_once() {
-    let mut e = env_sized(3).await;
     let mut seen = Seen::default();
-    e.converge(3, &mut seen, "before").await;
-    e.sim
-        .with_state(|s| s.timing.terminate = Duration::from_secs(30));
-    delete_all(&mut e).await;
-    e.ca.node_group_increase_size(req(pb::NodeGroupIncreaseSizeRequest {
-        delta: 3,
-        id: GROUP.into(),
-    }))
-    .await
-    .expect("room comes later");
+    let mut e = churn_at_max(Duration::from_secs(30), 3, &mut seen).await;
     for _ in 0..3 {
         refresh(&mut e).await;
     }
