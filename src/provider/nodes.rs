@@ -64,6 +64,9 @@ enum Standing {
     Back,
     /// No longer parked and not tracked: no proof either way; keep its Node.
     Unknown,
+    /// Terminated, yet a server of that name is still listed (the listing has not caught up,
+    /// or the queue entry came from a journal that claims more than is true): not now.
+    StillListed,
 }
 
 /// Node work shared by the reconcile (which learns that servers are gone) and the watcher. The
@@ -174,6 +177,10 @@ impl Provider {
                         p.lock().forget_node_deletion(&server);
                         continue;
                     }
+                    Standing::StillListed => {
+                        debug!(server = %server, "a server of that name is still listed; its Node is kept for now");
+                        continue;
+                    }
                 }
                 let node = p.node_name_for(&tie);
                 let done = match kube.delete_gone_node(&node, &tie).await {
@@ -227,6 +234,7 @@ impl Provider {
             return Standing::Back;
         }
         match why {
+            Gone::Terminated if st.reads.listed_names.contains(server) => Standing::StillListed,
             Gone::Terminated => Standing::Gone,
             Gone::Parked if st.all_parked().any(|p| p.name == server) => Standing::Gone,
             // Neither tracked nor in the pool: removed outside the provider, or a listing that

@@ -142,6 +142,7 @@ impl Provider {
         let client = self.client();
         let client = &client;
         let mut servers = client.list_servers(&cfg.filter_name_prefix).await?;
+        self.lock().reads.listed_names = servers.iter().map(|s| s.name.clone()).collect();
         // Known servers this listing lacks are presumed to exist until a lookup by id says
         // otherwise; a few are looked up per pass.
         let presumed = self.verify_missing(&mut servers).await;

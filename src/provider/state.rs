@@ -187,6 +187,9 @@ pub struct Reads {
     pub last_pass: Option<tokio::time::Instant>,
     /// Work restored from the journal, started once the first listing verified it.
     pub deferred: Vec<Action>,
+    /// Names in the last listing (with the name filter): a server still listed is not gone,
+    /// whatever a queue entry says.
+    pub listed_names: std::collections::HashSet<String>,
 }
 
 /// Time limits of the state machine.

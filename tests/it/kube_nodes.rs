@@ -852,4 +852,38 @@ template-label = team=data",
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// A journal that claims a server was terminated while a server of that name is still
+    /// listed: its Node is kept, even when not Ready.
+    #[tokio::test]
+    async fn a_queued_node_of_a_server_still_listed_is_kept() {
+        let w = world().await;
+        w.sim.seed_server(kamatera_ca_provider::sim::SeedServer {
+            name: "nc-w-claimed".into(),
+            datacenter: "EU".into(),
+            power_on: true,
+            tags: vec!["k8sca-other".into(), "k8scang-workers".into()],
+            cpu: "2B".into(),
+            ram_mb: 4096,
+        });
+        w.fake
+            .add_node("nc-w-claimed", &[], false, "kamatera://nc-w-claimed");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.json");
+        std::fs::write(
+            &state,
+            r#"{"version": 1, "cluster": "nc", "instances": [],
+                "nodes": [{"server": "nc-w-claimed", "why": "terminated"}]}"#,
+        )
+        .expect("journal");
+        let (_p, mut ca, _stop) = restarted(&w, &state, &dir).await;
+        for _ in 0..10 {
+            ca.refresh().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            w.fake.node("nc-w-claimed").is_some(),
+            "the Node of a listed server was deleted on a journal's word"
+        );
+    }
 }
