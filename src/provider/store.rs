@@ -237,8 +237,7 @@ impl Provider {
 
     /// The one rule for a journal that cannot be written, whatever the cause (a directory, a
     /// read-only or full disk, an unreachable ConfigMap): an episode starts with the first
-    /// failed write (one warning, the gauge at 0) and ends with the next write that succeeds
-    /// (one line, the gauge at 1). Meanwhile no create is sent: each one's write-ahead fails.
+    /// failed write (one warning) and ends with the next write that succeeds (one line). Meanwhile no create is sent: each one's write-ahead fails.
     fn note_journal(&self, error: Option<&journal::JournalError>) {
         let mut status = self.journal_status();
         let trouble = &mut status.trouble;
@@ -254,9 +253,7 @@ impl Provider {
             }
             (None, false) => {}
         }
-        self.metrics()
-            .journal_writable
-            .set(i64::from(trouble.is_none()));
+        // `kamatera_ca_journal_writable` is derived from this at each scrape (gauges.rs).
     }
 
     /// Writes the journal; a failure is [`Provider::note_journal`]'s to report.
