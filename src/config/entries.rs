@@ -80,6 +80,7 @@ const SCHEDULE_KEYS: &[&str] = &[
     "duration",
     "min-size",
     "max-size",
+    "standby",
     "scale-down-utilization-threshold",
     "scale-down-gpu-utilization-threshold",
     "scale-down-unneeded-time",
@@ -96,6 +97,7 @@ pub fn parse_schedule(text: &str, base: (u32, u32)) -> Result<ScheduleEntry, Str
     let window = window(&pairs)?;
     let min_size = size(&pairs, "min-size")?;
     let max_size = size(&pairs, "max-size")?;
+    let standby = size(&pairs, "standby")?;
     let mut options = OptionOverrides::default();
     for (k, v) in &pairs {
         let fraction = || {
@@ -125,8 +127,8 @@ pub fn parse_schedule(text: &str, base: (u32, u32)) -> Result<ScheduleEntry, Str
             _ => {}
         }
     }
-    if min_size.is_none() && max_size.is_none() && options.is_empty() {
-        return Err("changes nothing: give min-size, max-size or an option".into());
+    if min_size.is_none() && max_size.is_none() && standby.is_none() && options.is_empty() {
+        return Err("changes nothing: give min-size, max-size, standby or an option".into());
     }
     let (min, max) = (min_size.unwrap_or(base.0), max_size.unwrap_or(base.1));
     if min > max {
@@ -134,10 +136,16 @@ pub fn parse_schedule(text: &str, base: (u32, u32)) -> Result<ScheduleEntry, Str
             "min-size {min} is above max-size {max} while the window is open"
         ));
     }
+    if let Some(n) = standby.filter(|n| *n > max) {
+        return Err(format!(
+            "standby {n} is more than max-size {max} while the window is open (standby servers count toward max-size)"
+        ));
+    }
     Ok(ScheduleEntry {
         window,
         min_size,
         max_size,
+        standby,
         options,
         text: text.trim().to_string(),
     })

@@ -162,6 +162,26 @@ pub(super) fn resolve_group(
             _ => 0,
         };
 
+    let standby = match g.int("standby", problems) {
+        Ok(Some((n, line))) if n < 0 || n > i64::from(max_size) => {
+            problems.add(
+                Some(line),
+                &label,
+                Some("standby"),
+                if n < 0 {
+                    format!("must be 0 (no standby servers) or a positive number, not {n}")
+                } else {
+                    format!(
+                        "{n} is more than max-size {max_size}: standby servers count toward max-size"
+                    )
+                },
+            );
+            0
+        }
+        Ok(Some((n, _))) => u32::try_from(n).unwrap_or(0),
+        _ => 0,
+    };
+
     // A node group's explicit true/false wins over the global default (upstream could only turn
     // these on).
     let daily_backup = g
@@ -452,6 +472,7 @@ pub(super) fn resolve_group(
         poweroff_on_scale_down,
         poweron_on_scale_up,
         poweroff_on_scale_down_max_servers,
+        standby,
         template_labels,
         template_taints,
         reserved_cpu_millis,

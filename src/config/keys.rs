@@ -189,7 +189,7 @@ pub(super) const KEYS: &[Key] = &[
         "poweroff-on-scale-down",
         Bool,
         "false",
-        "park (power off and keep) servers on scale-down instead of terminating them, see [Warm pool](features.md#warm-pool-power-off-instead-of-terminate)",
+        "park (power off and keep) servers on scale-down instead of terminating them, see [Warm pool](features.md#warm-pool-standby-and-parked-servers)",
     ),
     both(
         "poweron-on-scale-up",
@@ -204,6 +204,13 @@ pub(super) const KEYS: &[Key] = &[
         "0",
         "the most servers parked at once; beyond it scale-down terminates (0: no cap)",
     ),
+    group(
+        "standby",
+        Int,
+        "0",
+        "powered-off servers kept ready for scale-up, bought ahead and never booted (parked ones count); a `schedule` entry may set it, see [Standby pool](features.md#warm-pool-standby-and-parked-servers)",
+    )
+    .ext(),
     both(
         "name-prefix",
         "default-name-prefix",

@@ -141,6 +141,9 @@ pub struct NodeGroupConfig {
     pub poweron_on_scale_up: bool,
     /// 0 means no cap on parked servers.
     pub poweroff_on_scale_down_max_servers: u32,
+    /// Powered-off servers kept ready for scale-up (`standby`): the pool is topped up to this
+    /// many by buying servers that are never booted; parked servers count toward it.
+    pub standby: u32,
     /// `template-label` entries, in file order.
     pub template_labels: Vec<(String, String)>,
     /// `template-taint` entries, in file order.
@@ -160,12 +163,31 @@ pub struct NodeGroupConfig {
     pub server: ServerConfig,
 }
 
+impl NodeGroupConfig {
+    /// A scale-up powers on the group's pool (parked, then standby servers) before buying:
+    /// `poweron-on-scale-up`, or a standby pool anywhere (the group's own or a window's).
+    pub fn powers_on_pool(&self) -> bool {
+        self.poweron_on_scale_up || self.has_standby()
+    }
+
+    /// The group keeps a standby pool at some time (its own `standby` or a window's).
+    pub fn has_standby(&self) -> bool {
+        self.standby > 0
+            || self
+                .schedules
+                .iter()
+                .any(|e| e.standby.is_some_and(|n| n > 0))
+    }
+}
+
 /// A window during which a node group's sizes or options differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleEntry {
     pub window: crate::schedule::Window,
     pub min_size: Option<u32>,
     pub max_size: Option<u32>,
+    /// The standby pool while the window is open.
+    pub standby: Option<u32>,
     pub options: OptionOverrides,
     /// The entry as written, for messages.
     pub text: String,

@@ -52,7 +52,7 @@ pub fn render(config: &CloudConfig) -> String {
 
     for g in &config.node_groups {
         let s = &g.server;
-        let power = match (g.poweroff_on_scale_down, g.poweron_on_scale_up) {
+        let power = match (g.poweroff_on_scale_down, g.powers_on_pool()) {
             (false, false) => "terminate on scale-down".to_string(),
             (off, on) => {
                 let mut parts = Vec::new();
@@ -66,7 +66,11 @@ pub fn render(config: &CloudConfig) -> String {
                 } else {
                     parts.push("terminate on scale-down".into());
                 }
-                if on {
+                if on && g.has_standby() {
+                    parts.push(
+                        "scale-up powers on parked servers, then standby ones, then buys".into(),
+                    );
+                } else if on {
                     parts.push("power on parked servers on scale-up".into());
                 } else {
                     parts.push(
@@ -106,6 +110,7 @@ pub fn render(config: &CloudConfig) -> String {
             ("daily backup", yes_no(s.daily_backup)),
             ("managed", yes_no(s.managed)),
             ("power", power),
+            ("standby pool", standby(g)),
             ("labels: kubelet", super::labels::KUBELET_LABELS.join(" ")),
             (
                 "labels: provider",
@@ -196,6 +201,27 @@ pub fn render(config: &CloudConfig) -> String {
         block(&mut out, &format!("[nodegroup \"{}\"]", g.name), &rows);
     }
     out
+}
+
+/// The standby pool per window: outside every window, in each window that sets it, while
+/// hibernating.
+fn standby(g: &super::NodeGroupConfig) -> String {
+    if !g.has_standby() {
+        return "none".into();
+    }
+    let mut parts = vec![format!("{} outside windows", g.standby)];
+    for e in g.schedules.iter().filter(|e| e.standby.is_some()) {
+        let max = e.max_size.unwrap_or(g.max_size);
+        let n = e.standby.unwrap_or(0).min(max);
+        parts.push(format!("{n} while \"{}\" is open", e.text));
+    }
+    if !g.hibernate.is_empty() {
+        parts.push("0 while hibernating".into());
+    }
+    format!(
+        "{} (powered-off servers kept ready, parked ones included)",
+        parts.join("; ")
+    )
 }
 
 /// The GetOptions overrides, or a note that the autoscaler's defaults apply.

@@ -33,6 +33,9 @@ fn status(s: HibernationStatus) -> pb::GroupStatus {
         next_change: s.next_change.map(|t| t.to_string()).unwrap_or_default(),
         kept: s.kept,
         parked: s.parked,
+        standby: s.standby,
+        standby_creating: s.standby_creating,
+        standby_wanted: s.standby_wanted,
     }
 }
 

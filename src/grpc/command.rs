@@ -211,19 +211,52 @@ pub struct GroupRow {
     pub running: usize,
     pub deleting: usize,
     pub parked: u32,
+    /// Standby servers ready, creates for the pool under way, and the pool in force.
+    pub standby: Standby,
 }
 
-/// NodeGroups, then each group's target and instances, and the parked counts from Admin.
+/// A group's standby pool as the client shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standby {
+    pub ready: u32,
+    pub creating: u32,
+    pub wanted: u32,
+}
+
+impl Standby {
+    fn of(g: &apb::GroupStatus) -> Standby {
+        Standby {
+            ready: g.standby,
+            creating: g.standby_creating,
+            wanted: g.standby_wanted,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"ready": self.ready, "creating": self.creating, "wanted": self.wanted})
+    }
+
+    /// `ready+creating/wanted`, or `-` for no pool.
+    fn cell(&self) -> String {
+        match (self.ready, self.creating, self.wanted) {
+            (0, 0, 0) => "-".into(),
+            (r, 0, w) => format!("{r}/{w}"),
+            (r, c, w) => format!("{r}+{c}/{w}"),
+        }
+    }
+}
+
+/// NodeGroups, then each group's target and instances, and the pool counts from Admin.
 async fn groups(address: &str, tls: Option<&ClientTls>) -> Result<Vec<GroupRow>, ClientError> {
     let mut ca = client::connect(address, tls).await?;
     let mut admin = client::connect_admin(address, tls).await?;
-    let parked: std::collections::HashMap<String, u32> = admin
+    let pools: std::collections::HashMap<String, (u32, Standby)> = admin
         .status(apb::StatusRequest {})
         .await?
         .into_inner()
         .groups
         .into_iter()
-        .map(|g| (g.group, g.parked))
+        .map(|g| (g.group.clone(), (g.parked, Standby::of(&g))))
         .collect();
     let listed = ca
         .node_groups(pb::NodeGroupsRequest {})
@@ -244,7 +277,8 @@ async fn groups(address: &str, tls: Option<&ClientTls>) -> Result<Vec<GroupRow>,
             .instances;
         let count = |want: &str| instances.iter().filter(|i| state(i) == want).count();
         rows.push(GroupRow {
-            parked: parked.get(&g.id).copied().unwrap_or(0),
+            parked: pools.get(&g.id).map_or(0, |p| p.0),
+            standby: pools.get(&g.id).map(|p| p.1).unwrap_or_default(),
             creating: count("creating"),
             running: count("running"),
             deleting: count("deleting"),
@@ -308,6 +342,7 @@ impl View {
                             "deleting": r.deleting,
                         },
                         "parked": r.parked,
+                        "standby": r.standby.json(),
                     })
                 })
                 .collect(),
@@ -357,6 +392,7 @@ impl View {
                         "nextChange": (!g.next_change.is_empty()).then_some(&g.next_change),
                         "kept": g.kept,
                         "parked": g.parked,
+                        "standby": Standby::of(g).json(),
                     })
                 })
                 .collect(),
@@ -387,14 +423,25 @@ fn column<'a>(values: impl Iterator<Item = &'a str>, header: &str) -> usize {
 fn groups_table(rows: &[GroupRow]) -> String {
     let width = column(rows.iter().map(|r| r.group.as_str()), "GROUP");
     let mut out = format!(
-        "{:<width$}  {:>4}  {:>4}  {:>6}  {:>8}  {:>7}  {:>8}  {:>6}\n",
-        "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED"
+        "{:<width$}  {:>4}  {:>4}  {:>6}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}\n",
+        "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED", "STANDBY"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<width$}  {:>4}  {:>4}  {:>6}  {:>8}  {:>7}  {:>8}  {:>6}\n",
-            r.group, r.min, r.max, r.target, r.creating, r.running, r.deleting, r.parked
+            "{:<width$}  {:>4}  {:>4}  {:>6}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}\n",
+            r.group,
+            r.min,
+            r.max,
+            r.target,
+            r.creating,
+            r.running,
+            r.deleting,
+            r.parked,
+            r.standby.cell()
         ));
+    }
+    if rows.iter().any(|r| r.standby != Standby::default()) {
+        out.push_str("(STANDBY: ready+being bought/wanted; parked servers count toward wanted)\n");
     }
     out
 }
@@ -452,7 +499,7 @@ fn options_table(o: &pb::NodeGroupAutoscalingOptions) -> String {
     out
 }
 
-/// `GROUP  PHASE  MIN  MAX  PARKED  NEXT CHANGE  WINDOW` lines, then kept nodes.
+/// `GROUP  PHASE  MIN  MAX  PARKED  STANDBY  NEXT CHANGE  WINDOW` lines, then kept nodes.
 fn status_table(groups: &[apb::GroupStatus]) -> String {
     let width = column(groups.iter().map(|g| g.group.as_str()), "GROUP");
     let dash = |s: &str| {
@@ -463,8 +510,8 @@ fn status_table(groups: &[apb::GroupStatus]) -> String {
         }
     };
     let mut out = format!(
-        "{:<width$}  {:<12}  {:>3}  {:>3}  {:>6}  {:<25}  WINDOW\n",
-        "GROUP", "PHASE", "MIN", "MAX", "PARKED", "NEXT CHANGE"
+        "{:<width$}  {:<12}  {:>3}  {:>3}  {:>6}  {:>9}  {:<25}  WINDOW\n",
+        "GROUP", "PHASE", "MIN", "MAX", "PARKED", "STANDBY", "NEXT CHANGE"
     );
     for g in groups {
         let phase = if g.manual {
@@ -473,12 +520,13 @@ fn status_table(groups: &[apb::GroupStatus]) -> String {
             g.phase.clone()
         };
         out.push_str(&format!(
-            "{:<width$}  {:<12}  {:>3}  {:>3}  {:>6}  {:<25}  {}\n",
+            "{:<width$}  {:<12}  {:>3}  {:>3}  {:>6}  {:>9}  {:<25}  {}\n",
             g.group,
             phase,
             g.min_size,
             g.max_size,
             g.parked,
+            Standby::of(g).cell(),
             dash(&g.next_change),
             dash(&g.window),
         ));
@@ -503,6 +551,11 @@ mod tests {
             running: 2,
             deleting: 0,
             parked: 1,
+            standby: Standby {
+                ready: 2,
+                creating: 1,
+                wanted: 4,
+            },
         }
     }
 
@@ -513,13 +566,15 @@ mod tests {
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
             [
-                "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED"
+                "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED",
+                "STANDBY"
             ]
         );
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["general", "1", "4", "3", "1", "2", "0", "1"]
+            ["general", "1", "4", "3", "1", "2", "0", "1", "2+1/4"]
         );
+        assert!(lines[2].starts_with("(STANDBY: "), "{text}");
     }
 
     #[test]
@@ -529,6 +584,9 @@ mod tests {
         assert_eq!(json[0]["targetSize"], 3);
         assert_eq!(json[0]["instances"]["running"], 2);
         assert_eq!(json[0]["parked"], 1);
+        assert_eq!(json[0]["standby"]["ready"], 2);
+        assert_eq!(json[0]["standby"]["creating"], 1);
+        assert_eq!(json[0]["standby"]["wanted"], 4);
         let yaml = view.render(Output::Yaml);
         assert!(yaml.contains("\"targetSize\": 3"), "{yaml}");
     }

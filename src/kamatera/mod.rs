@@ -165,6 +165,9 @@ pub struct CreateServer<'a> {
     /// The init script, sent as is.
     pub script: Option<&'a Secret>,
     pub tags: &'a [String],
+    /// Power the server on when it is created (`poweronaftercreate`); off for a standby
+    /// server, which is powered on (and boots for the first time) when a scale-up takes it.
+    pub power_on: bool,
 }
 
 /// How a server is billed.
@@ -362,7 +365,7 @@ impl Client {
             "quantity": 1,
             "billingcycle": s.billing.as_str(),
             "monthlypackage": s.monthly_package,
-            "poweronaftercreate": "yes",
+            "poweronaftercreate": yes_no(s.power_on),
             "script-file": script,
             "userdata-file": "",
             "tag": s.tags.join(" "),

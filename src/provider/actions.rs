@@ -38,15 +38,20 @@ impl Provider {
             // Every mutation passes the guard, under the lock that marks a create sent, so
             // the max-size count includes the creates admitted before it.
             let admitted = self.admit(&mut st, &action);
+            let mut power_on = true;
             if let (true, Action::Create { name, .. }) = (admitted, &action) {
                 st.edit(name, |i| {
                     i.create = CreateStatus::Sent;
                     i.action_in_flight = false;
                     i.waiting_for_room = None;
+                    // Decided with "sent", under one lock: a scale-up that takes this create
+                    // from the pool later knows it comes powered off (`Instance::wake`).
+                    power_on = !i.standby;
                 });
             }
-            admitted
+            (admitted, power_on)
         };
+        let (admitted, power_on) = admitted;
         if !admitted {
             self.persist_logged().await;
             return;
@@ -72,7 +77,7 @@ impl Provider {
                     return;
                 }
                 let result = client
-                    .create_server(create_request(&name, &cfg.server))
+                    .create_server(create_request(&name, &cfg.server, power_on))
                     .await;
                 if self
                     .lock()
@@ -239,6 +244,7 @@ fn refused(e: &KamateraError, code: &'static str) -> ErrorInfo {
 pub(super) fn create_request<'a>(
     name: &'a str,
     server: &'a crate::config::ServerConfig,
+    power_on: bool,
 ) -> CreateServer<'a> {
     CreateServer {
         name,
@@ -259,5 +265,6 @@ pub(super) fn create_request<'a>(
         monthly_package: &server.monthly_package,
         script: server.script.as_ref(),
         tags: &server.tags,
+        power_on,
     }
 }

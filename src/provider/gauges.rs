@@ -31,6 +31,7 @@ impl Provider {
         m.group_size.clear();
         m.instances.clear();
         m.parked.clear();
+        m.standby.clear();
         m.schedule_window.clear();
         m.hibernation_state.clear();
         m.next_transition.clear();
@@ -64,11 +65,28 @@ impl Provider {
                     .get_or_create(&label)
                     .set(f.next_change.map_or(0, |t| t.as_second()));
             }
+            let pool = st.pool_counts(&g.name);
             m.parked
                 .get_or_create(&crate::telemetry::Group {
                     group: g.name.clone(),
                 })
-                .set(i64::try_from(st.parked(&g.name).len()).unwrap_or(0));
+                .set(i64::try_from(pool.parked).unwrap_or(0));
+            let wanted = timed
+                .iter()
+                .find(|(n, _, _)| *n == g.name)
+                .map_or(g.standby, |(_, f, _)| f.standby);
+            for (state, n) in [
+                ("ready", pool.standby),
+                ("creating", pool.creating),
+                ("wanted", wanted as usize),
+            ] {
+                m.standby
+                    .get_or_create(&crate::telemetry::GroupState {
+                        group: g.name.clone(),
+                        state: state.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
             for (phase, label) in [
                 (Phase::Creating, "creating"),
                 (Phase::Running, "running"),

@@ -6,7 +6,7 @@
 //!   carrying every tag of the instance's node group (the cluster tag and the group tag).
 //!   The action must be about its instance: the server id is the one the instance tracks.
 //! - A create must be for a queued instance of that node group that has no server yet (so no
-//!   create is ever sent twice), carry a name of the provider's own pattern
+//!   create is ever sent twice; a create for the standby pool is one of these too), carry a name of the provider's own pattern
 //!   (`<name-prefix>-<11 hex>`: no regular-expression metacharacters, which the API would
 //!   interpret), and must not take the group past its max-size (the schedule in force included),
 //!   counting every server the cloud has shown with the group's tags (tracked, presumed, parked)
@@ -127,7 +127,8 @@ pub fn check<'c>(
                 return Ok(());
             }
             let leaving = st.leaving_servers(group);
-            if existing - leaving < max as usize {
+            // A create for the standby pool never waits for room: the pool is for spare room.
+            if existing - leaving < max as usize && !inst.standby {
                 return Err(Refusal::NoRoomYet {
                     existing,
                     leaving,

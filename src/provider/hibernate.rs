@@ -31,8 +31,14 @@ pub struct HibernationStatus {
     pub next_change: Option<jiff::Timestamp>,
     /// Nodes a drain could not empty in time; kept running.
     pub kept: Vec<String>,
-    /// Powered-off servers kept for a quick scale-up (warm pool).
+    /// Parked servers: powered off after running (warm pool).
     pub parked: u32,
+    /// Standby servers ready: bought for the pool, powered off, never booted.
+    pub standby: u32,
+    /// Creates for the standby pool under way.
+    pub standby_creating: u32,
+    /// The standby pool in force (parked servers count toward it).
+    pub standby_wanted: u32,
 }
 
 /// How a drain ended.
@@ -88,11 +94,12 @@ impl Provider {
     pub fn hibernation_status(&self, group: &str) -> Result<HibernationStatus> {
         let g = self.group(group)?;
         let f = self.in_force_for(&g);
-        let (h, parked) = {
+        let (h, pool) = {
             let st = self.lock();
-            let parked = st.parked(group).len();
-            (st.hibernation(group).cloned().unwrap_or_default(), parked)
+            let pool = st.pool_counts(group);
+            (st.hibernation(group).cloned().unwrap_or_default(), pool)
         };
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(HibernationStatus {
             group: group.to_string(),
             phase: match h.phase {
@@ -106,7 +113,10 @@ impl Provider {
             window: f.schedule.map(|i| g.schedules[i].text.clone()),
             next_change: f.next_change,
             kept: h.kept,
-            parked: u32::try_from(parked).unwrap_or(u32::MAX),
+            parked: count(pool.parked),
+            standby: count(pool.standby),
+            standby_creating: count(pool.creating),
+            standby_wanted: f.standby,
         })
     }
 

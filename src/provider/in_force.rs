@@ -31,6 +31,8 @@ pub struct Manual {
 pub struct InForce {
     pub min_size: u32,
     pub max_size: u32,
+    /// The standby pool wanted (never more than `max_size`; 0 while hibernating).
+    pub standby: u32,
     pub options: OptionOverrides,
     /// Index (in file order) of the `schedule` entry with the highest priority among the open
     /// ones.
@@ -61,14 +63,17 @@ pub fn in_force(g: &NodeGroupConfig, zone: &Zone, t: Timestamp, manual: &Manual)
     // Lowest priority first: earlier start, then earlier in the file.
     open.sort();
     let schedule = open.last().map(|(_, i)| *i);
-    let (mut min_size, mut max_size, mut options) = (g.min_size, g.max_size, g.options);
+    let (mut min_size, mut max_size, mut standby, mut options) =
+        (g.min_size, g.max_size, g.standby, g.options);
     for (_, i) in &open {
         let e = &g.schedules[*i];
         min_size = e.min_size.unwrap_or(min_size);
         max_size = e.max_size.unwrap_or(max_size);
+        standby = e.standby.unwrap_or(standby);
         options = overlay(options, e.options);
     }
     min_size = min_size.min(max_size);
+    standby = standby.min(max_size);
 
     let resumed = manual.resumed_until.is_some_and(|u| t < u);
     if let Some(u) = manual.resumed_until.filter(|u| t < *u) {
@@ -85,10 +90,12 @@ pub fn in_force(g: &NodeGroupConfig, zone: &Zone, t: Timestamp, manual: &Manual)
     if hibernate {
         min_size = 0;
         max_size = 0;
+        standby = 0;
     }
     InForce {
         min_size,
         max_size,
+        standby,
         options,
         schedule,
         hibernate,

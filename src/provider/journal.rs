@@ -58,6 +58,16 @@ struct File {
     /// files: none), so a restart does not leave a terminated server's Node behind.
     #[serde(default)]
     nodes: Vec<NodeEntry>,
+    /// Standby servers: bought for a node group's pool, powered off, never booted (absent in
+    /// older files: none; such servers then count as parked).
+    #[serde(default)]
+    standby: Vec<StandbyEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct StandbyEntry {
+    server: String,
+    group: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,6 +117,12 @@ struct Entry {
     powered_off: bool,
     #[serde(default)]
     power_on_failed: bool,
+    /// The standby pool's, not the autoscaler's (absent in older files: the autoscaler's).
+    #[serde(default)]
+    standby: bool,
+    /// Taken by a scale-up while created powered off for the pool: powered on once created.
+    #[serde(default)]
+    wake: bool,
 }
 
 fn phase_str(p: Phase) -> &'static str {
@@ -156,6 +172,8 @@ pub fn render(cluster: &str, state: &State) -> String {
             park: i.parking(),
             powered_off: i.leaving().is_some_and(|l| l.powered_off_at.is_some()),
             power_on_failed: i.power_on_failed,
+            standby: i.standby,
+            wake: i.wake,
         })
         // Watched names: deleted creates whose server may still appear.
         .chain(state.watched().map(|(name, group)| Entry {
@@ -171,6 +189,8 @@ pub fn render(cluster: &str, state: &State) -> String {
             park: false,
             powered_off: false,
             power_on_failed: false,
+            standby: false,
+            wake: false,
         }))
         .collect();
     let groups = state
@@ -214,6 +234,13 @@ pub fn render(cluster: &str, state: &State) -> String {
             why: why.as_str().into(),
         })
         .collect();
+    let standby = state
+        .fresh()
+        .map(|(server, group)| StandbyEntry {
+            server: server.clone(),
+            group: group.clone(),
+        })
+        .collect();
     let file = File {
         version: VERSION,
         cluster: cluster.to_string(),
@@ -221,6 +248,7 @@ pub fn render(cluster: &str, state: &State) -> String {
         groups,
         tags,
         nodes,
+        standby,
     };
     // Compact: at 10,000 servers the tag cache must fit a ConfigMap (1 MiB) with room to spare.
     serde_json::to_string(&file).unwrap_or_default()
@@ -396,6 +424,25 @@ pub fn restore_text(
             )),
         }
     }
+    // Standby servers: a claim too. One counts as standby only while its group's pool holds
+    // a powered-off server of that name with exactly the group's tags (`State::apply`).
+    for e in file.standby {
+        match name_prefix_of(&e.group) {
+            Some(prefix) if crate::kamatera::is_server_name(&prefix, &e.server) => {
+                state.mark_fresh(e.server, e.group);
+            }
+            Some(_) => dropped.push(format!(
+                "standby server {}: not a server name the provider makes for node group {}",
+                crate::telemetry::quoted(&e.server),
+                crate::telemetry::quoted(&e.group)
+            )),
+            None => dropped.push(format!(
+                "standby server {}: node group {} is not in the config",
+                crate::telemetry::quoted(&e.server),
+                crate::telemetry::quoted(&e.group)
+            )),
+        }
+    }
     for g in file.groups {
         if name_prefix_of(&g.name).is_none() {
             dropped.push(format!(
@@ -467,6 +514,8 @@ pub fn restore_text(
         inst.seen = e.seen;
         inst.restore_life(life);
         inst.power_on_failed = e.power_on_failed;
+        inst.standby = e.standby;
+        inst.wake = e.wake;
         inst.create = match e.create.as_str() {
             "queued" => CreateStatus::Queued,
             "accepted" => CreateStatus::Accepted,

@@ -24,6 +24,7 @@ mod reads;
 mod reconcile;
 mod reload;
 mod scaling;
+mod standby;
 mod state;
 mod store;
 mod template;
@@ -113,7 +114,7 @@ impl std::fmt::Display for MaxLimit {
             MaxLimit::Unseen(n) => {
                 return write!(
                     f,
-                    " (counting {n} server(s) of the group the autoscaler does not see: parked, missing from the listing, or maybe bought)"
+                    " (counting {n} server(s) of the group the autoscaler does not see: parked or standby, missing from the listing, or maybe bought)"
                 );
             }
         })
@@ -185,6 +186,8 @@ pub struct ProviderOptions {
     /// How long a create may wait for deleted servers to leave when only they keep the group at
     /// max-size; then it reports `MAX_SIZE_REACHED`.
     pub room_wait: Duration,
+    /// How long the standby pool buys nothing after one of its creates failed.
+    pub standby_retry: Duration,
     /// The restart journal as a file; `None` keeps in-flight intent in memory only (unless
     /// `state_configmap` is set, which wins).
     pub state_file: Option<std::path::PathBuf>,
@@ -221,6 +224,7 @@ impl Default for ProviderOptions {
                 after: Duration::from_secs(60),
             },
             room_wait: Duration::from_secs(10 * 60),
+            standby_retry: Duration::from_secs(5 * 60),
             state_file: None,
             state_configmap: None,
             leader_elect: None,

@@ -82,15 +82,21 @@ impl Provider {
         group.map(|g| self.group_info(&g))
     }
 
+    /// The autoscaler's instance a node names (the standby pool's servers are no node of any
+    /// group: the autoscaler can neither see nor delete them).
     pub(super) fn find_instance<'s>(&self, st: &'s State, node: &NodeRef) -> Option<&'s Instance> {
+        let ours = |i: &&Instance| !i.standby;
         let by_id = (!node.provider_id.is_empty())
-            .then(|| st.instance(self.server_name(&node.provider_id)))
+            .then(|| {
+                st.instance(self.server_name(&node.provider_id))
+                    .filter(ours)
+            })
             .flatten();
         // A node whose providerID uses another scheme (or none yet) is matched by its name, which
         // equals the server name.
         by_id.or_else(|| {
             (!node.name.is_empty())
-                .then(|| st.instance(&node.name))
+                .then(|| st.instance(&node.name).filter(ours))
                 .flatten()
         })
     }

@@ -277,6 +277,24 @@ impl Provider {
             for name in &o.parked {
                 info!(server = %name, "parked: powered off and kept for reuse");
             }
+            for name in &o.standby_ready {
+                info!(server = %name, "standby: created powered off, ready in the pool");
+            }
+            m.standby_refills
+                .get_or_create(&result_label("ready"))
+                .inc_by(o.standby_ready.len() as u64);
+            m.standby_refills
+                .get_or_create(&result_label("failed"))
+                .inc_by(o.standby_failed.len() as u64);
+            if !o.standby_failed.is_empty() {
+                let now = Instant::now();
+                let mut st = self.lock();
+                for g in &o.standby_failed {
+                    warn!(group = %g, retry_s = self.inner.options.standby_retry.as_secs(),
+                        "a create for the standby pool bought nothing; the pool buys again after a pause");
+                    st.reads.standby_failed_at.insert(g.clone(), now);
+                }
+            }
             self.servers_gone(o.gone, o.parked);
             m.creates
                 .get_or_create(&result_label("failed"))
@@ -306,6 +324,11 @@ impl Provider {
             // state this pass built.
             let deferred = std::mem::take(&mut self.lock().reads.deferred);
             for a in deferred {
+                self.spawn(a);
+            }
+            // The standby pool is topped up (or trimmed) only on a state the journal's claims
+            // were checked against: a restart never buys what it already has.
+            for a in self.tend_standby() {
                 self.spawn(a);
             }
         }

@@ -79,7 +79,7 @@ impl Provider {
             "cloud config reloaded"
         );
         for g in &reloaded.removed {
-            let servers = self.lock().group_instances(g).count();
+            let servers = self.lock().group_all(g).count();
             warn!(group = %g, servers,
                 "node group removed from the config: its servers are kept untouched (not scaled, not terminated) until they are gone or the group returns");
         }

@@ -24,9 +24,11 @@ impl Provider {
         });
     }
 
-    /// Adds `delta` Creating instances at once and starts their cloud calls: with
-    /// `poweron-on-scale-up`, parked servers of the group are powered on first; the rest are
-    /// created. Writes the intent to the journal before answering.
+    /// Adds `delta` Creating instances at once and starts their cloud calls. A scale-up takes,
+    /// in this order: parked servers of the group (they have run before; with
+    /// `poweron-on-scale-up` or a standby pool), then standby servers, then creates for the
+    /// standby pool still under way (powered on once created), and buys the rest. Writes the
+    /// intent to the journal before answering.
     pub async fn increase_size(&self, group: &str, delta: i32) -> Result<()> {
         let cfg = self.group(group)?;
         self.acting()?;
@@ -46,9 +48,13 @@ impl Provider {
             let target = u32::try_from(st.target_size(group)).unwrap_or(u32::MAX);
             // What the group will hold once its deletions are done and its queued creates sent:
             // an increase the guard would refuse at send time is refused now, not promised.
+            // What the pool gives is there already; only purchases add to it.
             let to_come = u32::try_from(st.servers_to_come(group)).unwrap_or(u32::MAX);
+            let pool = st.reusable(group, cfg.powers_on_pool());
+            let claimable = st.standby_creates(group);
+            let takeable = u32::try_from(pool.len() + claimable.len()).unwrap_or(u32::MAX);
             let current = target.max(to_come);
-            let desired = current.saturating_add(delta);
+            let desired = current.saturating_add(delta.saturating_sub(takeable));
             if desired > in_force.max_size {
                 let limit = if in_force.hibernate {
                     MaxLimit::Hibernating
@@ -67,23 +73,36 @@ impl Provider {
                 });
             }
             let mut actions = Vec::new();
-            if cfg.poweron_on_scale_up {
-                for p in st.reusable(group).into_iter().take(delta as usize) {
-                    let mut inst = Instance::creating(p.name.clone(), group.to_string(), now);
-                    inst.create = CreateStatus::Reused;
-                    inst.server_id = Some(p.id.clone());
-                    inst.power = Some(kamatera::Power::Off);
-                    inst.seen = true;
-                    inst.action_in_flight = true;
-                    st.insert(p.name.clone(), inst);
-                    actions.push(Action::PowerOn {
-                        name: p.name,
-                        server_id: p.id,
-                    });
-                }
+            let mut taken = 0usize;
+            for p in pool.into_iter().take(delta as usize) {
+                let mut inst = Instance::creating(p.name.clone(), group.to_string(), now);
+                inst.create = CreateStatus::Reused;
+                inst.server_id = Some(p.id.clone());
+                inst.power = Some(kamatera::Power::Off);
+                inst.seen = true;
+                inst.action_in_flight = true;
+                st.insert(p.name.clone(), inst);
+                actions.push(Action::PowerOn {
+                    name: p.name,
+                    server_id: p.id,
+                });
+                taken += 1;
+            }
+            let mut claimed = Vec::new();
+            for name in claimable
+                .into_iter()
+                .take((delta as usize).saturating_sub(taken))
+            {
+                // The autoscaler's from now on; a create not sent yet goes out powering on.
+                st.edit(&name, |inst| {
+                    inst.standby = false;
+                    inst.wake = inst.create != CreateStatus::Queued;
+                    inst.asked = now;
+                });
+                claimed.push(name);
             }
             let mut names = Vec::new();
-            while names.len() + actions.len() < delta as usize {
+            while names.len() + taken + claimed.len() < delta as usize {
                 let name = kamatera::new_server_name(&cfg.server.name_prefix);
                 if st.contains(&name) {
                     continue;
@@ -93,6 +112,9 @@ impl Provider {
                     Instance::creating(name.clone(), group.to_string(), now),
                 );
                 names.push(name);
+            }
+            if !claimed.is_empty() {
+                info!(group, taken = ?claimed, "scale-up takes servers being created for the standby pool");
             }
             for name in names {
                 actions.push(Action::Create {

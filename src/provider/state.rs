@@ -14,7 +14,7 @@ pub use instance::{
     CommandKind, CreateStatus, ErrorInfo, Instance, InstanceErrorClass, Leaving, Life, Pending,
     Phase,
 };
-use steps::{GONE, PARKED, command_result, step, unknown_command};
+use steps::{GONE, PARKED, STANDBY_FAILED, STANDBY_READY, command_result, step, unknown_command};
 
 /// Why a server's Node is to be deleted by the node controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +151,11 @@ pub struct State {
     /// pool (parked on scale-down, by this or an earlier provider), or servers left behind.
     /// Rebuilt from every listing; sorted by name.
     parked: HashMap<String, Vec<ParkedServer>>,
+    /// Standby servers: bought for a group's pool powered off and never booted (name → node
+    /// group). Journaled; an entry counts only while the group's pool holds a server of that
+    /// name with exactly the group's tags, and is dropped once the server is neither in the
+    /// pool nor being powered on from it.
+    fresh: BTreeMap<String, String>,
     /// Per node group with any hibernation state; absent = awake, no manual controls.
     hibernation: BTreeMap<String, GroupHibernation>,
     /// The node controller's queue: servers whose Node is to be deleted (name → why, since
@@ -190,6 +195,9 @@ pub struct Reads {
     /// Names in the last listing (with the name filter): a server still listed is not gone,
     /// whatever a queue entry says.
     pub listed_names: std::collections::HashSet<String>,
+    /// When a create for a group's standby pool last failed: the pool buys nothing more for
+    /// `ProviderOptions::standby_retry` after it (a quota is not hammered).
+    pub standby_failed_at: HashMap<String, Instant>,
 }
 
 /// Time limits of the state machine.
@@ -220,6 +228,43 @@ pub struct ParkedServer {
     /// Its tag set equals the group's exactly: the only servers power-on scale-up reuses (a
     /// server someone tagged further is left alone).
     pub exact: bool,
+    /// A standby server: bought for the pool by this provider (journaled), never booted.
+    /// Otherwise parked: it has run (and joined) before.
+    pub standby: bool,
+}
+
+/// A group's pool of powered-off servers as `client status` and the gauges show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Standby servers ready (powered off, never booted, exact tags).
+    pub standby: usize,
+    /// Creates for the pool under way.
+    pub creating: usize,
+    /// Parked servers (have run before), exact tags or not.
+    pub parked: usize,
+}
+
+/// What the standby controller does for one group this pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandbyPlan {
+    /// Servers to buy for the pool.
+    pub create: usize,
+    /// Standby servers beyond what is wanted, to terminate.
+    pub trim: Vec<ParkedServer>,
+}
+
+/// The standby pool a group wants now, and what limits it (see [`State::standby_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandbyWanted {
+    /// Powered-off servers to keep ready (parked ones count).
+    pub servers: usize,
+    /// The group's max-size in force.
+    pub max: usize,
+    /// Servers beyond `servers` are kept off rather than terminated (hibernating in
+    /// power-off mode).
+    pub keep_excess: bool,
+    /// Buying is allowed this pass (no recent failure of a create for the pool).
+    pub may_buy: bool,
 }
 
 /// Command outcomes since they were last taken.
@@ -239,6 +284,10 @@ pub struct Outcomes {
     pub gone_terminated: u64,
     /// Scale-ups that completed this pass: from the IncreaseSize to Running.
     pub scaled_up: Vec<Duration>,
+    /// Creates for the standby pool whose servers are now in the pool (names).
+    pub standby_ready: Vec<String>,
+    /// Groups whose create for the standby pool failed this pass (one entry per create).
+    pub standby_failed: Vec<String>,
 }
 
 /// What one node group needs for membership decisions.
@@ -458,10 +507,16 @@ impl State {
         Some(inst)
     }
 
+    /// The autoscaler's instances of the group (the standby pool's are left out).
     pub fn group_instances<'a>(
         &'a self,
         group: &'a str,
     ) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.group_all(group).filter(|i| !i.standby)
+    }
+
+    /// Every instance of the group, the standby pool's included: what exists or may exist.
+    pub fn group_all<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
         self.by_group
             .get(group)
             .into_iter()
@@ -475,10 +530,10 @@ impl State {
             .count()
     }
 
-    /// Parked servers of the group plus the scale-downs already decided to park: what the
-    /// `poweroff-on-scale-down-max-servers` cap counts.
+    /// Parked servers of the group (standby ones are not) plus the scale-downs already decided
+    /// to park: what the `poweroff-on-scale-down-max-servers` cap counts.
     pub fn parked_or_parking(&self, group: &str) -> usize {
-        self.parked.get(group).map_or(0, Vec::len)
+        self.parked(group).iter().filter(|p| !p.standby).count()
             + self.group_instances(group).filter(|i| i.parking()).count()
     }
 
@@ -529,16 +584,23 @@ impl State {
     /// decided) is not counted.
     pub fn servers_of_group(&self, group: &str, except: &str) -> usize {
         let tracked = self
-            .group_instances(group)
+            .group_all(group)
             .filter(|i| i.name != except && i.may_exist())
             .count();
-        tracked + self.parked.get(group).map_or(0, Vec::len)
+        // A pool server a scale-up took is an instance now (the pool is rebuilt from the next
+        // listing): counted once.
+        let pooled = self
+            .parked(group)
+            .iter()
+            .filter(|p| !self.instances.contains_key(&p.name))
+            .count();
+        tracked + pooled
     }
 
     /// Of [`State::servers_of_group`], those on their way out: deleted and not to be parked.
     /// The room they hold comes free as their deletions complete.
     pub fn leaving_servers(&self, group: &str) -> usize {
-        self.group_instances(group)
+        self.group_all(group)
             .filter(|i| i.phase() == Phase::Deleting && !i.parking() && i.may_exist())
             .count()
     }
@@ -547,21 +609,94 @@ impl State {
     /// provider has queued is sent: what an IncreaseSize must fit under max-size.
     pub fn servers_to_come(&self, group: &str) -> usize {
         let queued = self
-            .group_instances(group)
+            .group_all(group)
             .filter(|i| i.phase() == Phase::Creating && i.create == CreateStatus::Queued)
             .count();
         self.servers_of_group(group, "") - self.leaving_servers(group) + queued
     }
 
-    /// Parked servers power-on scale-up may take for the group (exact tag set, not yet taken).
-    pub fn reusable(&self, group: &str) -> Vec<ParkedServer> {
-        self.parked
-            .get(group)
-            .into_iter()
-            .flatten()
-            .filter(|p| p.exact && !self.instances.contains_key(&p.name))
+    /// Pool servers a scale-up may take for the group (exact tag set, not yet taken), in the
+    /// order it takes them: parked servers (they have run before: images pulled, joined once)
+    /// when `parked_too`, then standby ones, each by name.
+    pub fn reusable(&self, group: &str, parked_too: bool) -> Vec<ParkedServer> {
+        let mut out: Vec<ParkedServer> = self
+            .parked(group)
+            .iter()
+            .filter(|p| p.exact && (p.standby || parked_too))
+            .filter(|p| !self.instances.contains_key(&p.name))
             .cloned()
-            .collect()
+            .collect();
+        out.sort_by(|a, b| (a.standby, &a.name).cmp(&(b.standby, &b.name)));
+        out
+    }
+
+    /// The group's pool: standby servers ready, creates for it under way, parked servers.
+    pub fn pool_counts(&self, group: &str) -> PoolCounts {
+        let pool = self.parked(group);
+        let taken = |p: &&ParkedServer| self.instances.contains_key(&p.name);
+        PoolCounts {
+            standby: pool.iter().filter(|p| p.standby && !taken(p)).count(),
+            creating: self.standby_creates(group).len(),
+            parked: pool.iter().filter(|p| !p.standby && !taken(p)).count(),
+        }
+    }
+
+    /// Creates for the group's standby pool under way (not failed), oldest request first.
+    pub fn standby_creates(&self, group: &str) -> Vec<String> {
+        let mut v: Vec<&Instance> = self
+            .group_all(group)
+            .filter(|i| i.standby && i.phase() == Phase::Creating && i.error.is_none())
+            .collect();
+        v.sort_by_key(|i| i.asked);
+        v.into_iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// What the standby controller does for `group` now (pure; the caller acts on it):
+    /// - the pool counts every powered-off server a scale-up may take (parked ones too, so a
+    ///   lost journal never makes it buy again what is there) plus creates for it under way;
+    /// - below `wanted.servers` it buys the difference, but only when buying is allowed, no
+    ///   scale-up of the autoscaler's is under way (replacements come after the scale-up,
+    ///   never before it) and the group has room under its max-size in force, counting
+    ///   everything that exists or may exist;
+    /// - above it, standby servers (never parked ones: their cap is
+    ///   `poweroff-on-scale-down-max-servers`) are terminated, unless `keep_excess`.
+    pub fn standby_plan(&self, group: &str, wanted: StandbyWanted) -> StandbyPlan {
+        let reusable = self.reusable(group, true);
+        let creating = self.standby_creates(group).len();
+        let have = reusable.len() + creating;
+        let mut plan = StandbyPlan::default();
+        if have > wanted.servers {
+            if !wanted.keep_excess {
+                // Newest names last: the last ones go (any order would do; this one is stable).
+                let standby: Vec<ParkedServer> =
+                    reusable.into_iter().filter(|p| p.standby).collect();
+                let excess = (have - wanted.servers).min(standby.len());
+                plan.trim = standby[standby.len() - excess..].to_vec();
+            }
+            return plan;
+        }
+        let scaling_up = self
+            .group_instances(group)
+            .any(|i| i.phase() == Phase::Creating && i.error.is_none());
+        if !wanted.may_buy || scaling_up {
+            return plan;
+        }
+        let room = wanted.max.saturating_sub(self.servers_to_come(group));
+        plan.create = (wanted.servers - have).min(room);
+        plan
+    }
+
+    /// Standby servers the journal records (name, node group).
+    pub fn fresh(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.fresh.iter()
+    }
+
+    /// Records a standby server (bought for the pool, never booted). Bumps the version.
+    pub fn mark_fresh(&mut self, name: String, group: String) {
+        if self.fresh.get(&name) != Some(&group) {
+            self.fresh.insert(name, group);
+            self.version += 1;
+        }
     }
 
     /// Command ids to poll.
@@ -718,6 +853,14 @@ impl State {
             if why == PARKED {
                 self.reads.outcomes.parked.push(name.clone());
             }
+            if let Some(group) = self.instances.get(&name).map(|i| i.group.clone()) {
+                if why == STANDBY_READY {
+                    self.reads.outcomes.standby_ready.push(name.clone());
+                    self.mark_fresh(name.clone(), group);
+                } else if why == STANDBY_FAILED {
+                    self.reads.outcomes.standby_failed.push(group);
+                }
+            }
             let inst = self.remove(&name);
             let terminated = inst.is_some_and(|i| i.terminated());
             if why == GONE || terminated {
@@ -754,6 +897,9 @@ impl State {
             if s.power != Power::On {
                 let exact =
                     tags.len() == group.tags.len() && tags.iter().all(|t| group.tags.contains(t));
+                // Standby only by the journal's word for this very group, on a server that
+                // carries exactly its tags; any other powered-off server is parked.
+                let standby = exact && self.fresh.get(&s.name).is_some_and(|g| g == group.name);
                 self.parked
                     .entry(group.name.to_string())
                     .or_default()
@@ -761,6 +907,7 @@ impl State {
                         id: s.id.clone(),
                         name: s.name.clone(),
                         exact,
+                        standby,
                     });
                 continue;
             }
@@ -774,6 +921,22 @@ impl State {
         }
         for pool in self.parked.values_mut() {
             pool.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        // A standby server stays one while it is in its group's pool or being powered on from
+        // it (a refused power-on gives it back); once it has run, or is gone, it is not.
+        let before_fresh = self.fresh.len();
+        let parked = &self.parked;
+        let instances = &self.instances;
+        self.fresh.retain(|name, group| {
+            parked
+                .get(group)
+                .is_some_and(|pool| pool.iter().any(|p| p.name == *name))
+                || instances.get(name).is_some_and(|i| {
+                    i.phase() == Phase::Creating && i.create == CreateStatus::Reused
+                })
+        });
+        if self.fresh.len() != before_fresh {
+            self.version += 1;
         }
         if self.journal_digest() != before {
             self.version += 1;
@@ -794,6 +957,7 @@ impl State {
             // The fields of a journal entry (`journal::render`), no more.
             let leaving = i.leaving().unwrap_or_default();
             (&i.name, &i.group, i.phase(), i.create, &i.server_id, i.seen).hash(&mut h);
+            (i.standby, i.wake).hash(&mut h);
             (
                 leaving.park,
                 leaving.powered_off_at.is_some(),

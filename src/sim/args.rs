@@ -20,9 +20,18 @@ pub struct SimulatorArgs {
     /// Seed of every random choice; the same seed and requests give the same answers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Multiply every command duration (create 20 s, power and terminate 5 s) by this.
+    /// Multiply every command duration by this.
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// Seconds a create takes (before --time-scale).
+    #[arg(long, default_value_t = 20.0)]
+    pub create_seconds: f64,
+    /// Seconds the first power-on of a server created powered off takes (its first boot).
+    #[arg(long, default_value_t = 10.0)]
+    pub first_boot_seconds: f64,
+    /// Seconds a power-on of a server that booted before takes.
+    #[arg(long, default_value_t = 5.0)]
+    pub boot_seconds: f64,
     /// Account quota: most servers at once.
     #[arg(long)]
     pub quota_servers: Option<u32>,
@@ -40,6 +49,12 @@ impl SimulatorArgs {
         if !(self.time_scale.is_finite() && self.time_scale >= 0.0) {
             return Err(SimArgsError::TimeScale);
         }
+        let secs = |flag: &'static str, v: f64| {
+            Duration::try_from_secs_f64(v).map_err(|_| SimArgsError::Seconds { flag, value: v })
+        };
+        let create = secs("--create-seconds", self.create_seconds)?;
+        let first_boot = secs("--first-boot-seconds", self.first_boot_seconds)?;
+        let boot = secs("--boot-seconds", self.boot_seconds)?;
         let servers = (0..self.seed_servers)
             .map(|i| SeedServer {
                 name: format!("seed-{i:04}"),
@@ -56,6 +71,9 @@ impl SimulatorArgs {
             seed: self.seed,
             timing: Timing {
                 scale: self.time_scale,
+                create,
+                first_boot,
+                boot,
                 ..Timing::default()
             },
             quota: Quota {
@@ -72,4 +90,6 @@ impl SimulatorArgs {
 pub enum SimArgsError {
     #[error("--time-scale must be a non-negative number")]
     TimeScale,
+    #[error("{flag} must be a non-negative number of seconds, not {value}")]
+    Seconds { flag: &'static str, value: f64 },
 }

@@ -41,8 +41,16 @@ pub fn image_id(datacenter: &str, index: usize) -> String {
 pub struct Timing {
     #[serde(with = "millis")]
     pub create: Duration,
+    /// A power-off.
     #[serde(with = "millis")]
     pub power: Duration,
+    /// A power-on of a server that has booted before (parked).
+    #[serde(with = "millis")]
+    pub boot: Duration,
+    /// A power-on of a server that has never booted (created powered off): the first boot
+    /// installs and runs the init script.
+    #[serde(with = "millis")]
+    pub first_boot: Duration,
     #[serde(with = "millis")]
     pub terminate: Duration,
     /// Share of a command's duration spent `pending` before `progress`.
@@ -57,6 +65,8 @@ impl Default for Timing {
         Timing {
             create: Duration::from_secs(20),
             power: Duration::from_secs(5),
+            boot: Duration::from_secs(5),
+            first_boot: Duration::from_secs(10),
             terminate: Duration::from_secs(5),
             pending_share: 0.2,
             scale: 1.0,
@@ -70,6 +80,8 @@ impl Timing {
         Timing {
             create: Duration::from_millis(60),
             power: Duration::from_millis(30),
+            boot: Duration::from_millis(30),
+            first_boot: Duration::from_millis(30),
             terminate: Duration::from_millis(30),
             pending_share: 0.3,
             scale: 1.0,
@@ -243,6 +255,8 @@ pub struct SimServer {
     pub networks: Vec<String>,
     pub billing: String,
     pub image: String,
+    /// Has been powered on at least once (a server created powered off has not).
+    pub booted: bool,
     #[serde(skip)]
     pub created: Instant,
 }
@@ -482,6 +496,8 @@ impl SimState {
             networks: vec!["wan".into()],
             billing: "hourly".into(),
             image: image_id("US-NY2", 0),
+            // Seeded servers ran before (a powered-off one was parked by an earlier run).
+            booted: true,
             // Seeded servers are visible at once, whatever the listing lag.
             created: self.epoch,
         });
@@ -516,6 +532,7 @@ impl SimState {
                 (_, _, None) => {}
                 (CommandKind::Create, Outcome::Complete, Some(i)) if power_on_after => {
                     self.servers[i].power = "on".into();
+                    self.servers[i].booted = true;
                 }
                 (CommandKind::Create, Outcome::Complete, Some(_)) => {}
                 // A failed or cancelled create leaves nothing behind.
@@ -524,6 +541,7 @@ impl SimState {
                 }
                 (CommandKind::PowerOn, Outcome::Complete, Some(i)) => {
                     self.servers[i].power = "on".into();
+                    self.servers[i].booted = true;
                 }
                 (CommandKind::PowerOff, Outcome::Complete, Some(i)) => {
                     self.servers[i].power = "off".into();
@@ -589,7 +607,9 @@ impl SimState {
         };
         let base = match kind {
             CommandKind::Create => self.timing.create,
-            CommandKind::PowerOn | CommandKind::PowerOff => self.timing.power,
+            CommandKind::PowerOn if self.servers[server].booted => self.timing.boot,
+            CommandKind::PowerOn => self.timing.first_boot,
+            CommandKind::PowerOff => self.timing.power,
             CommandKind::Terminate => self.timing.terminate,
         };
         let total = self.timing.scaled(base);
@@ -663,6 +683,7 @@ impl SimState {
             networks: req.networks,
             billing: req.billing,
             image: req.image,
+            booted: false,
             created: now,
         });
         let idx = self.servers.len() - 1;

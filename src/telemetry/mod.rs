@@ -161,6 +161,9 @@ pub struct Metrics {
     pub instances_in_error: Family<GroupClass, Gauge>,
     pub pending_commands: Gauge,
     pub parked: Family<Group, Gauge>,
+    pub standby: Family<GroupState, Gauge>,
+    pub standby_refills: Family<ResultLabel, Counter>,
+    pub standby_removed: Counter,
     pub power_ons: Family<ResultLabel, Counter>,
     pub parks: Counter,
     pub suspect_listings: Counter,
@@ -231,6 +234,9 @@ impl Metrics {
             instances_in_error: Family::default(),
             pending_commands: Gauge::default(),
             parked: Family::default(),
+            standby: Family::default(),
+            standby_refills: Family::default(),
+            standby_removed: Counter::default(),
             power_ons: Family::default(),
             parks: Counter::default(),
             suspect_listings: Counter::default(),
@@ -319,12 +325,27 @@ impl Metrics {
         );
         registry.register(
             "parked_servers",
-            "Powered-off servers with a node group's tags that the provider does not manage: the group's warm pool (parked on scale-down) or servers left behind",
+            "Parked servers: powered-off servers with a node group's tags that have run before (parked on scale-down, by this or an earlier run) or were left behind; standby servers are counted by standby_servers",
             m.parked.clone(),
         );
         registry.register(
+            "standby_servers",
+            "A node group's standby pool by state: ready (powered off, never booted), creating (bought for the pool, not ready yet), wanted (the pool size in force; parked servers count toward it)",
+            m.standby.clone(),
+        );
+        registry.register(
+            "standby_refills",
+            "Creates for the standby pool, by result: requested, ready (in the pool), failed (nothing bought)",
+            m.standby_refills.clone(),
+        );
+        registry.register(
+            "standby_removed",
+            "Standby servers terminated because the pool in force became smaller (a window closed, hibernation, a config change)",
+            m.standby_removed.clone(),
+        );
+        registry.register(
             "power_ons",
-            "Power-ons of parked servers on scale-up, by result (accepted, rejected, uncertain, failed)",
+            "Power-ons of parked and standby servers on scale-up, by result (accepted, rejected, uncertain, failed)",
             m.power_ons.clone(),
         );
         registry.register(
@@ -422,6 +443,13 @@ impl Metrics {
             "1 when Kamatera's state was read recently enough to serve",
             m.ready.clone(),
         );
+        // Every result at 0 from the start: a pool that never refilled still has the series
+        // (dashboards and rate() need them).
+        for result in ["requested", "ready", "failed"] {
+            let _ = m.standby_refills.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
         Metrics { registry, ..m }
     }
 

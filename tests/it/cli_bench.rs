@@ -50,6 +50,25 @@ fn bench_writes_a_complete_report() {
             "missing {expected:?} in:\n{report}"
         );
     }
+    // The standby pool: the pooled scale-up buys nothing and powers on the pool; without a pool
+    // it buys all five.
+    assert!(
+        report.contains("## A scale-up from the standby pool"),
+        "{report}"
+    );
+    let row = |start: &str| -> Vec<String> {
+        report
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start:?} row in:\n{report}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let pooled = row("| standby pool of 5 |");
+    assert_eq!(pooled[3..5], ["0", "5"], "{pooled:?}");
+    let bought = row("| no pool |");
+    assert_eq!(bought[3..5], ["5", "0"], "{bought:?}");
     // One listing per steady refresh, and nothing else.
     assert!(report.contains("| 1.00 |"), "{report}");
     // A warm restart reads no tags: at most 3 calls (listings), where a cold one reads a tag

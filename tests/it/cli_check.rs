@@ -248,6 +248,37 @@ fn says_where_each_label_comes_from_and_warns_about_taints() {
     );
 }
 
+#[test]
+fn prints_the_standby_pool_per_group_and_per_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pool.ini");
+    std::fs::write(
+        &path,
+        format!(
+            "{GLOBAL}kamatera-api-secret = s\n{GROUP}standby = 1\n\
+             schedule = \"cron=30 7 * * 1-5; duration=2h; max-size=6; standby=4\"\n\
+             schedule = \"cron=0 12 * * *; duration=1h; min-size=1\"\n\
+             hibernate = \"cron=0 20 * * *; duration=10h; force=true\"\n\
+             \n[nodegroup \"v\"]\ncpu = 2B\nram = 2048\ndisk = size=10\nmax-size = 3\n"
+        ),
+    )
+    .expect("write");
+    private(&path);
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for expected in [
+        "standby pool         1 outside windows; 4 while \"cron=30 7 * * 1-5; duration=2h; max-size=6; standby=4\" is open; 0 while hibernating (powered-off servers kept ready, parked ones included)",
+        "power                terminate on scale-down, scale-up powers on parked servers, then standby ones, then buys",
+        "standby pool         none",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
+
 /// `check --keys` prints the key reference (the same table docs/config.md holds), and needs no
 /// config; without either, `check` asks for the config.
 #[test]

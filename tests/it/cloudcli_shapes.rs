@@ -171,6 +171,7 @@ async fn client_create(
         monthly_package: "",
         script: None,
         tags: &[],
+        power_on: true,
     })
     .await
 }

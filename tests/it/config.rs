@@ -552,6 +552,64 @@ fn negative_poweroff_cap() {
 }
 
 #[test]
+fn standby_pool_sizes() {
+    let g = ok(&with_group(
+        "max-size = 6\nstandby = 2\nschedule = \"cron=0 7 * * 1-5; duration=2h; standby=5\"\n",
+    ))
+    .node_groups
+    .remove(0);
+    assert_eq!(g.standby, 2);
+    assert_eq!(g.schedules[0].standby, Some(5));
+    assert!(
+        g.powers_on_pool(),
+        "a pool is powered on without poweron-on-scale-up"
+    );
+    assert!(!ok(&with_group("max-size = 6\n")).node_groups[0].powers_on_pool());
+    single(
+        &with_group("standby = -1\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("standby"),
+        "must be 0 (no standby servers) or a positive number, not -1",
+    );
+    single(
+        &with_group("max-size = 3\nstandby = 4\n"),
+        14,
+        "nodegroup \"ng\"",
+        Some("standby"),
+        "4 is more than max-size 3: standby servers count toward max-size",
+    );
+    single(
+        &with_group("standby = some\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("standby"),
+        "invalid integer \"some\"",
+    );
+    single(
+        &with_group("max-size = 4\nschedule = \"cron=0 7 * * *; duration=1h; standby=5\"\n"),
+        14,
+        "nodegroup \"ng\"",
+        Some("schedule"),
+        "standby 5 is more than max-size 4 while the window is open",
+    );
+    // A window's own max-size is the limit while it is open.
+    let g = ok(&with_group(
+        "max-size = 4\nschedule = \"cron=0 7 * * *; duration=1h; max-size=8; standby=6\"\n",
+    ))
+    .node_groups
+    .remove(0);
+    assert_eq!(g.schedules[0].standby, Some(6));
+    single(
+        &with_group("schedule = \"cron=0 7 * * *; duration=1h; standby=x\"\n"),
+        13,
+        "nodegroup \"ng\"",
+        Some("schedule"),
+        "standby \"x\" is not a number",
+    );
+}
+
+#[test]
 fn invalid_boolean() {
     single(
         &with_group("managed = maybe\n"),

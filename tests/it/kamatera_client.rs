@@ -59,6 +59,7 @@ impl Spec {
             monthly_package: "t5000",
             script: self.script.as_ref(),
             tags: &self.tags,
+            power_on: true,
         }
     }
 }

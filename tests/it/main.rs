@@ -20,5 +20,6 @@ mod operations;
 mod reload;
 mod schedules;
 mod simulator;
+mod standby;
 mod warm_pool;
 mod wire_compat;

@@ -778,7 +778,7 @@ async fn client_reads_show_counts_and_print_json_and_errors_read_code_then_messa
     assert_eq!(
         header,
         [
-            "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED"
+            "GROUP", "MIN", "MAX", "TARGET", "CREATING", "RUNNING", "DELETING", "PARKED", "STANDBY"
         ],
         "{out}"
     );
@@ -795,6 +795,7 @@ async fn client_reads_show_counts_and_print_json_and_errors_read_code_then_messa
         .sum();
     assert_eq!(counted, 2, "both instances are counted once: {out}");
     assert_eq!(row[7], "0", "{out}");
+    assert_eq!(row[8], "-", "no standby pool: {out}");
 
     // --output json on every read.
     let json = |out: &str| -> serde_json::Value {

@@ -77,6 +77,7 @@ async fn create(
         monthly_package: "",
         script: Some(&script),
         tags: &tags,
+        power_on: true,
     })
     .await
 }

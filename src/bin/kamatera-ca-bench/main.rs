@@ -88,14 +88,14 @@ async fn measure(cli: Cli) -> Result<(), String> {
         calls: cli.calls,
         concurrency: cli.concurrency,
     };
-    let (results, late) = bench::run(&opts).await.map_err(|e| e.to_string())?;
+    let report = bench::run(&opts).await.map_err(|e| e.to_string())?;
     let command = format!(
         "cargo run --release --bin kamatera-ca-bench -- --scales {} --calls {} --concurrency {}",
         cli.scales.join(","),
         cli.calls,
         cli.concurrency
     );
-    let report = bench::render(&results, &late, &opts, &command);
+    let report = bench::render(&report, &opts, &command);
     let output = cli
         .output
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));

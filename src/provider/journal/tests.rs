@@ -195,6 +195,56 @@ mod restore {
         assert!(to_send.is_empty() && !st.contains("g-0123456789a"));
     }
 
+    /// Creates for the standby pool, one a scale-up took while it was under way, and the
+    /// standby servers come back as written; a standby claim for a group not in the config, or
+    /// a name its group never makes, is dropped with its reason.
+    #[test]
+    fn the_standby_pool_round_trips_and_bad_claims_are_dropped() {
+        let now = Instant::now();
+        let mut st = State::default();
+        for (name, standby, wake) in [
+            ("g-00000000b01", true, false),
+            ("g-00000000b02", false, true),
+        ] {
+            let mut i = Instance::creating(name.into(), "g".into(), now);
+            i.create = CreateStatus::Accepted;
+            i.command = pending("7", CommandKind::Create, now);
+            i.standby = standby;
+            i.wake = wake;
+            st.insert(name.into(), i);
+        }
+        st.mark_fresh("g-00000000b03".into(), "g".into());
+        let text = render("c", &st);
+        let mut back = State::default();
+        let (r, _) = restore_text(&text, "c", &only_g, &mut back, now).expect("a journal");
+        assert_eq!(r.instances, 2, "{r:?}");
+        assert!(r.dropped.is_empty(), "{r:?}");
+        let b1 = back.instance("g-00000000b01").expect("b01");
+        assert!(b1.standby && !b1.wake && !b1.in_target());
+        let b2 = back.instance("g-00000000b02").expect("b02");
+        assert!(!b2.standby && b2.wake && b2.in_target());
+        let fresh: Vec<(&String, &String)> = back.fresh().collect();
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].0, "g-00000000b03");
+
+        let forged = r#"{"version": 1, "cluster": "c", "instances": [], "standby": [
+            {"server": "g-00000000b04", "group": "g"},
+            {"server": "g-00000000b05", "group": "nope"},
+            {"server": "x; rm -rf", "group": "g"}]}"#;
+        let mut st = State::default();
+        let (r, _) = restore_text(forged, "c", &only_g, &mut st, now).expect("a journal");
+        assert_eq!(
+            r.dropped,
+            vec![
+                "standby server \"g-00000000b05\": node group \"nope\" is not in the config"
+                    .to_string(),
+                "standby server \"x; rm -rf\": not a server name the provider makes for node group \"g\""
+                    .to_string(),
+            ]
+        );
+        assert_eq!(st.fresh().count(), 1);
+    }
+
     /// The node controller's queue comes back; entries that are not a plain server name and a
     /// known reason are dropped with their reason, queueing nothing.
     #[test]

@@ -134,6 +134,13 @@ pub struct Instance {
     /// A power-on of this reused server ended in error: never park it again.
     pub power_on_failed: bool,
     pub error: Option<ErrorInfo>,
+    /// The standby pool's, not the autoscaler's: a create for the pool (the server is made
+    /// powered off and never booted) or a pool server being removed. Not in the target size,
+    /// not in NodeGroupNodes, not a node of any group.
+    pub standby: bool,
+    /// Taken by a scale-up while its create for the pool was under way: the server comes
+    /// powered off, so it is powered on once its create completes.
+    pub wake: bool,
     /// When the autoscaler asked for it (IncreaseSize), for the scale-up latency.
     pub asked: Instant,
     /// When the instance entered its current phase.
@@ -153,6 +160,8 @@ impl Instance {
             command: None,
             action_in_flight: false,
             waiting_for_room: None,
+            standby: false,
+            wake: false,
             asked: now,
             power_on_failed: false,
             error: None,
@@ -162,7 +171,7 @@ impl Instance {
 
     /// Counts toward the target size.
     pub fn in_target(&self) -> bool {
-        matches!(self.life, Life::Creating | Life::Running)
+        !self.standby && matches!(self.life, Life::Creating | Life::Running)
     }
 
     /// The autoscaler's view of where it is.

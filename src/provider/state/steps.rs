@@ -8,6 +8,10 @@ use crate::kamatera::{CommandState, CommandStatus, Power, is_quota_message};
 
 /// Why `step` forgets an instance whose server it parked.
 pub(super) const PARKED: &str = "parked: powered off and kept for reuse";
+/// Why `step` forgets a create for the standby pool whose server is ready in the pool.
+pub(super) const STANDBY_READY: &str = "standby: created powered off, now in the pool";
+/// Why `step` forgets a create for the standby pool that bought nothing.
+pub(super) const STANDBY_FAILED: &str = "standby: the create for the pool failed";
 /// Why `step` forgets an instance whose server is confirmed gone.
 pub(super) const GONE: &str =
     "server gone: missing from the listings and a lookup found no sign of it";
@@ -186,6 +190,7 @@ pub(super) fn step(
     remove: &mut Vec<(String, &'static str)>,
 ) {
     match inst.phase() {
+        Phase::Creating if inst.standby => standby_step(inst, server, limits, now, remove),
         Phase::Creating => {
             if let Some(since) = inst.waiting_for_room
                 && inst.create == CreateStatus::Queued
@@ -237,6 +242,25 @@ pub(super) fn step(
                     // The uncertain create did buy the server: it is ours after all.
                     inst.create = CreateStatus::Accepted;
                     inst.error = None;
+                }
+                if inst.wake
+                    && inst.command.is_none()
+                    && !inst.action_in_flight
+                    && inst.error.is_none()
+                    && !s.presumed
+                    && s.power != Power::On
+                {
+                    // Taken from the pool while being created: created powered off, so
+                    // powered on now, as any standby server a scale-up takes.
+                    inst.wake = false;
+                    inst.create = CreateStatus::Reused;
+                    inst.since = now;
+                    inst.action_in_flight = true;
+                    actions.push(Action::PowerOn {
+                        name: inst.name.clone(),
+                        server_id: s.id.clone(),
+                    });
+                    return;
                 }
                 let failed = inst.error.is_some();
                 let starting = matches!(
@@ -377,6 +401,61 @@ pub(super) fn step(
                         ));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A create for the standby pool: its server joins the pool once created (listed, its create
+/// command done); a create that bought nothing is forgotten; one whose outcome stays unknown
+/// is given up as any such create is (its name watched, a late server terminated).
+fn standby_step(
+    inst: &mut Instance,
+    server: Option<&Observed>,
+    limits: Limits,
+    now: Instant,
+    remove: &mut Vec<(String, &'static str)>,
+) {
+    if inst.action_in_flight {
+        return;
+    }
+    if inst.error.is_some() && inst.command.is_none() {
+        if inst.create == CreateStatus::Rejected {
+            remove.push((inst.name.clone(), STANDBY_FAILED));
+        } else {
+            // Maybe bought: leaves through the watch (see `State::watch_uncertain`).
+            inst.delete(false, now);
+        }
+        return;
+    }
+    match server.filter(|s| !s.presumed) {
+        None => {
+            if inst.create == CreateStatus::Uncertain
+                && !inst.seen
+                && now.saturating_duration_since(inst.since) >= limits.uncertain_grace
+            {
+                inst.delete(false, now);
+            } else if inst.seen && server.is_none() && inst.command.is_none() {
+                // Listed once, gone since (by proof): nothing to keep.
+                remove.push((inst.name.clone(), GONE));
+            }
+        }
+        Some(s) => {
+            if inst.create == CreateStatus::Uncertain {
+                inst.create = CreateStatus::Accepted;
+            }
+            if inst.command.is_some() {
+                return; // still being created
+            }
+            if s.power == Power::On {
+                // Not what was asked (created powered off): it may have booted and joined.
+                // Parked like a scale-down's server, so it is powered off and kept; it is no
+                // standby server (it ran).
+                tracing::warn!(server = %inst.name,
+                    "a server created powered off for the standby pool is listed powered on; powering it off and keeping it as parked");
+                inst.delete(true, now);
+            } else {
+                remove.push((inst.name.clone(), STANDBY_READY));
             }
         }
     }

@@ -433,7 +433,7 @@ mod park_tests {
         );
         assert!(st.instances.is_empty());
         assert_eq!(st.reads.outcomes.parked, vec!["a".to_string()]);
-        assert_eq!(st.reusable("g").len(), 1);
+        assert_eq!(st.reusable("g", true).len(), 1);
         assert_eq!(st.parked_or_parking("g"), 1);
     }
 
@@ -511,7 +511,7 @@ mod park_tests {
             now,
         );
         assert_eq!(st.parked_or_parking("g"), 2, "both count toward the cap");
-        let names: Vec<String> = st.reusable("g").into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = st.reusable("g", true).into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["a"], "a server tagged further is left alone");
     }
 }
@@ -634,5 +634,317 @@ mod version {
         let v = st.version();
         st.forget_hibernation("g");
         assert_eq!(st.version(), v, "forgetting nothing changes nothing");
+    }
+}
+
+mod standby_tests {
+    use super::*;
+
+    const TAGS: [&str; 2] = ["k8sca-c", "k8scang-g"];
+
+    fn tags() -> Vec<String> {
+        TAGS.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn listed(name: &str, power: Power, tags: Vec<String>) -> Observed {
+        Observed {
+            id: format!("id-{name}"),
+            name: name.into(),
+            power,
+            tags: Some(tags),
+            presumed: false,
+        }
+    }
+
+    fn apply(st: &mut State, listing: &[Observed], statuses: &[CommandStatus]) -> Vec<Action> {
+        let t = tags();
+        let other = vec!["k8sca-c".to_string(), "k8scang-h".to_string()];
+        let groups = [
+            GroupTags {
+                name: "g",
+                tags: &t,
+            },
+            GroupTags {
+                name: "h",
+                tags: &other,
+            },
+        ];
+        st.apply(
+            listing,
+            statuses,
+            &[],
+            &groups,
+            test_limits(60, 60),
+            Instant::now(),
+        )
+    }
+
+    /// A create for the pool of `g`, accepted with command `cmd`.
+    fn standby_create(st: &mut State, name: &str, cmd: &str) {
+        let mut i = Instance::creating(name.into(), "g".into(), Instant::now());
+        i.standby = true;
+        i.create = CreateStatus::Accepted;
+        i.command = Some(Pending {
+            id: cmd.into(),
+            kind: CommandKind::Create,
+            since: Instant::now(),
+            unknown_since: None,
+        });
+        st.insert(name.into(), i);
+    }
+
+    fn complete(id: &str) -> CommandStatus {
+        CommandStatus {
+            id: id.into(),
+            state: CommandState::Complete,
+            log: String::new(),
+        }
+    }
+
+    fn wanted(servers: usize, max: usize) -> StandbyWanted {
+        StandbyWanted {
+            servers,
+            max,
+            keep_excess: false,
+            may_buy: true,
+        }
+    }
+
+    #[test]
+    fn a_create_for_the_pool_is_never_the_autoscalers_and_lands_in_the_pool_as_standby() {
+        let mut st = State::default();
+        standby_create(&mut st, "s1", "1");
+        assert_eq!(st.target_size("g"), 0, "not in the target");
+        assert_eq!(
+            st.group_instances("g").count(),
+            0,
+            "not a node of the group"
+        );
+        assert_eq!(
+            st.servers_of_group("g", ""),
+            1,
+            "but it counts toward max-size"
+        );
+        assert_eq!(st.pool_counts("g").creating, 1);
+        // Listed off, still being created: it stays a create.
+        apply(&mut st, &[listed("s1", Power::Off, tags())], &[]);
+        assert!(st.contains("s1"));
+        // Created: into the pool, as a standby server, recorded for the journal.
+        apply(
+            &mut st,
+            &[listed("s1", Power::Off, tags())],
+            &[complete("1")],
+        );
+        assert!(!st.contains("s1"));
+        assert_eq!(st.reads.outcomes.standby_ready, vec!["s1".to_string()]);
+        let pool = st.parked("g");
+        assert_eq!(pool.len(), 1);
+        assert!(pool[0].standby && pool[0].exact);
+        assert_eq!(
+            st.pool_counts("g"),
+            PoolCounts {
+                standby: 1,
+                creating: 0,
+                parked: 0
+            }
+        );
+        assert_eq!(st.fresh().count(), 1);
+        assert_eq!(
+            st.parked_or_parking("g"),
+            0,
+            "the park cap counts parked servers only"
+        );
+    }
+
+    #[test]
+    fn a_scale_up_takes_parked_servers_before_standby_ones() {
+        let mut st = State::default();
+        st.mark_fresh("a-standby".into(), "g".into());
+        apply(
+            &mut st,
+            &[
+                listed("a-standby", Power::Off, tags()),
+                listed("z-parked", Power::Off, tags()),
+            ],
+            &[],
+        );
+        let order: Vec<String> = st.reusable("g", true).into_iter().map(|p| p.name).collect();
+        assert_eq!(order, ["z-parked", "a-standby"], "joined before first");
+        let only: Vec<String> = st
+            .reusable("g", false)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(
+            only,
+            ["a-standby"],
+            "without poweron-on-scale-up: standby only"
+        );
+    }
+
+    #[test]
+    fn a_journal_claim_makes_no_server_standby_that_is_not_exactly_the_groups_and_off() {
+        let mut st = State::default();
+        // Forged or stale entries: another group's server, a server with a further tag, a
+        // running server, and a name nobody lists.
+        for name in ["other", "extra", "running", "nobody"] {
+            st.mark_fresh(name.into(), "g".into());
+        }
+        let mut extra = tags();
+        extra.push("someone-elses".into());
+        apply(
+            &mut st,
+            &[
+                listed(
+                    "other",
+                    Power::Off,
+                    vec!["k8sca-c".into(), "k8scang-h".into()],
+                ),
+                listed("extra", Power::Off, extra),
+                listed("running", Power::On, tags()),
+            ],
+            &[],
+        );
+        assert!(
+            st.parked("g").iter().all(|p| !p.standby),
+            "{:?}",
+            st.parked("g")
+        );
+        assert!(st.parked("h").iter().all(|p| !p.standby));
+        assert!(
+            st.reusable("g", false).is_empty(),
+            "nothing is taken as standby"
+        );
+        assert_eq!(st.pool_counts("g").standby, 0);
+        // Only the claim on a server still in a pool is kept (it may be fixed by hand); the
+        // running one is adopted, the unlisted one forgotten.
+        let kept: Vec<&String> = st.fresh().map(|(n, _)| n).collect();
+        assert_eq!(kept, ["extra"]);
+    }
+
+    #[test]
+    fn the_plan_fills_to_the_wanted_size_within_max_size_and_not_during_a_scale_up() {
+        let mut st = State::default();
+        assert_eq!(st.standby_plan("g", wanted(3, 10)).create, 3);
+        // Room: 9 running of max 10 leaves one.
+        for n in 0..9 {
+            let mut i = Instance::creating(format!("r{n}"), "g".into(), Instant::now());
+            i.server_id = Some(format!("id-r{n}"));
+            i.run(Instant::now());
+            st.insert(format!("r{n}"), i);
+        }
+        assert_eq!(st.standby_plan("g", wanted(3, 10)).create, 1);
+        assert_eq!(
+            st.standby_plan("g", wanted(3, 9)).create,
+            0,
+            "at max: nothing"
+        );
+        // A scale-up under way: replacements come after it.
+        st.insert(
+            "new".into(),
+            Instance::creating("new".into(), "g".into(), Instant::now()),
+        );
+        assert_eq!(st.standby_plan("g", wanted(3, 20)).create, 0);
+        st.remove("new");
+        // A recent failure: nothing bought.
+        let mut w = wanted(3, 20);
+        w.may_buy = false;
+        assert_eq!(st.standby_plan("g", w).create, 0);
+        // Creates under way count.
+        standby_create(&mut st, "s1", "1");
+        assert_eq!(st.standby_plan("g", wanted(3, 20)).create, 2);
+    }
+
+    #[test]
+    fn the_plan_counts_parked_servers_and_trims_only_standby_ones() {
+        let mut st = State::default();
+        for s in ["s1", "s2", "s3"] {
+            st.mark_fresh(s.into(), "g".into());
+        }
+        let listing = [
+            listed("p1", Power::Off, tags()),
+            listed("s1", Power::Off, tags()),
+            listed("s2", Power::Off, tags()),
+            listed("s3", Power::Off, tags()),
+        ];
+        apply(&mut st, &listing, &[]);
+        // Four powered-off servers for a pool of 4: nothing to do.
+        assert_eq!(st.standby_plan("g", wanted(4, 10)), StandbyPlan::default());
+        // A pool of 2: two standby servers go, never the parked one.
+        let trim: Vec<String> = st
+            .standby_plan("g", wanted(2, 10))
+            .trim
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(trim, ["s2", "s3"]);
+        // None at all: every standby one, still not the parked one.
+        assert_eq!(st.standby_plan("g", wanted(0, 10)).trim.len(), 3);
+        // Hibernating in power-off mode: kept.
+        let mut keep = wanted(0, 0);
+        keep.keep_excess = true;
+        assert_eq!(st.standby_plan("g", keep), StandbyPlan::default());
+    }
+
+    #[test]
+    fn a_create_for_the_pool_that_comes_up_running_is_powered_off_and_parked_not_standby() {
+        let mut st = State::default();
+        standby_create(&mut st, "s1", "1");
+        let actions = apply(
+            &mut st,
+            &[listed("s1", Power::On, tags())],
+            &[complete("1")],
+        );
+        assert_eq!(st.instance("s1").map(|i| i.parking()), Some(true));
+        assert!(actions.is_empty(), "the power-off follows on the next pass");
+        let actions = apply(&mut st, &[listed("s1", Power::On, tags())], &[]);
+        assert!(
+            matches!(&actions[..], [Action::PowerOff { name, .. }] if name == "s1"),
+            "{actions:?}"
+        );
+        assert_eq!(st.target_size("g"), 0, "never the autoscaler's");
+        assert_eq!(st.fresh().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_create_for_the_pool_is_forgotten_and_reported() {
+        let mut st = State::default();
+        standby_create(&mut st, "s1", "1");
+        apply(
+            &mut st,
+            &[],
+            &[CommandStatus {
+                id: "1".into(),
+                state: CommandState::Error,
+                log: "quota".into(),
+            }],
+        );
+        assert!(!st.contains("s1"));
+        assert_eq!(st.reads.outcomes.standby_failed, vec!["g".to_string()]);
+    }
+
+    #[test]
+    fn a_pool_create_taken_by_a_scale_up_is_powered_on_once_created() {
+        let mut st = State::default();
+        standby_create(&mut st, "s1", "1");
+        st.edit("s1", |i| {
+            i.standby = false;
+            i.wake = true;
+        });
+        assert_eq!(st.target_size("g"), 1, "the autoscaler's now");
+        let a = apply(&mut st, &[listed("s1", Power::Off, tags())], &[]);
+        assert!(a.is_empty(), "not before its create is done");
+        let a = apply(
+            &mut st,
+            &[listed("s1", Power::Off, tags())],
+            &[complete("1")],
+        );
+        assert!(
+            matches!(&a[..], [Action::PowerOn { name, .. }] if name == "s1"),
+            "{a:?}"
+        );
+        let i = st.instance("s1").expect("s1");
+        assert_eq!(i.create, CreateStatus::Reused);
+        assert!(!i.wake);
     }
 }
