@@ -246,6 +246,7 @@ impl App {
                 uncertain_create_grace: Duration::from_secs(
                     settings.uncertain_create_grace_seconds,
                 ),
+                own_pod: kube.as_ref().and_then(|_| kube::own_pod()),
                 kube,
                 ..ProviderOptions::default()
             },
@@ -437,6 +438,29 @@ fn simulated(cfg: &mut CloudConfig, url: &str) {
     cfg.api_secret = config::Secret::new(sim::DEMO_SECRET);
 }
 
+/// A config error in one line for `/readyz`, `client status` and the Event: its first
+/// problems (config errors quote no secret, see `config::shown`), and how many more the log has.
+fn refusal_summary(text: &str) -> String {
+    const SHOWN: usize = 3;
+    let problems: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if problems.is_empty() {
+        return text.trim().to_string();
+    }
+    let mut out = problems[..problems.len().min(SHOWN)].join("; ");
+    if problems.len() > SHOWN {
+        out.push_str(&format!(
+            "; and {} more (see the log)",
+            problems.len() - SHOWN
+        ));
+    }
+    out
+}
+
 /// Watches the cloud config file (on its period, and at once on SIGHUP): a changed file is
 /// loaded and validated exactly as `check` does, then swapped in by `Provider::reload` with a
 /// new client when the API URL, credentials or timeouts changed; a file that does not validate
@@ -483,8 +507,7 @@ async fn watch_config(provider: Provider, w: ConfigWatch) {
             Err(e) => {
                 let text = e.to_string();
                 tracing::warn!(path = %w.path.display(), "the cloud config changed but is refused; the previous config stays:\n{text}");
-                let first = text.lines().next().unwrap_or_default().to_string();
-                provider.reload_refused(format!("{first} (see the log)"));
+                provider.reload_refused(refusal_summary(&text));
             }
             Ok(mut cfg) => {
                 if let Some(url) = &w.simulated {
@@ -677,9 +700,9 @@ fn lease(
             "kamatera-ca-provider".to_string(),
         ),
     };
-    let identity = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("kamatera-ca-provider-{:08x}", rand::random::<u32>()));
+    let identity = kube::own_pod()
+        .map(|(_, name)| name)
+        .unwrap_or_else(|| format!("kamatera-ca-provider-{:08x}", rand::random::<u32>()));
     let lock = k.lease(
         &ns,
         &name,

@@ -258,7 +258,10 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
 
 /// `client`: one call to a running provider, printed.
 async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let text = client_command::run(args).await?;
-    out_part!("{text}");
+    let printed = client_command::run(args).await?;
+    for note in &printed.stderr {
+        eprintln!("{note}");
+    }
+    out_part!("{}", printed.stdout);
     Ok(ExitCode::SUCCESS)
 }

@@ -76,6 +76,9 @@ impl Admin for AdminService {
             .filter_map(|g| self.provider.hibernation_status(&g.id).ok())
             .map(status)
             .collect();
-        Ok(Response::new(pb::StatusResponse { groups }))
+        Ok(Response::new(pb::StatusResponse {
+            groups,
+            notes: self.provider.notes(),
+        }))
     }
 }

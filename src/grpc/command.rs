@@ -81,7 +81,7 @@ pub enum Output {
 }
 
 /// Runs one call and returns what to print.
-pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
+pub async fn run(args: ClientArgs) -> Result<Printed, ClientError> {
     let tls = ClientTls::from_flags(
         args.tls_cert,
         args.tls_key,
@@ -95,28 +95,34 @@ pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
     let ca = || client::connect(address, tls);
     let admin = || client::connect_admin(address, tls);
     let view = match args.call {
-        ClientCall::Hibernate { group, force } => View::Status(vec![
-            admin()
-                .await?
-                .hibernate(apb::HibernateRequest { group, force })
-                .await?
-                .into_inner(),
-        ]),
-        ClientCall::Resume { group } => View::Status(vec![
-            admin()
-                .await?
-                .resume(apb::GroupRequest { group })
-                .await?
-                .into_inner(),
-        ]),
-        ClientCall::Status => View::Status(
-            admin()
+        ClientCall::Hibernate { group, force } => View::Status(
+            vec![
+                admin()
+                    .await?
+                    .hibernate(apb::HibernateRequest { group, force })
+                    .await?
+                    .into_inner(),
+            ],
+            Vec::new(),
+        ),
+        ClientCall::Resume { group } => View::Status(
+            vec![
+                admin()
+                    .await?
+                    .resume(apb::GroupRequest { group })
+                    .await?
+                    .into_inner(),
+            ],
+            Vec::new(),
+        ),
+        ClientCall::Status => {
+            let r = admin()
                 .await?
                 .status(apb::StatusRequest {})
                 .await?
-                .into_inner()
-                .groups,
-        ),
+                .into_inner();
+            View::Status(r.groups, r.notes)
+        }
         ClientCall::Groups => View::Groups(groups(address, tls).await?),
         ClientCall::Nodes { group } => View::Instances(
             ca().await?
@@ -141,9 +147,10 @@ pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
                     id: group.clone(),
                 })
                 .await?;
-            return Ok(format!(
-                "asked node group {group} for {delta} more node(s)\n"
-            ));
+            return Ok(Printed {
+                stdout: format!("asked node group {group} for {delta} more node(s)\n"),
+                stderr: Vec::new(),
+            });
         }
         ClientCall::Delete { group, nodes } => {
             let n = nodes.len();
@@ -153,7 +160,10 @@ pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
                     id: group.clone(),
                 })
                 .await?;
-            return Ok(format!("deleting {n} node(s) of node group {group}\n"));
+            return Ok(Printed {
+                stdout: format!("deleting {n} node(s) of node group {group}\n"),
+                stderr: Vec::new(),
+            });
         }
         ClientCall::Template { group } => {
             let r = ca()
@@ -182,7 +192,16 @@ pub async fn run(args: ClientArgs) -> Result<String, ClientError> {
             View::Options(group, r.node_group_autoscaling_options)
         }
     };
-    Ok(view.render(output))
+    let stderr = match (&view, output) {
+        (View::Status(_, notes), Output::Json | Output::Yaml) => {
+            notes.iter().map(|n| format!("note: {n}")).collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Printed {
+        stdout: view.render(output),
+        stderr,
+    })
 }
 
 /// A node argument: a providerID (`scheme://...`) or a node name.
@@ -309,7 +328,17 @@ pub enum View {
     Target(String, i32),
     Template(Value),
     Options(String, Option<pb::NodeGroupAutoscalingOptions>),
-    Status(Vec<apb::GroupStatus>),
+    /// Groups, and the provider's notes (a refused config change, ...).
+    Status(Vec<apb::GroupStatus>, Vec<String>),
+}
+
+/// What a call prints: its answer on standard output, and notes for standard error.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Printed {
+    pub stdout: String,
+    /// The provider's notes where the answer has no place for them (JSON and YAML keep their
+    /// shape); the text table shows them itself.
+    pub stderr: Vec<String>,
 }
 
 impl View {
@@ -379,7 +408,7 @@ impl View {
                     "ignoreDaemonSetsUtilization": o.ignore_daemon_sets_utilization,
                 }})
             }
-            View::Status(groups) => groups
+            View::Status(groups, _) => groups
                 .iter()
                 .map(|g| {
                     json!({
@@ -410,7 +439,13 @@ impl View {
                 format!("node group {group}: the autoscaler's defaults apply\n")
             }
             View::Options(_, Some(o)) => options_table(o),
-            View::Status(groups) => status_table(groups),
+            View::Status(groups, notes) => {
+                let mut out = status_table(groups);
+                for n in notes {
+                    out.push_str(&format!("note: {n}\n"));
+                }
+                out
+            }
         }
     }
 }

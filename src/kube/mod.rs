@@ -37,8 +37,8 @@ mod tests;
 pub use journal_map::{JOURNAL_KEY, JournalMap};
 pub use lease::{LeaseLock, LeaseState};
 pub use nodes::{
-    Completed, Completion, Cordoned, EVENT_SOURCE, Eviction, NodeDeletion, PodRef, Released,
-    completion, is_ready, release_patch,
+    Completed, Completion, Cordoned, EVENT_SOURCE, Eviction, Involved, NodeDeletion, PodRef,
+    Released, completion, is_ready, release_patch,
 };
 
 /// Taints the cluster-autoscaler puts on nodes it scales down.
@@ -323,6 +323,24 @@ enum Change<T> {
 }
 
 /// The namespace this pod runs in, from its service account (in-cluster only).
+/// This process's own Pod, for Events about the provider itself: its name from `POD_NAME`
+/// (the downward API), else `HOSTNAME` or the kernel's host name (a Pod's host name is its
+/// name); its namespace from `POD_NAMESPACE`, else the service account's, else `default`.
+/// `None` when no name can be found.
+pub fn own_pod() -> Option<(String, String)> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let name = env("POD_NAME").or_else(|| env("HOSTNAME")).or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })?;
+    let namespace = env("POD_NAMESPACE")
+        .or_else(pod_namespace)
+        .unwrap_or_else(|| "default".into());
+    Some((namespace, name))
+}
+
 pub fn pod_namespace() -> Option<String> {
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .ok()

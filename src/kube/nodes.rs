@@ -425,18 +425,43 @@ impl Kube {
         reason: &str,
         message: &str,
     ) -> Result<(), KubeError> {
+        self.event(
+            &Involved {
+                kind: "Node",
+                namespace: None,
+                name: node,
+            },
+            warning,
+            reason,
+            message,
+        )
+        .await
+    }
+
+    /// Posts an Event about `about` (in its namespace; cluster-scoped objects' in `default`,
+    /// where `kubectl describe` looks for them).
+    pub async fn event(
+        &self,
+        about: &Involved<'_>,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
         let now = Time(jiff::Timestamp::now());
+        let namespace = about.namespace.unwrap_or("default");
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{node}.")),
-                namespace: Some("default".into()),
+                generate_name: Some(format!("{}.", about.name)),
+                namespace: Some(namespace.into()),
                 ..ObjectMeta::default()
             },
             involved_object: ObjectReference {
                 api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.to_string()),
-                uid: Some(node.to_string()),
+                kind: Some(about.kind.into()),
+                name: Some(about.name.to_string()),
+                namespace: about.namespace.map(str::to_string),
+                // A Node's uid is its name as far as `kubectl describe node` matches events.
+                uid: about.namespace.is_none().then(|| about.name.to_string()),
                 ..ObjectReference::default()
             },
             reason: Some(reason.to_string()),
@@ -452,12 +477,26 @@ impl Kube {
             count: Some(1),
             ..Event::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         api.create(&PostParams::default(), &event)
             .await
             .map(|_| ())
-            .map_err(|e| api_error(&format!("event for node {node}"), e))
+            .map_err(|e| {
+                api_error(
+                    &format!("event for {} {}", about.kind.to_lowercase(), about.name),
+                    e,
+                )
+            })
     }
+}
+
+/// What an Event is about: a Node (no namespace) or a namespaced object such as the provider's
+/// own Pod.
+#[derive(Debug, Clone, Copy)]
+pub struct Involved<'a> {
+    pub kind: &'a str,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
 }
 
 /// The merge patch that removes the autoscaler's taints and `unschedulable` from `node`, keeping

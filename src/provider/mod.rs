@@ -200,6 +200,9 @@ pub struct ProviderOptions {
     pub lease_retry: Duration,
     /// Kubernetes access for Node cleanup on park and providerIDs; `None` skips both.
     pub kube: Option<crate::kube::Kube>,
+    /// This process's Pod (namespace, name), for Events about the provider itself (a refused
+    /// config change); `None` posts none.
+    pub own_pod: Option<(String, String)>,
     /// The time schedules are evaluated at.
     pub clock: Clock,
     /// How often a drain looks at the pods left on its nodes.
@@ -230,6 +233,7 @@ impl Default for ProviderOptions {
             leader_elect: None,
             lease_retry: Duration::from_secs(2),
             kube: None,
+            own_pod: None,
             clock: Clock::system(),
             drain_poll: Duration::from_secs(5),
             hibernation_tick: Duration::from_secs(1),
@@ -474,15 +478,23 @@ impl Provider {
             )),
             Some(_) => {
                 drop(st);
-                let mut notes = self.config_notes();
-                if let Some(why) = self.journal_trouble() {
-                    notes.push(format!(
-                        "no create is sent until the journal can be written: {why}"
-                    ));
-                }
+                let notes = self.notes();
                 Ok((!notes.is_empty()).then(|| notes.join("; ")))
             }
         }
+    }
+
+    /// What an operator should know while the provider serves: a refused config change, node
+    /// groups removed from the config that still have servers, a journal that cannot be
+    /// written. `/readyz` and `client status` show these.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = self.config_notes();
+        if let Some(why) = self.journal_trouble() {
+            notes.push(format!(
+                "no create is sent until the journal can be written: {why}"
+            ));
+        }
+        notes
     }
 
     /// The metrics this provider (and its Kamatera client) record into.

@@ -87,8 +87,27 @@ impl Provider {
     }
 
     /// Records that the config file's latest change was refused: the config in force stays.
+    /// With Kubernetes access, a Warning Event `ConfigRefused` on the provider's own Pod says so
+    /// once per refused change.
     pub fn reload_refused(&self, why: String) {
         self.metrics().config_reload("refused");
+        if let (Some(kube), Some((namespace, pod))) = (
+            self.inner.options.kube.clone(),
+            self.inner.options.own_pod.clone(),
+        ) {
+            let message =
+                format!("the cloud config's change was refused, the previous config stays: {why}");
+            tokio::spawn(async move {
+                let about = crate::kube::Involved {
+                    kind: "Pod",
+                    namespace: Some(&namespace),
+                    name: &pod,
+                };
+                if let Err(e) = kube.event(&about, true, "ConfigRefused", &message).await {
+                    tracing::debug!(error = %e, "cannot post the event about a refused config");
+                }
+            });
+        }
         self.inner
             .live
             .write()

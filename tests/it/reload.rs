@@ -30,23 +30,32 @@ struct Env {
     sim: SimHandle,
     path: std::path::PathBuf,
     admin: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
     ca: Rpc,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn env(text: impl Fn(&str) -> String) -> Env {
+    env_with(text, None).await
+}
+
+/// [`env`], with Kubernetes access through `kube` (a fake cluster's kubeconfig) when given.
+async fn env_with(text: impl Fn(&str) -> String, kubeconfig: Option<&std::path::Path>) -> Env {
     let sim = common::start_sim(Timing::fast(), Default::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cloud.ini");
     std::fs::write(&path, text(&sim.url())).expect("write");
-    let app = common::build_app(&[
+    let mut flags = vec![
         "--cloud-config",
         path.to_str().expect("utf-8"),
         "--config-reload-seconds",
         "1",
-    ])
-    .await;
+    ];
+    if let Some(k) = kubeconfig {
+        flags.extend(["--kubeconfig", k.to_str().expect("utf-8")]);
+    }
+    let app = common::build_app(&flags).await;
     let (addr, admin) = (app.grpc_addr(), app.admin_addr());
     let stop = common::run_app(app);
     let mut ca = common::ca::Ca::connect(addr).await.rpc;
@@ -55,6 +64,7 @@ async fn env(text: impl Fn(&str) -> String) -> Env {
         sim,
         path,
         admin,
+        grpc: addr,
         ca,
         _dir: dir,
         _stop: stop,
@@ -62,6 +72,30 @@ async fn env(text: impl Fn(&str) -> String) -> Env {
 }
 
 impl Env {
+    /// `kamatera-ca-provider client status` against this provider: exit code, stdout, stderr.
+    async fn client_status(&self, extra: &[&str]) -> (Option<i32>, String, String) {
+        let mut args = vec![
+            "client".to_string(),
+            "--address".into(),
+            self.grpc.to_string(),
+            "status".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kamatera-ca-provider"))
+                .args(&args)
+                .output()
+                .expect("client")
+        })
+        .await
+        .expect("join");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     async fn get(&self, path: &str) -> (u16, String) {
         kamatera_ca_provider::kamatera::install_crypto_provider();
         let r = reqwest::get(format!("http://{}{path}", self.admin))
@@ -172,11 +206,68 @@ async fn a_file_that_does_not_validate_is_refused_whole_and_the_old_config_stays
         body.contains("the cloud config's latest change was refused, the previous config stays"),
         "{body}"
     );
+    // `client status` says so too: under the table, or on stderr where JSON keeps its shape.
+    let (code, out, err) = e.client_status(&[]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let note = out
+        .lines()
+        .find(|l| l.starts_with("note: the cloud config's latest change was refused"))
+        .unwrap_or_else(|| panic!("no note in:\n{out}"));
+    assert!(note.contains("cpu"), "the problem is named: {note}");
+    let (code, out, err) = e.client_status(&["--output", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let groups: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(groups.is_array(), "{out}");
+    assert!(
+        err.contains("note: the cloud config's latest change was refused"),
+        "{err}"
+    );
     // Fixed: applied, and the note is gone.
     e.rewrite(&config(&e.sim.url(), "rl", 5, true), "applied")
         .await;
     assert_eq!(e.groups().await.len(), 2);
     assert_eq!(e.get("/readyz").await, (200, "ready\n".to_string()));
+    let (_, out, err) = e.client_status(&[]).await;
+    assert!(!out.contains("note:") && err.is_empty(), "{out}{err}");
+}
+
+/// With Kubernetes access, a refused change is a Warning Event on the provider's own Pod,
+/// once per change.
+#[tokio::test]
+async fn a_refused_change_is_an_event_on_the_providers_pod() {
+    let kdir = tempfile::tempdir().expect("tempdir");
+    let fake = common::fake_kube::FakeKube::start().await;
+    let kubeconfig = fake.kubeconfig(kdir.path());
+    let e = env_with(|api| config(api, "rl", 2, false), Some(&kubeconfig)).await;
+    let (_, pod) = kamatera_ca_provider::kube::own_pod().expect("this machine has a host name");
+    let broken = config(&e.sim.url(), "rl", 5, true).replace("cpu = 2B", "cpu = 2Q");
+    e.rewrite(&broken, "refused").await;
+    let refused = || {
+        fake.events()
+            .into_iter()
+            .filter(|(_, reason, _)| reason == "ConfigRefused")
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            fake.events()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        refused(),
+        vec![(
+            pod.clone(),
+            "ConfigRefused".to_string(),
+            "Warning".to_string()
+        )]
+    );
+    // The unchanged file is not refused again, and posts nothing more.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(refused().len(), 1);
 }
 
 #[tokio::test]
