@@ -296,19 +296,9 @@ impl Client {
             Err(e) if matches!(e.class, ErrorClass::Refused | ErrorClass::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let Some(pattern) = name_pattern(name) else {
+        let Some(servers) = self.lookup_name(name).await? else {
             return Ok(Lookup::Absent(AbsenceSign::IdOnly));
         };
-        let v = self
-            .call(self.read(
-                "server lookup",
-                Method::POST,
-                "/service/server/info",
-                Some(json!({ "name": pattern, "allow-no-servers": "yes" })),
-            ))
-            .await?;
-        let servers = types::decode_servers(&v, "")
-            .map_err(|(what, at)| self.shape("server lookup", what, &at))?;
         if servers.is_empty() {
             return Ok(Lookup::Absent(AbsenceSign::IdAndName));
         }
@@ -324,6 +314,29 @@ impl Client {
                 ),
             )),
         }
+    }
+
+    /// The servers named exactly `name` (`POST /service/server/info` with the escaped name and
+    /// `allow-no-servers`): empty when none matches, which is also what a listing that came back
+    /// empty by mistake would say, so alone it is a weak sign. `None` when the name cannot be
+    /// asked for exactly (characters the provider does not escape).
+    pub async fn lookup_name(&self, name: &str) -> Result<Option<Vec<Server>>, KamateraError> {
+        let Some(pattern) = name_pattern(name) else {
+            return Ok(None);
+        };
+        let v = self
+            .call(self.read(
+                "server lookup",
+                Method::POST,
+                "/service/server/info",
+                Some(json!({ "name": pattern, "allow-no-servers": "yes" })),
+            ))
+            .await?;
+        let servers = types::decode_servers(&v, "")
+            .map_err(|(what, at)| self.shape("server lookup", what, &at))?;
+        Ok(Some(
+            servers.into_iter().filter(|s| s.name == name).collect(),
+        ))
     }
 
     /// `POST /server/tags` for one server, by id. Accepts `tagName` and the older `tag name`.

@@ -53,6 +53,10 @@ fn event(why: Gone) -> (&'static str, &'static str) {
             "Parked",
             "the Kamatera server was powered off and kept for reuse; its Node was deleted (the kubelet registers it again at power-on)",
         ),
+        Gone::Vanished => (
+            "ServerGone",
+            "the Node was left being deleted by an earlier scale-down and its Kamatera server no longer exists; the Node was deleted",
+        ),
     }
 }
 
@@ -83,6 +87,8 @@ pub(super) struct NodeWork {
     conflicts: HashSet<(String, String)>,
     /// Nodes with a label write on the wire.
     labelling: HashSet<String>,
+    /// Servers of stale Nodes being looked up.
+    looking_up: HashSet<String>,
 }
 
 impl Provider {
@@ -234,8 +240,10 @@ impl Provider {
             return Standing::Back;
         }
         match why {
-            Gone::Terminated if st.reads.listed_names.contains(server) => Standing::StillListed,
-            Gone::Terminated => Standing::Gone,
+            Gone::Terminated | Gone::Vanished if st.reads.listed_names.contains(server) => {
+                Standing::StillListed
+            }
+            Gone::Terminated | Gone::Vanished => Standing::Gone,
             Gone::Parked if st.all_parked().any(|p| p.name == server) => Standing::Gone,
             // Neither tracked nor in the pool: removed outside the provider, or a listing that
             // omits it. Not proof of anything.
@@ -399,6 +407,126 @@ impl Provider {
             );
             self.sweep_gone_nodes();
         }
+    }
+
+    /// Nodes left "being deleted" for ever by scale-downs of an earlier run or version: a Node
+    /// with the autoscaler's `ToBeDeletedByClusterAutoscaler` taint, not Ready, whose providerID
+    /// names a server of one of the node groups' name patterns that this process neither tracks,
+    /// nor has in a pool, nor sees in the listing. Called after each successful listing: each
+    /// such server's absence is counted, and once the vanish rule makes it due (missing from
+    /// enough listings over enough time) its exact name is looked up; only when that matches no
+    /// server is the Node queued for deletion (tied to the server and not Ready, as every
+    /// deletion). The server's id is unknown here, so the name's answer is the only one asked;
+    /// a Ready Node is never deleted, and a server found by name resets the count.
+    pub(super) fn find_stale_nodes(&self) {
+        if self.inner.options.kube.is_none() || !self.is_leader() {
+            return;
+        }
+        let nodes = match &self.node_work().store {
+            Some(store) => store.state(),
+            None => return,
+        };
+        let config = self.config();
+        let ours = |server: &str| {
+            config
+                .node_groups
+                .iter()
+                .any(|g| crate::kamatera::is_server_name(&g.server.name_prefix, server))
+        };
+        let stale: Vec<String> = nodes
+            .iter()
+            .filter(|n| !crate::kube::is_ready(n))
+            .filter(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == crate::kube::CA_TAINTS[0]))
+            })
+            .filter_map(|n| {
+                let pid = n.spec.as_ref()?.provider_id.as_deref()?;
+                let server = pid.strip_prefix(config.provider_id_prefix.as_str())?;
+                ours(server).then(|| server.to_string())
+            })
+            .collect();
+        let now = Instant::now();
+        let rule = self.inner.options.vanish;
+        let due: Vec<String> = {
+            let mut st = self.lock();
+            let unknown: Vec<String> = stale
+                .into_iter()
+                .filter(|s| {
+                    !st.contains(s)
+                        && !st.node_queued(s)
+                        && !st.reads.listed_names.contains(s)
+                        && !st.all_parked().any(|p| p.name == *s)
+                })
+                .collect();
+            let absences = &mut st.reads.stale_nodes;
+            absences.retain(|s, _| unknown.contains(s));
+            unknown
+                .into_iter()
+                .filter(|s| {
+                    let a = absences.entry(s.clone()).or_insert(super::state::Absence {
+                        misses: 0,
+                        since: now,
+                    });
+                    a.misses += 1;
+                    rule.due(a, now)
+                })
+                .collect()
+        };
+        let due: Vec<String> = {
+            let mut w = self.node_work();
+            due.into_iter()
+                .filter(|s| w.looking_up.insert(s.clone()))
+                .take(super::LOOKUPS_PER_RECONCILE)
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let p = self.clone();
+        tokio::spawn(async move {
+            let client = p.client();
+            let lookups = &p.metrics().server_lookups;
+            let label = |r: &str| super::actions::result_label(r);
+            let mut gone = Vec::new();
+            for server in due {
+                match client.lookup_name(&server).await {
+                    Ok(Some(found)) if found.is_empty() => {
+                        info!(server = %server, "a Node was left being deleted and its server matches no Kamatera server; deleting the Node once it is not Ready");
+                        lookups.get_or_create(&label("absent")).inc();
+                        gone.push(server.clone());
+                    }
+                    Ok(Some(_)) => {
+                        debug!(server = %server, "the server of a Node left being deleted exists; keeping the Node");
+                        lookups.get_or_create(&label("exists")).inc();
+                        p.lock().reads.stale_nodes.remove(&server);
+                    }
+                    Ok(None) => {
+                        debug!(server = %server, "cannot ask for this server name exactly; keeping its Node");
+                        lookups.get_or_create(&label("inconclusive")).inc();
+                    }
+                    Err(e) => {
+                        debug!(server = %server, error = e.detail(), "cannot look up the server of a Node left being deleted");
+                        lookups.get_or_create(&label("inconclusive")).inc();
+                    }
+                }
+                p.node_work().looking_up.remove(&server);
+            }
+            if !gone.is_empty() {
+                let now = Instant::now();
+                {
+                    let mut st = p.lock();
+                    for server in gone {
+                        st.reads.stale_nodes.remove(&server);
+                        st.queue_node_deletion(server, Gone::Vanished, now);
+                    }
+                }
+                p.persist_logged().await;
+                p.sweep_gone_nodes();
+            }
+        });
     }
 
     /// Starts the node controller: the Node watcher that labels the provider's nodes and keeps

@@ -334,6 +334,8 @@ impl Provider {
         }
         // Nodes of gone servers that could not be deleted yet (still Ready, API errors).
         self.sweep_gone_nodes();
+        // Nodes an earlier run left being deleted, whose servers this one never knew.
+        self.find_stale_nodes();
         self.persist_logged().await;
         Ok(report)
     }

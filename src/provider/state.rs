@@ -23,6 +23,9 @@ pub enum Gone {
     Terminated,
     /// Powered off and kept (warm pool or hibernation).
     Parked,
+    /// Not known to this process (a Node left "being deleted" by an earlier run): missing from
+    /// the listings over the vanish window, and its exact name matches no server.
+    Vanished,
 }
 
 impl Gone {
@@ -30,6 +33,7 @@ impl Gone {
         match self {
             Gone::Terminated => "terminated",
             Gone::Parked => "parked",
+            Gone::Vanished => "vanished",
         }
     }
 
@@ -37,6 +41,7 @@ impl Gone {
         match s {
             "terminated" => Some(Gone::Terminated),
             "parked" => Some(Gone::Parked),
+            "vanished" => Some(Gone::Vanished),
             _ => None,
         }
     }
@@ -198,6 +203,9 @@ pub struct Reads {
     /// When a create for a group's standby pool last failed: the pool buys nothing more for
     /// `ProviderOptions::standby_retry` after it (a quota is not hammered).
     pub standby_failed_at: HashMap<String, Instant>,
+    /// Nodes left "being deleted" whose server this process does not know, by server name:
+    /// how long the listings have lacked the server (see `Provider::stale_nodes`).
+    pub stale_nodes: HashMap<String, Absence>,
 }
 
 /// Time limits of the state machine.

@@ -510,6 +510,11 @@ template-label = team=data",
     }
 
     pub async fn world() -> World {
+        world_with(ProviderOptions::default().vanish).await
+    }
+
+    /// [`world`] with its own vanish rule.
+    pub async fn world_with(vanish: kamatera_ca_provider::provider::VanishRule) -> World {
         let sim = common::start_sim(Timing::fast(), Quota::default()).await;
         let fake = FakeKube::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -521,6 +526,7 @@ template-label = team=data",
             ProviderOptions {
                 reconcile_interval: Duration::from_secs(3600),
                 kube: Some(client(&fake, &dir).await),
+                vanish,
                 ..ProviderOptions::default()
             },
         );
@@ -885,5 +891,115 @@ template-label = team=data",
             w.fake.node("nc-w-claimed").is_some(),
             "the Node of a listed server was deleted on a journal's word"
         );
+    }
+
+    /// Nodes an earlier run's scale-downs left "being deleted" (the autoscaler's taint, NotReady)
+    /// whose servers this run never knew: deleted once the vanish rule makes them due and the
+    /// exact name matches no server; never a Ready one, one without the taint, one whose server
+    /// exists (listed, or omitted from the listing but found by name), or one of another name
+    /// pattern.
+    #[tokio::test]
+    async fn nodes_left_being_deleted_by_an_earlier_run_are_cleaned_up_once_their_servers_are_gone()
+    {
+        let mut w = world_with(kamatera_ca_provider::provider::VanishRule {
+            misses: 3,
+            after: Duration::ZERO,
+        })
+        .await;
+        let taint = [("ToBeDeletedByClusterAutoscaler", "NoSchedule")];
+        let seed = |name: &str| {
+            w.sim.seed_server(kamatera_ca_provider::sim::SeedServer {
+                name: name.into(),
+                datacenter: "EU".into(),
+                power_on: true,
+                tags: vec!["k8sca-other".into(), "k8scang-x".into()],
+                cpu: "2B".into(),
+                ram_mb: 4096,
+            })
+        };
+        // Gone for good: cleaned up.
+        w.fake.add_node(
+            "nc-w-00000000aa1",
+            &taint,
+            true,
+            "kamatera://nc-w-00000000aa1",
+        );
+        // Its kubelet still reports Ready: kept.
+        w.fake.add_node(
+            "nc-w-00000000aa2",
+            &taint,
+            true,
+            "kamatera://nc-w-00000000aa2",
+        );
+        w.fake.set_ready("nc-w-00000000aa2", true);
+        // Not being deleted by the autoscaler: kept.
+        w.fake.add_node(
+            "nc-w-00000000aa3",
+            &[],
+            false,
+            "kamatera://nc-w-00000000aa3",
+        );
+        // Its server exists (another cluster's, so not tracked): kept.
+        seed("nc-w-00000000aa4");
+        w.fake.add_node(
+            "nc-w-00000000aa4",
+            &taint,
+            true,
+            "kamatera://nc-w-00000000aa4",
+        );
+        // Its server exists but the listing omits it: the name lookup finds it; kept.
+        seed("nc-w-00000000aa5");
+        w.sim
+            .update_faults(|f| f.listing_hides = vec!["nc-w-00000000aa5".into()]);
+        w.fake.add_node(
+            "nc-w-00000000aa5",
+            &taint,
+            true,
+            "kamatera://nc-w-00000000aa5",
+        );
+        // Not a name this provider makes: kept.
+        w.fake.add_node("web-1", &taint, true, "kamatera://web-1");
+
+        // Two listings are not enough.
+        w.ca.refresh().await;
+        w.ca.refresh().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            w.fake.node("nc-w-00000000aa1").is_some(),
+            "deleted too early"
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while w.fake.node("nc-w-00000000aa1").is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stale Node is still there"
+            );
+            w.ca.refresh().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            w.fake
+                .event_reasons("nc-w-00000000aa1")
+                .contains(&"ServerGone".to_string()),
+            "{:?}",
+            w.fake.events()
+        );
+        for _ in 0..5 {
+            w.ca.refresh().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut left = w.fake.node_names();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "nc-w-00000000aa2",
+                "nc-w-00000000aa3",
+                "nc-w-00000000aa4",
+                "nc-w-00000000aa5",
+                "web-1"
+            ]
+        );
+        assert!(w.metric("kamatera_ca_server_lookups_total{result=\"exists\"}") >= 1.0);
     }
 }
