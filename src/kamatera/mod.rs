@@ -34,7 +34,9 @@ mod retry;
 mod types;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -101,6 +103,20 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
     /// Where request counts and latencies go.
     pub metrics: Arc<Metrics>,
+    /// Send every request to this service in the process instead of over HTTP to `base_url`
+    /// (the simulator, in tests that run on a paused clock); `None` for the real API.
+    pub in_process: Option<InProcess>,
+}
+
+/// An HTTP service called in this process instead of over a connection: the same requests and
+/// answers, no socket, and the request timeout on tokio's clock, so a test may pause time.
+#[derive(Clone)]
+pub struct InProcess(pub axum::Router);
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InProcess")
+    }
 }
 
 impl ClientSettings {
@@ -119,6 +135,7 @@ impl ClientSettings {
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             metrics,
+            in_process: None,
         }
     }
 }
@@ -132,6 +149,7 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
+    in_process: Option<InProcess>,
     base_url: String,
     client_id: String,
     secret: Secret,
@@ -234,6 +252,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                in_process: settings.in_process,
                 base_url: settings.base_url.trim_end_matches('/').to_string(),
                 client_id: settings.client_id,
                 secret: settings.secret,
@@ -641,6 +660,19 @@ impl Client {
 
     /// One HTTP exchange, classified.
     async fn attempt(&self, call: &Call<'_>) -> Result<Value, Failure> {
+        debug!(op = call.op, method = %call.method, path = %call.path, "Kamatera API request");
+        let (status, retry_after, text) = match &self.inner.in_process {
+            Some(service) => self.exchange_in_process(service, call).await?,
+            None => self.exchange(call).await?,
+        };
+        self.classify(call, status, retry_after, &text)
+    }
+
+    /// Sends the request over HTTP: the status, the `Retry-After` of the answer, its body.
+    async fn exchange(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<(StatusCode, Option<Duration>, String), Failure> {
         let url = format!("{}{}", self.inner.base_url, call.path);
         let mut secret = reqwest::header::HeaderValue::from_str(self.inner.secret.expose())
             .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
@@ -658,7 +690,6 @@ impl Client {
         if let Some(body) = &call.body {
             req = req.body(body.to_string());
         }
-        debug!(op = call.op, method = %call.method, path = %call.path, "Kamatera API request");
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_failure(call, &e)),
@@ -674,8 +705,73 @@ impl Client {
             Ok(t) => t,
             Err(e) => return Err(self.transport_failure(call, &e)),
         };
-        let json: Option<Value> = serde_json::from_str(&text).ok();
-        let body_detail = call.redactor.clean(&text, DETAIL_BODY_CHARS);
+        Ok((status, retry_after, text))
+    }
+
+    /// Sends the request to a service in this process, with the same headers and body, under
+    /// the same timeout (on tokio's clock).
+    async fn exchange_in_process(
+        &self,
+        service: &InProcess,
+        call: &Call<'_>,
+    ) -> Result<(StatusCode, Option<Duration>, String), Failure> {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .method(call.method.clone())
+            .uri(call.path.as_str())
+            .header("AuthClientId", &self.inner.client_id)
+            .header("AuthSecret", self.inner.secret.expose())
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json")
+            .body(axum::body::Body::from(
+                call.body.as_ref().map(Value::to_string).unwrap_or_default(),
+            ));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(self.transport_error(call, "could not connect", &e.to_string()));
+            }
+        };
+        let answer = async {
+            let resp = service
+                .0
+                .clone()
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|e| match e {});
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await;
+            (status, retry_after, body)
+        };
+        match tokio::time::timeout(call.timeout, answer).await {
+            Err(_) => Err(self.transport_error(call, "timed out", "no answer in time")),
+            Ok((_, _, Err(e))) => {
+                Err(self.transport_error(call, "connection failed", &e.to_string()))
+            }
+            Ok((status, retry_after, Ok(bytes))) => Ok((
+                status,
+                retry_after,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )),
+        }
+    }
+
+    /// Classifies an answer: the JSON of a success, or the failure it means.
+    fn classify(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        text: &str,
+    ) -> Result<Value, Failure> {
+        let json: Option<Value> = serde_json::from_str(text).ok();
+        let body_detail = call.redactor.clean(text, DETAIL_BODY_CHARS);
         let detail = |what: &str| {
             format!(
                 "{} {} ({}): {what}; HTTP {}; body: {body_detail}",
@@ -778,16 +874,20 @@ impl Client {
         } else {
             "connection failed"
         };
+        self.transport_error(call, what, &error_chain(e))
+    }
+
+    /// A request that got no answer: `what` is `timed out`, `could not connect` (the request
+    /// was not received: a mutation may be retried) or `connection failed`.
+    fn transport_error(&self, call: &Call<'_>, what: &'static str, text: &str) -> Failure {
+        let unsent = what == "could not connect";
         let retryable = match call.idempotency {
             Idempotency::Read => true,
             // Only a connection that never opened proves the request was not received.
-            Idempotency::Mutating => e.is_connect() && !e.is_timeout(),
+            Idempotency::Mutating => unsent,
             Idempotency::Create => false,
         };
-        let err_text = self
-            .inner
-            .redactor
-            .clean(&error_chain(e), DETAIL_BODY_CHARS);
+        let err_text = self.inner.redactor.clean(text, DETAIL_BODY_CHARS);
         Failure {
             error: KamateraError::new(
                 ErrorClass::Transient,
@@ -797,8 +897,7 @@ impl Client {
                     call.method, call.path, call.op
                 ),
             )
-            // A connection that never opened proves the request was not received.
-            .maybe_processed(!e.is_connect() || e.is_timeout()),
+            .maybe_processed(!unsent),
             retryable,
             retry_after: None,
         }

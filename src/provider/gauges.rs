@@ -1,7 +1,7 @@
 //! The state gauges exported at each scrape: sizes (configured and in force), instances by state
 //! and error class, parked servers, pending commands, staleness, schedules and hibernation.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::{InForce, InstanceErrorClass, Phase, Provider};
 

@@ -218,7 +218,7 @@ impl Provider {
                         if inst.waiting_for_room.is_none() {
                             tracing::info!(server = %name, group = %inst.group,
                                 "create waits for deleted servers to leave (the group is at max-size until they do)");
-                            inst.waiting_for_room = Some(std::time::Instant::now());
+                            inst.waiting_for_room = Some(tokio::time::Instant::now());
                         }
                     });
                 }
@@ -256,7 +256,7 @@ impl Provider {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     use super::*;
     use crate::config::{CloudConfig, EXAMPLE_CONFIG};

@@ -7,7 +7,9 @@
 //! resumes a drain or keeps the group hibernating.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::{info, warn};
 

@@ -8,7 +8,9 @@
 //! replica that acquires the lease starts from the journal (in its ConfigMap, where the
 //! previous holder left it), never from what it had in memory.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::{info, warn};
 

@@ -30,7 +30,9 @@ mod store;
 mod template;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};

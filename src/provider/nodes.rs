@@ -24,7 +24,9 @@
 //!   the provider learns of later, e.g. adopted after a restart).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;

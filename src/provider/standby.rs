@@ -4,7 +4,7 @@
 //! that pass built; what to do is decided by [`State::standby_plan`], and every create and
 //! terminate it starts goes through the journal and the guard like any other.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tracing::info;
 

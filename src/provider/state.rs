@@ -3,7 +3,9 @@
 //! actions to start, and the caller runs them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::kamatera::{CommandStatus, Power};
 

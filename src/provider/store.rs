@@ -3,7 +3,7 @@
 //! it against the config ([`journal::restore_text`]) and, after the first listing, against
 //! Kamatera ([`journal::verify`]); writing keeps the write-ahead rule for creates.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tracing::{info, warn};
 

@@ -24,7 +24,9 @@ mod state;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -92,7 +94,8 @@ impl Shared {
 
 /// A running simulator.
 pub struct SimHandle {
-    addr: SocketAddr,
+    /// Where it listens; `None` in process (see [`in_process`]).
+    addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -101,7 +104,17 @@ pub struct SimHandle {
 impl SimHandle {
     /// Base URL for a client, e.g. `http://127.0.0.1:8788`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.addr {
+            Some(addr) => format!("http://{addr}"),
+            // Never dialled: a client of an in-process simulator calls its router.
+            None => "http://simulator.in-process.invalid".into(),
+        }
+    }
+
+    /// The simulator's HTTP service, to be called in this process (no socket): what
+    /// [`in_process`] simulators are reached through.
+    pub fn router(&self) -> Router {
+        router(self.shared.clone())
     }
 
     /// Runs `f` on the state (after applying finished commands). Keep it short: requests wait.
@@ -166,17 +179,32 @@ impl Drop for SimHandle {
     }
 }
 
-/// Binds `listen` (port 0 for an ephemeral port) and serves the simulator in the background.
-pub async fn start(config: SimConfig, listen: SocketAddr) -> std::io::Result<SimHandle> {
+fn shared(config: SimConfig) -> Arc<Shared> {
     let mut state = SimState::new(config.seed, config.timing, config.quota);
     for s in config.servers {
         state.seed_server(s);
     }
-    let shared = Arc::new(Shared {
+    Arc::new(Shared {
         state: Mutex::new(state),
         client_id: config.client_id,
         secret: config.secret,
-    });
+    })
+}
+
+/// A simulator that serves no socket: reached through [`SimHandle::router`] in this process.
+/// Its clock is tokio's, so a test that pauses time runs its commands without waiting.
+pub fn in_process(config: SimConfig) -> SimHandle {
+    SimHandle {
+        addr: None,
+        shared: shared(config),
+        shutdown: None,
+        task: None,
+    }
+}
+
+/// Binds `listen` (port 0 for an ephemeral port) and serves the simulator in the background.
+pub async fn start(config: SimConfig, listen: SocketAddr) -> std::io::Result<SimHandle> {
+    let shared = shared(config);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
@@ -190,7 +218,7 @@ pub async fn start(config: SimConfig, listen: SocketAddr) -> std::io::Result<Sim
         }
     });
     Ok(SimHandle {
-        addr,
+        addr: Some(addr),
         shared,
         shutdown: Some(tx),
         task: Some(task),

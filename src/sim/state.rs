@@ -2,7 +2,9 @@
 //! fault knobs. Pure state, no HTTP: handlers lock it, call one method, and render the result.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -23,6 +23,7 @@ fn client_for(server: &MockServer, attempts: u32, timeout: Duration) -> Client {
         timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(timeout),
         retry: RetryPolicy::immediate(attempts),
         metrics: Default::default(),
+        in_process: None,
     })
     .expect("client")
 }
@@ -443,6 +444,7 @@ async fn mutating_call_retries_when_the_connection_never_opened() {
         timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(Duration::from_secs(2)),
         retry: RetryPolicy::immediate(3),
         metrics: Default::default(),
+        in_process: None,
     })
     .expect("client");
     let err = c.power_on("s").await.expect_err("refused");
@@ -1010,6 +1012,7 @@ async fn each_kind_of_request_has_its_own_timeout() {
         },
         retry: RetryPolicy::immediate(1),
         metrics: Default::default(),
+        in_process: None,
     })
     .expect("client");
     let spec = server_config();
@@ -1025,31 +1028,57 @@ async fn each_kind_of_request_has_its_own_timeout() {
 }
 
 /// The real server may take a minute for a create (several upstream calls, no timeout of its
-/// own): with the default timeouts, a create answered after 61 s is accepted, not uncertain.
-#[tokio::test]
+/// own): with the default timeouts, a create answered after 61 s is accepted, not uncertain;
+/// and one answered after the create timeout (5 minutes) is uncertain. Against the simulator in
+/// process, on a paused clock: the minute passes at once.
+#[tokio::test(start_paused = true)]
 async fn a_create_answered_after_a_minute_is_accepted() {
-    let server = MockServer::start().await;
-    Mock::given(path("/service/server"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!(["4242"]))
-                .set_delay(Duration::from_secs(61)),
+    use kamatera_ca_provider::kamatera::InProcess;
+    use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimConfig};
+    let sim = sim::in_process(SimConfig::default());
+    let client = || {
+        Client::new(ClientSettings {
+            in_process: Some(InProcess(sim.router())),
+            ..ClientSettings::new(
+                sim.url(),
+                sim::DEMO_CLIENT_ID,
+                Secret::new(sim::DEMO_SECRET),
+                Default::default(),
+            )
+        })
+        .expect("client")
+    };
+    let delay = |ms: u64| {
+        sim.set_endpoint_faults(
+            Endpoint::CreateServer,
+            EndpointFaults {
+                answer_delay_ms: ms,
+                ..EndpointFaults::default()
+            },
         )
-        .expect(1)
-        .mount(&server)
-        .await;
-    let c = Client::new(ClientSettings::new(
-        server.uri(),
-        "client-1",
-        Secret::new(SECRET),
-        Default::default(),
-    ))
-    .expect("client");
-    let spec = server_config();
-    assert_eq!(
-        c.create_server(spec.request("k8s-a"))
-            .await
-            .expect("accepted"),
-        "4242"
+    };
+    let spec = Spec {
+        networks: vec!["name=wan,ip=auto".into()],
+        ..server_config()
+    };
+    delay(61_000);
+    let started = tokio::time::Instant::now();
+    let id = client()
+        .create_server(spec.request("k8s-a"))
+        .await
+        .expect("accepted");
+    assert!(!id.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_secs(61),
+        "the answer was late"
     );
+    // Past the 5-minute create timeout: uncertain (maybe bought), never retried.
+    delay(301_000);
+    let e = client()
+        .create_server(spec.request("k8s-b"))
+        .await
+        .expect_err("timed out");
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(e.may_have_been_processed(), "{e:?}");
+    assert_eq!(sim.requests(Endpoint::CreateServer), 2, "sent once each");
 }

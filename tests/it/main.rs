@@ -17,6 +17,7 @@ mod kamatera_client;
 mod kube_nodes;
 mod manifests;
 mod operations;
+mod paused;
 mod reload;
 mod schedules;
 mod simulator;

@@ -46,6 +46,7 @@ fn client_with(sim: &SimHandle, secret: &str, attempts: u32, timeout: Duration) 
         timeouts: kamatera_ca_provider::kamatera::Timeouts::uniform(timeout),
         retry: RetryPolicy::immediate(attempts),
         metrics: Default::default(),
+        in_process: None,
     })
     .expect("client")
 }

@@ -1,7 +1,7 @@
 //! One instance: what the autoscaler sees of it (phase, error), how its create stands, the
 //! command it waits for, and its life with the transitions between stages.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::kamatera::Power;
 

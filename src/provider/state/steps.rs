@@ -1,7 +1,9 @@
 //! The pure transitions of one instance in a reconcile pass: a command's outcome, a command the
 //! queue stopped reporting, and what the listing shows.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::*;
 use crate::kamatera::{CommandState, CommandStatus, Power, is_quota_message};
