@@ -198,3 +198,30 @@ async fn a_create_waiting_for_room_gives_up_after_ten_minutes() {
         "the second never went out"
     );
 }
+
+/// A create for the standby pool whose outcome is unknown (answered 5xx) may have bought a
+/// server: it keeps its place in the pool for the whole watch period (30 minutes by default),
+/// so nothing is bought in its stead meanwhile; then one replacement is bought.
+#[tokio::test(start_paused = true)]
+async fn a_pool_create_whose_outcome_is_unknown_is_not_bought_again_for_thirty_minutes() {
+    let p = paused("max-size = 4\nstandby = 1", Timing::default());
+    p.sim.set_endpoint_faults(
+        Endpoint::CreateServer,
+        EndpointFaults {
+            error_rate: 1.0,
+            ..EndpointFaults::default()
+        },
+    );
+    p.provider.reconcile().await.expect("first listing");
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30 * 60) - PASS {
+        p.pass().await;
+        assert_eq!(p.sim.requests(Endpoint::CreateServer), 1, "bought again");
+    }
+    p.sim.set_endpoint_faults(Endpoint::CreateServer, EndpointFaults::default());
+    for _ in 0..4 {
+        p.pass().await;
+    }
+    assert_eq!(p.sim.requests(Endpoint::CreateServer), 2, "one replacement");
+    assert_eq!(p.target(), 0, "never the autoscaler's");
+}

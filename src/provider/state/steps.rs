@@ -410,7 +410,8 @@ pub(super) fn step(
 
 /// A create for the standby pool: its server joins the pool once created (listed, its create
 /// command done); a create that bought nothing is forgotten; one whose outcome stays unknown
-/// is given up as any such create is (its name watched, a late server terminated).
+/// for the whole watch period is given up as any such create is (its name watched, a late
+/// server terminated).
 fn standby_step(
     inst: &mut Instance,
     server: Option<&Observed>,
@@ -432,9 +433,12 @@ fn standby_step(
     }
     match server.filter(|s| !s.presumed) {
         None => {
+            // Nobody waits for a pool server: a create that may have bought one is waited for
+            // as long as its name is watched (not the autoscaler's short grace), and counts as
+            // the pool's meanwhile, so no second server is bought for it.
             if inst.create == CreateStatus::Uncertain
                 && !inst.seen
-                && now.saturating_duration_since(inst.since) >= limits.uncertain_grace
+                && now.saturating_duration_since(inst.since) >= limits.uncertain_watch
             {
                 inst.delete(false, now);
             } else if inst.seen && server.is_none() && inst.command.is_none() {
