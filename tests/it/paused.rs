@@ -218,10 +218,53 @@ async fn a_pool_create_whose_outcome_is_unknown_is_not_bought_again_for_thirty_m
         p.pass().await;
         assert_eq!(p.sim.requests(Endpoint::CreateServer), 1, "bought again");
     }
-    p.sim.set_endpoint_faults(Endpoint::CreateServer, EndpointFaults::default());
+    p.sim
+        .set_endpoint_faults(Endpoint::CreateServer, EndpointFaults::default());
     for _ in 0..4 {
         p.pass().await;
     }
     assert_eq!(p.sim.requests(Endpoint::CreateServer), 2, "one replacement");
     assert_eq!(p.target(), 0, "never the autoscaler's");
+}
+
+/// The standby pool at the benchmark's timings (create 180 s, first boot 60 s): filled in
+/// the background, a scale-up of 2 from it runs within the first boot and one pass, buying
+/// nothing; then the pool is bought again.
+#[tokio::test(start_paused = true)]
+async fn a_pooled_scale_up_runs_within_the_first_boot_and_buys_nothing() {
+    let p = paused(
+        "max-size = 6\nstandby = 2",
+        Timing {
+            create: Duration::from_secs(180),
+            first_boot: Duration::from_secs(60),
+            boot: Duration::from_secs(40),
+            ..Timing::default()
+        },
+    );
+    p.provider.reconcile().await.expect("first listing");
+    // Bought at the first pass, ready once the 180 s creates are done.
+    for _ in 0..14 {
+        p.pass().await;
+    }
+    let pool = p.provider.hibernation_status("g").expect("status");
+    assert_eq!((pool.standby, pool.standby_creating), (2, 0));
+    assert_eq!(p.sim.requests(Endpoint::CreateServer), 2);
+    let asked = tokio::time::Instant::now();
+    p.provider.increase_size("g", 2).await.expect("increase");
+    while p.running() < 2 {
+        p.pass().await;
+        assert!(
+            asked.elapsed() <= Duration::from_secs(60) + PASS,
+            "not running within the first boot and a pass"
+        );
+    }
+    assert_eq!(
+        p.sim.requests(Endpoint::CreateServer),
+        2,
+        "nothing bought for it"
+    );
+    assert_eq!(p.sim.requests(Endpoint::PowerOn), 2);
+    // Replacements after the scale-up.
+    p.pass().await;
+    assert_eq!(p.sim.requests(Endpoint::CreateServer), 4);
 }
