@@ -695,12 +695,7 @@ impl Client {
             Err(e) => return Err(self.transport_failure(call, &e)),
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(resp.headers());
         let text = match resp.text().await {
             Ok(t) => t,
             Err(e) => return Err(self.transport_failure(call, &e)),
@@ -740,12 +735,7 @@ impl Client {
                 .await
                 .unwrap_or_else(|e| match e {});
             let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after(resp.headers());
             let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await;
             (status, retry_after, body)
         };
@@ -992,6 +982,15 @@ fn url_escape(s: &str) -> String {
 /// A server name as an exact `name` selector: the server pastes it into `/^...$/` unescaped, so
 /// a dot is escaped and only letters, digits, `-`, `_` and `.` are asked for at all (`None`
 /// otherwise: a name that cannot be asked for exactly).
+/// An answer's `Retry-After`, in whole seconds (the only form the API's proxies send).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 fn name_pattern(name: &str) -> Option<String> {
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     (!name.is_empty() && name.chars().all(plain)).then(|| name.replace('.', "\\."))

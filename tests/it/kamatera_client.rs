@@ -1033,21 +1033,9 @@ async fn each_kind_of_request_has_its_own_timeout() {
 /// process, on a paused clock: the minute passes at once.
 #[tokio::test(start_paused = true)]
 async fn a_create_answered_after_a_minute_is_accepted() {
-    use kamatera_ca_provider::kamatera::InProcess;
     use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimConfig};
     let sim = sim::in_process(SimConfig::default());
-    let client = || {
-        Client::new(ClientSettings {
-            in_process: Some(InProcess(sim.router())),
-            ..ClientSettings::new(
-                sim.url(),
-                sim::DEMO_CLIENT_ID,
-                Secret::new(sim::DEMO_SECRET),
-                Default::default(),
-            )
-        })
-        .expect("client")
-    };
+    let client = || crate::common::in_process_client(&sim);
     let delay = |ms: u64| {
         sim.set_endpoint_faults(
             Endpoint::CreateServer,

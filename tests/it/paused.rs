@@ -9,9 +9,7 @@ use crate::common;
 use std::time::Duration;
 
 use kamatera_ca_provider::config::CloudConfig;
-use kamatera_ca_provider::kamatera::{Client, ClientSettings, InProcess};
 use kamatera_ca_provider::provider::{Phase, Provider, ProviderOptions};
-use kamatera_ca_provider::secret::Secret;
 use kamatera_ca_provider::sim::{self, Endpoint, EndpointFaults, SimConfig, SimHandle, Timing};
 
 /// The background loop's period: the passes below come this far apart, as they would with no
@@ -36,16 +34,7 @@ fn paused(group: &str, timing: Timing) -> Paused {
             ),
         )
         .parse();
-    let client = Client::new(ClientSettings {
-        in_process: Some(InProcess(sim.router())),
-        ..ClientSettings::new(
-            sim.url(),
-            sim::DEMO_CLIENT_ID,
-            Secret::new(sim::DEMO_SECRET),
-            Default::default(),
-        )
-    })
-    .expect("client");
+    let client = common::in_process_client(&sim);
     // Every timing rule at its default.
     let provider = Provider::new(cfg, client, ProviderOptions::default());
     Paused { sim, provider }

@@ -173,6 +173,34 @@ async fn serve_and_connect(
     Ok((serve, CloudProviderClient::new(channel)))
 }
 
+/// Writes `config` to a directory of its own (named after `what`) and starts `serve` on it with a
+/// journal there; returns the directory (to remove afterwards), the process and the client.
+async fn serve_one_group(
+    what: &str,
+    config: &str,
+) -> Result<
+    (
+        std::path::PathBuf,
+        crate::child::ServeChild,
+        CloudProviderClient<Channel>,
+    ),
+    BenchError,
+> {
+    let dir = std::env::temp_dir().join(format!("kamatera-bench-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let path = dir.join(format!("{what}.ini"));
+    std::fs::write(&path, config).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let config_arg = path.display().to_string();
+    let journal_arg = dir.join("journal.json").display().to_string();
+    let (serve, ca) = serve_and_connect(
+        &exe,
+        &["--cloud-config", &config_arg, "--state-file", &journal_arg],
+    )
+    .await?;
+    Ok((dir, serve, ca))
+}
+
 fn group_name(i: usize) -> String {
     format!("g{i:03}")
 }
@@ -856,21 +884,9 @@ pub async fn standby_runs(servers: usize) -> Result<StandbyRuns, BenchError> {
         )
         .await
         .map_err(|e| BenchError::Setup(format!("simulator: {e}")))?;
-        let dir =
-            std::env::temp_dir().join(format!("kamatera-bench-pool-{}-{pool}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(e.to_string()))?;
-        let config = dir.join("pool.ini");
-        std::fs::write(
-            &config,
-            format!("{}standby = {pool}\n", config_text(&sim, 1)),
-        )
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-        let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
-        let config_arg = config.display().to_string();
-        let journal_arg = dir.join("journal.json").display().to_string();
-        let (serve, mut ca) = serve_and_connect(
-            &exe,
-            &["--cloud-config", &config_arg, "--state-file", &journal_arg],
+        let (dir, serve, mut ca) = serve_one_group(
+            &format!("pool-{pool}"),
+            &format!("{}standby = {pool}\n", config_text(&sim, 1)),
         )
         .await?;
         let tick = Duration::from_secs_f64(refresh_s * scale);
@@ -972,18 +988,7 @@ pub async fn late_commands(servers: usize, lag_ms: u64) -> Result<LateCommands, 
     .await
     .map_err(|e| BenchError::Setup(format!("simulator: {e}")))?;
     sim.update_faults(|f| f.queue_lag_ms = lag_ms);
-    let dir = std::env::temp_dir().join(format!("kamatera-bench-late-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let config = dir.join("late.ini");
-    std::fs::write(&config, config_text(&sim, 1)).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
-    let config_arg = config.display().to_string();
-    let journal_arg = dir.join("late-journal.json").display().to_string();
-    let (serve, mut ca) = serve_and_connect(
-        &exe,
-        &["--cloud-config", &config_arg, "--state-file", &journal_arg],
-    )
-    .await?;
+    let (dir, serve, mut ca) = serve_one_group("late", &config_text(&sim, 1)).await?;
     while ca.refresh(pb::RefreshRequest {}).await.is_err() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -151,6 +151,22 @@ pub fn test_client(
     .expect("client")
 }
 
+/// A client of a simulator in process (`sim::in_process`): no socket, tokio's clock, the
+/// default timeouts and retry policy (the paused-clock tests check them).
+pub fn in_process_client(sim: &SimHandle) -> kamatera_ca_provider::kamatera::Client {
+    use kamatera_ca_provider::kamatera::{Client, ClientSettings, InProcess};
+    Client::new(ClientSettings {
+        in_process: Some(InProcess(sim.router())),
+        ..ClientSettings::new(
+            sim.url(),
+            sim::DEMO_CLIENT_ID,
+            kamatera_ca_provider::secret::Secret::new(sim::DEMO_SECRET),
+            Default::default(),
+        )
+    })
+    .expect("client")
+}
+
 /// A request with the autoscaler's default 5 s deadline.
 pub fn req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
