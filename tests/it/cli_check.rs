@@ -14,6 +14,17 @@ fn check(path: &std::path::Path) -> std::process::Output {
         .expect("run kamatera-ca-provider")
 }
 
+/// Writes `text` as a private config, runs `check` on it, expects success; its stdout.
+fn checked(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("cloud.ini");
+    std::fs::write(&path, text).expect("write");
+    private(&path);
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    stdout
+}
+
 /// Only the owner may read the file (as a file holding the API secret should be).
 fn private(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -212,21 +223,15 @@ fn missing_file_is_a_clear_error() {
 #[test]
 fn says_where_each_label_comes_from_and_warns_about_taints() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("labels.ini");
-    std::fs::write(
-        &path,
+    let stdout = checked(
+        &dir,
         "[global]\nkamatera-api-client-id = a\nkamatera-api-secret = s\ncluster-name = c\n\
          default-datacenter = EU\ndefault-image = i\ndefault-network = name=wan\n\n\
          [nodegroup \"batch\"]\ncpu = 4B\nram = 8192\ndisk = size=50\nmax-size = 3\n\
          template-label = team=data\ntemplate-label = node-role.kubernetes.io/batch=\n\
          template-taint = dedicated=batch:NoSchedule\n\n\
          [nodegroup \"web\"]\ncpu = 2B\nram = 4096\ndisk = size=20\nmax-size = 3\n",
-    )
-    .expect("write");
-    private(&path);
-    let out = check(&path);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    );
     for expected in [
         "labels: kubelet      kubernetes.io/os kubernetes.io/arch kubernetes.io/hostname",
         "labels: provider     kamatera.com/node-group=batch node-role.kubernetes.io/batch= node.kubernetes.io/instance-type=4B-8192 team=data topology.kubernetes.io/region=EU (added to the group's nodes when the provider has Kubernetes access)",
@@ -251,22 +256,16 @@ fn says_where_each_label_comes_from_and_warns_about_taints() {
 #[test]
 fn prints_the_standby_pool_per_group_and_per_window() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("pool.ini");
-    std::fs::write(
-        &path,
-        format!(
+    let stdout = checked(
+        &dir,
+        &format!(
             "{GLOBAL}kamatera-api-secret = s\n{GROUP}standby = 1\n\
              schedule = \"cron=30 7 * * 1-5; duration=2h; max-size=6; standby=4\"\n\
              schedule = \"cron=0 12 * * *; duration=1h; min-size=1\"\n\
              hibernate = \"cron=0 20 * * *; duration=10h; force=true\"\n\
              \n[nodegroup \"v\"]\ncpu = 2B\nram = 2048\ndisk = size=10\nmax-size = 3\n"
         ),
-    )
-    .expect("write");
-    private(&path);
-    let out = check(&path);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    );
     for expected in [
         "standby pool         1 outside windows; 4 while \"cron=30 7 * * 1-5; duration=2h; max-size=6; standby=4\" is open; 0 while hibernating (powered-off servers kept ready, parked ones included)",
         "power                terminate on scale-down, scale-up powers on parked servers, then standby ones, then buys",

@@ -201,6 +201,24 @@ async fn serve_one_group(
     Ok((dir, serve, ca))
 }
 
+/// The group's Running instances, as server names.
+async fn running_servers(
+    ca: &mut CloudProviderClient<Channel>,
+    group: &str,
+) -> Result<Vec<String>, BenchError> {
+    Ok(ca
+        .node_group_nodes(pb::NodeGroupNodesRequest {
+            id: group.to_string(),
+        })
+        .await?
+        .into_inner()
+        .instances
+        .iter()
+        .filter(|i| i.status.as_ref().map(|s| s.instance_state) == Some(1))
+        .map(|i| i.id.trim_start_matches("kamatera://").to_string())
+        .collect())
+}
+
 fn group_name(i: usize) -> String {
     format!("g{i:03}")
 }
@@ -921,15 +939,7 @@ pub async fn standby_runs(servers: usize) -> Result<StandbyRuns, BenchError> {
         .await?;
         let running = loop {
             ca.refresh(pb::RefreshRequest {}).await?;
-            let running: Vec<String> = ca
-                .node_group_nodes(pb::NodeGroupNodesRequest { id: group_name(0) })
-                .await?
-                .into_inner()
-                .instances
-                .iter()
-                .filter(|i| i.status.as_ref().map(|s| s.instance_state) == Some(1))
-                .map(|i| i.id.trim_start_matches("kamatera://").to_string())
-                .collect();
+            let running = running_servers(&mut ca, &group_name(0)).await?;
             if running.len() == servers {
                 break running;
             }
@@ -1009,14 +1019,7 @@ pub async fn late_commands(servers: usize, lag_ms: u64) -> Result<LateCommands, 
             most = most.max((total - last_total) / (lists - last_lists));
             (last_total, last_lists) = (total, lists);
         }
-        let running = ca
-            .node_group_nodes(pb::NodeGroupNodesRequest { id: group_name(0) })
-            .await?
-            .into_inner()
-            .instances
-            .iter()
-            .filter(|i| i.status.as_ref().map(|s| s.instance_state) == Some(1))
-            .count();
+        let running = running_servers(&mut ca, &group_name(0)).await?.len();
         if running == servers {
             break;
         }
