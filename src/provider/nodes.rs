@@ -463,18 +463,13 @@ impl Provider {
                         && !st.all_parked().any(|p| p.name == *s)
                 })
                 .collect();
-            let absences = &mut st.reads.stale_nodes;
-            absences.retain(|s, _| unknown.contains(s));
+            let keys: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            let absences = super::state::Absence::count(&mut st.reads.stale_nodes, &keys, now);
             unknown
-                .into_iter()
-                .filter(|s| {
-                    let a = absences.entry(s.clone()).or_insert(super::state::Absence {
-                        misses: 0,
-                        since: now,
-                    });
-                    a.misses += 1;
-                    rule.due(a, now)
-                })
+                .iter()
+                .zip(absences)
+                .filter(|(_, a)| rule.due(a, now))
+                .map(|(s, _)| s.clone())
                 .collect()
         };
         let due: Vec<String> = {

@@ -93,6 +93,32 @@ pub struct VanishRule {
     pub after: Duration,
 }
 
+impl Absence {
+    /// One more listing without each of `missing` (server ids or names): each one's count goes
+    /// up (starting now), and every other key is forgotten (listed again, or no longer asked
+    /// about). Returns the absences of `missing`, in its order. The one place absences are
+    /// counted, for known servers and for the servers of stale Nodes alike.
+    pub fn count(
+        absences: &mut HashMap<String, Absence>,
+        missing: &[&str],
+        now: Instant,
+    ) -> Vec<Absence> {
+        let set: std::collections::HashSet<&str> = missing.iter().copied().collect();
+        absences.retain(|k, _| set.contains(k.as_str()));
+        missing
+            .iter()
+            .map(|k| {
+                let a = absences.entry((*k).to_string()).or_insert(Absence {
+                    misses: 0,
+                    since: now,
+                });
+                a.misses += 1;
+                *a
+            })
+            .collect()
+    }
+}
+
 impl VanishRule {
     /// Whether a missing server is due its lookup.
     pub fn due(&self, a: &Absence, now: Instant) -> bool {
@@ -764,21 +790,16 @@ impl State {
                 terminating,
             ));
         }
-        let absences = &mut self.reads.absences;
-        absences.retain(|id, _| missing.iter().any(|(o, _)| &o.id == id));
+        let ids: Vec<String> = missing.iter().map(|(o, _)| o.id.clone()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let absences = Absence::count(&mut self.reads.absences, &ids, now);
         let missing = missing
             .into_iter()
-            .map(|(observed, expected)| {
-                let a = absences.entry(observed.id.clone()).or_insert(Absence {
-                    misses: 0,
-                    since: now,
-                });
-                a.misses += 1;
-                Missing {
-                    observed,
-                    absence: *a,
-                    expected,
-                }
+            .zip(absences)
+            .map(|((observed, expected), absence)| Missing {
+                observed,
+                absence,
+                expected,
             })
             .collect();
         (missing, known)
