@@ -75,12 +75,13 @@ impl Provider {
             let mut actions = Vec::new();
             let mut taken = 0usize;
             for p in pool.into_iter().take(delta as usize) {
-                let mut inst = Instance::creating(p.name.clone(), group.to_string(), now);
-                inst.create = CreateStatus::Reused;
-                inst.server_id = Some(p.id.clone());
-                inst.power = Some(kamatera::Power::Off);
-                inst.seen = true;
-                inst.action_in_flight = true;
+                let inst = Instance::from_pool(
+                    p.name.clone(),
+                    group.to_string(),
+                    p.id.clone(),
+                    CreateStatus::Reused,
+                    now,
+                );
                 st.insert(p.name.clone(), inst);
                 actions.push(Action::PowerOn {
                     name: p.name,

@@ -68,14 +68,15 @@ impl Provider {
                     wanted = f.standby, "standby pool: terminating standby servers beyond the pool in force");
             }
             for p in plan.trim {
-                let mut inst = Instance::creating(p.name.clone(), g.name.clone(), now);
+                let mut inst = Instance::from_pool(
+                    p.name.clone(),
+                    g.name.clone(),
+                    p.id.clone(),
+                    CreateStatus::Adopted,
+                    now,
+                );
                 inst.standby = true;
-                inst.create = CreateStatus::Adopted;
-                inst.server_id = Some(p.id.clone());
-                inst.power = Some(kamatera::Power::Off);
-                inst.seen = true;
                 inst.delete(false, now);
-                inst.action_in_flight = true;
                 st.insert(p.name.clone(), inst);
                 self.metrics().standby_removed.inc();
                 actions.push(Action::Terminate {

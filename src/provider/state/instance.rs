@@ -169,6 +169,24 @@ impl Instance {
         }
     }
 
+    /// A server of the group's pool (listed powered off) that a cloud call is about to act on:
+    /// `create` says how the provider came by it.
+    pub fn from_pool(
+        name: String,
+        group: String,
+        server_id: String,
+        create: CreateStatus,
+        now: Instant,
+    ) -> Self {
+        let mut inst = Instance::creating(name, group, now);
+        inst.create = create;
+        inst.server_id = Some(server_id);
+        inst.power = Some(Power::Off);
+        inst.seen = true;
+        inst.action_in_flight = true;
+        inst
+    }
+
     /// Counts toward the target size.
     pub fn in_target(&self) -> bool {
         !self.standby && matches!(self.life, Life::Creating | Life::Running)
